@@ -1,0 +1,47 @@
+# fracture — the table of contents. Every target sets itself up (idempotently).
+#
+#   make demo     the main job on the embedded base: task splits + the demo sweep
+#   make test     the default test suite (CPU, offline, a few minutes)
+#
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: help setup demo test test-slow lint data train sweep pretrain clean
+
+help:             ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+setup: $(STAMP)   ## create .venv and install fracture with its pinned dependencies
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+data: setup       ## write the task splits (JSONL) to data/<config-hash>/
+	$(PY) -m tasks --config tasks/configs/default.yaml --out data/
+
+train: sweep
+sweep: setup      ## fine-tune the demo population (runs/demo/), resumable
+	$(PY) -m train sweep --config train/configs/demo.yaml
+
+demo: setup data sweep  ## the main job on the embedded default
+
+pretrain: setup   ## rebuild models/embedded-base (about 20 minutes on 2 cores; demo never needs it)
+	$(PY) -m train pretrain --config train/configs/pretrain.yaml
+
+test: setup       ## CPU-only, offline tests (slow and gpu markers deselected)
+	$(PY) -m pytest -q
+
+test-slow: setup  ## also the slow tests
+	$(PY) -m pytest -q -m 'not gpu'
+
+lint: setup       ## ruff
+	$(VENV)/bin/ruff check .
+
+clean:            ## remove generated data and runs (keeps .venv and models/)
+	rm -rf data runs reports

@@ -1,0 +1,140 @@
+"""Build the splits of a task config: deterministic, eval splits disjoint from training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tasks.config import TaskConfig
+from tasks.registry import ID_NAME, ID_SPEC, SHIFTS
+from tasks.settings import atomic_write_json, atomic_write_text, config_dict, config_hash
+from tasks.spec import SplitSpec
+
+EVAL_SPLIT_OF_ID = "dev"
+
+
+def resolve_specs(cfg: TaskConfig) -> dict[str, SplitSpec]:
+    """``{"id": spec, "<shift>": spec, ...}`` for this config (registry + YAML-defined shifts)."""
+    specs = {ID_NAME: dataclasses.replace(ID_SPEC, **_listless(cfg.id)) if cfg.id else ID_SPEC}
+    for name, params in cfg.shifts.items():
+        if params:
+            base = SHIFTS.get(name)
+            if base is not None:
+                specs[name] = dataclasses.replace(base, **_listless(params))
+            else:
+                specs[name] = SplitSpec.from_mapping(name, dict(params))
+        elif name in SHIFTS:
+            specs[name] = SHIFTS[name]
+        else:
+            raise ValueError(f"shift {name!r} is not registered ({sorted(SHIFTS)}); "
+                             "define it with generator parameters (digits, terms, operators, notation, base)")
+    return specs
+
+
+def _listless(params: Mapping[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(SplitSpec)} - {"name"}
+    unknown = set(params) - known
+    if unknown:
+        raise ValueError(f"unknown generator parameter(s) {sorted(unknown)}; known: {sorted(known)}")
+    return dict(params)
+
+
+def _rng(cfg_seed: int, split: str, role: str) -> random.Random:
+    # A string seed is hashed with SHA-512 by `random`: stable across processes and versions.
+    return random.Random(f"fracture:{cfg_seed}:{split}:{role}")
+
+
+def sample_unique(spec: SplitSpec, n: int, rng: random.Random, answer_order: str,
+                  exclude: set[str] | frozenset[str] = frozenset(), split: str | None = None) -> list[dict]:
+    """``n`` items with distinct prompts, none of them in ``exclude``."""
+    items, seen = [], set(exclude)
+    attempts = 0
+    while len(items) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(f"split {spec.name!r} cannot yield {n} distinct items; widen its digit range")
+        item = spec.sample(rng, answer_order)
+        if item["prompt"] in seen:
+            continue
+        seen.add(item["prompt"])
+        if split is not None:
+            item["split"] = split
+        items.append(item)
+    return items
+
+
+def build_eval_splits(cfg: TaskConfig) -> dict[str, list[dict]]:
+    """``dev`` (in-domain) and one split per shift, each ``n_eval`` unique items."""
+    specs = resolve_specs(cfg)
+    out: dict[str, list[dict]] = {}
+    taken: set[str] = set()
+    for name, spec in specs.items():
+        split = EVAL_SPLIT_OF_ID if name == ID_NAME else name
+        # Disjoint across eval splits too, so an item is scored under exactly one label.
+        out[split] = sample_unique(spec, cfg.n_eval, _rng(cfg.seed, name, "eval"), cfg.answer_order, taken, split)
+        # Keep the `split` column as the metric label: dev rows are graded under "id".
+        for item in out[split]:
+            item["split"] = ID_NAME if name == ID_NAME else name
+        taken.update(item["prompt"] for item in out[split])
+    return out
+
+
+def eval_prompts(eval_splits: Mapping[str, list[dict]]) -> frozenset[str]:
+    return frozenset(item["prompt"] for items in eval_splits.values() for item in items)
+
+
+def sample_training(specs: Mapping[str, SplitSpec], mixture: Mapping[str, float], n: int, seed: int | str,
+                    answer_order: str, exclude: Iterable[str]) -> list[dict]:
+    """``n`` training items drawn from a mixture of generators, never an eval prompt.
+
+    ``mixture`` maps split names (``id`` or a shift) to weights; a share of a shift's
+    generator in training is how runs are made to differ in what they learn.
+    """
+    unknown = set(mixture) - set(specs)
+    if unknown:
+        raise ValueError(f"mixture names unknown split(s) {sorted(unknown)}; known: {sorted(specs)}")
+    total = sum(float(w) for w in mixture.values())
+    if total <= 0 or any(float(w) < 0 for w in mixture.values()):
+        raise ValueError(f"mixture weights must be >= 0 and sum > 0: {dict(mixture)}")
+    names = sorted(mixture)
+    weights = [float(mixture[k]) / total for k in names]
+    rng = random.Random(f"fracture-train:{seed}")
+    banned = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
+    items = []
+    while len(items) < n:
+        spec = specs[rng.choices(names, weights)[0]]
+        item = spec.sample(rng, answer_order)
+        if item["prompt"] not in banned:
+            items.append(item)
+    return items
+
+
+def write_splits(cfg: TaskConfig, out_root: str | Path) -> Path:
+    """Write ``<out_root>/<config-hash>/`` with train, dev and shift JSONL files. Idempotent."""
+    out = Path(out_root) / config_hash(cfg)
+    marker = out / "task.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("config") == config_dict(cfg):
+        return out
+    eval_splits = build_eval_splits(cfg)
+    specs = resolve_specs(cfg)
+    train = sample_training(specs, {ID_NAME: 1.0}, cfg.n_train, f"{cfg.seed}:train.jsonl",
+                            cfg.answer_order, eval_prompts(eval_splits))
+    for item in train:
+        item["split"] = "train"
+    for name, items in {"train": train, **eval_splits}.items():
+        atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(it, sort_keys=True) + "\n" for it in items))
+    atomic_write_json(marker, {
+        "config": config_dict(cfg),
+        "splits": {name: spec.params() | {"description": spec.description} for name, spec in specs.items()},
+        "files": sorted(["train.jsonl", *(f"{k}.jsonl" for k in eval_splits)]),
+    })
+    return out
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,161 @@
+"""The task's splits: determinism, disjointness, sizes, and each shift's defining property."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tasks import SHIFTS, TaskConfig, build_eval_splits, resolve_specs, sample_training, write_splits
+from tasks.dataset import eval_prompts, read_jsonl
+from tasks.formatting import DIGITS
+from tasks.settings import load_config
+from tasks.spec import SplitSpec
+
+
+def value_of(answer: str, base: int, order: str = "lsd") -> int:
+    return int(answer[::-1] if order == "lsd" else answer, base)
+
+
+def small_cfg(**kw) -> TaskConfig:
+    return TaskConfig(n_eval=300, n_train=2000, **kw)
+
+
+def test_default_eval_splits_hold_at_least_1000_items():
+    splits = build_eval_splits(TaskConfig())
+    assert set(splits) == {"dev", "length", "operator_order", "base"}
+    assert all(len(items) >= 1000 for items in splits.values())
+    assert all(len({it["prompt"] for it in items}) == len(items) for items in splits.values())
+
+
+def test_splits_are_deterministic_from_the_seed():
+    a, b = build_eval_splits(small_cfg(seed=3)), build_eval_splits(small_cfg(seed=3))
+    assert a == b
+    c = build_eval_splits(small_cfg(seed=4))
+    assert [it["prompt"] for it in a["dev"]] != [it["prompt"] for it in c["dev"]]
+
+
+def test_eval_splits_are_disjoint_from_training_and_from_each_other(tmp_path):
+    cfg = small_cfg()
+    out = write_splits(cfg, tmp_path)
+    evals = {name: read_jsonl(out / f"{name}.jsonl") for name in ("dev", "length", "operator_order", "base")}
+    train = read_jsonl(out / "train.jsonl")
+    banned = eval_prompts(evals)
+    assert len(banned) == sum(len(v) for v in evals.values())  # no prompt in two eval splits
+    assert not banned & {it["prompt"] for it in train}
+    # Mixtures that draw from shift generators must also avoid every eval prompt.
+    mixed = sample_training(resolve_specs(cfg), {"id": 1, "base": 1, "operator_order": 1, "length": 1},
+                            4000, seed=0, answer_order="lsd", exclude=banned)
+    assert not banned & {it["prompt"] for it in mixed}
+
+
+def test_train_items_under_exclusion_are_still_in_domain(tmp_path):
+    train = read_jsonl(write_splits(small_cfg(), tmp_path) / "train.jsonl")
+    assert all(it["split"] == "train" and it["meta"]["name"] == "id" for it in train)
+
+
+@pytest.mark.parametrize("split", ["dev", "length", "operator_order", "base"])
+def test_answers_are_the_true_result_written_lsd_first(split):
+    for item in build_eval_splits(small_cfg())[split]:
+        meta = item["meta"]
+        assert value_of(item["answer"], meta["base"]) == meta["result"] == sum(meta["operands"])
+        assert set(item["answer"]) <= set(DIGITS[:meta["base"]])
+
+
+# One check per registered shift; the meta-test below fails when a shift has none.
+def _check_length(items):
+    assert all(len(str(x)) == 4 for it in items for x in it["meta"]["operands"])
+
+
+def _check_operator_order(items):
+    for it in items:
+        a, b = it["meta"]["operands"]
+        assert it["prompt"] == f"+{a}|{b}="
+
+
+def _check_base(items):
+    for it in items:
+        assert it["prompt"].startswith("b8|")
+        a, b = it["meta"]["operands"]
+        assert it["prompt"] == f"b8|{oct(a)[2:]}+{oct(b)[2:]}="
+
+
+SHIFT_CHECKS = {"length": _check_length, "operator_order": _check_operator_order, "base": _check_base}
+
+
+def test_every_registered_shift_has_a_test():
+    assert set(SHIFTS) == set(SHIFT_CHECKS), "add a check to SHIFT_CHECKS for each new shift"
+
+
+@pytest.mark.parametrize("name", sorted(SHIFT_CHECKS))
+def test_shift_defining_property(name):
+    SHIFT_CHECKS[name](build_eval_splits(small_cfg())[name])
+
+
+def test_in_domain_items_are_infix_base10_up_to_3_digits():
+    for it in build_eval_splits(small_cfg())["dev"]:
+        a, b = it["meta"]["operands"]
+        assert it["prompt"] == f"{a}+{b}=" and a < 1000 and b < 1000 and it["split"] == "id"
+
+
+def test_a_shift_defined_in_yaml_by_parameters_alone(tmp_path):
+    preset = tmp_path / "task.yaml"
+    preset.write_text("n_eval: 200\nshifts:\n  base: {}\n  sub_add:\n    terms: [3, 3]\n    digits: [1, 2]\n"
+                      "    operators: ['-', '+']\n    description: a-b+c\n")
+    cfg = load_config(TaskConfig, preset)
+    items = build_eval_splits(cfg)["sub_add"]
+    assert len(items) == 200
+    for it in items:
+        a, b, c = it["meta"]["operands"]
+        assert it["prompt"] == f"{a}-{b}+{c}=" and value_of(it["answer"], 10) == a - b + c >= 0
+
+
+def test_the_shipped_yaml_shift_example_builds():
+    cfg = load_config(TaskConfig, "tasks/configs/with_yaml_shift.yaml")
+    assert "sub_add" in build_eval_splits(cfg)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"digits": [3, 1]}, "digits"), ({"operators": ["*"]}, "operators"), ({"base": 17}, "base"),
+    ({"notation": "postfix"}, "notation"), ({"colour": "red"}, "unknown"),
+])
+def test_bad_generator_parameters_are_refused_clearly(params, message):
+    with pytest.raises(ValueError, match=message):
+        SplitSpec.from_mapping("bad_shift", params)
+
+
+def test_shift_names_must_be_safe_label_values():
+    with pytest.raises(ValueError, match="name"):
+        SplitSpec(name="Bad Name!")
+    with pytest.raises(ValueError, match="not registered"):
+        resolve_specs(TaskConfig(shifts={"no_such_shift": {}}))
+
+
+def test_msd_answer_order():
+    items = build_eval_splits(small_cfg(answer_order="msd"))["dev"]
+    assert all(value_of(it["answer"], 10, "msd") == it["meta"]["result"] for it in items)
+
+
+def test_cli_writes_jsonl_and_is_idempotent(tmp_path):
+    cmd = [sys.executable, "-m", "tasks", "--config", "tasks/configs/default.yaml", "--out", str(tmp_path),
+           "--n_eval=100", "--n_train=50"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    (folder,) = tmp_path.iterdir()
+    files = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert {"train.jsonl", "dev.jsonl", "length.jsonl", "operator_order.jsonl", "base.jsonl", "task.json"} <= set(files)
+    row = json.loads((folder / "base.jsonl").read_text().splitlines()[0])
+    assert set(row) == {"prompt", "answer", "split", "meta"} and row["meta"]["base"] == 8
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == files
+
+
+def test_cli_reports_bad_config_without_traceback(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "tasks", "--out", str(tmp_path), "--n_evl=5"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "did you mean 'n_eval'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_tasks_package_is_pure_python():
+    code = "import sys, tasks, tasks.dataset; bad = {'torch', 'numpy', 'transformers'} & set(sys.modules); " \
+           "sys.exit(str(bad) if bad else 0)"
+    subprocess.run([sys.executable, "-c", code], check=True)

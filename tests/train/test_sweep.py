@@ -1,0 +1,100 @@
+"""The sweep end to end on the embedded base: tables, signal check, resume, corruption."""
+
+import csv
+import json
+import signal
+import subprocess
+import time
+
+import yaml
+
+from tests.train.conftest import REPO, write_tiny_sweep
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def run(args, **kw):
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_tiny_sweep_end_to_end_then_rerun_is_a_no_op(tmp_path):
+    res = run(write_tiny_sweep(tmp_path))
+    assert res.returncode == 0, res.stderr
+    sweep = tmp_path / "runs" / "tiny"
+    rows = read_csv(sweep / "accuracy.csv")
+    assert list(rows[0]) == ["run", "step", "variant", "split", "n", "correct", "digit_correct", "digit_total"]
+    runs = {r["run"] for r in rows}
+    assert len(runs) == 2 and {r["variant"] for r in rows} == {"torch-fp32"}
+    assert {r["split"] for r in rows} == {"id", "length", "operator_order", "base"}
+    assert {r["step"] for r in rows} == {"2", "4", "6"}
+    assert len(rows) == 2 * 3 * 4 and all(r["n"] == "40" for r in rows)
+    assert all(0 <= int(r["correct"]) <= 40 and int(r["digit_total"]) >= 40 for r in rows)
+
+    signal_json = json.loads((sweep / "signal.json").read_text())
+    assert set(signal_json["splits"]) == {"id", "length", "operator_order", "base"}
+    for s in signal_json["splits"].values():
+        assert {"mean", "sd_across_runs", "binomial_se", "share_at_0", "share_at_1", "has_signal"} <= set(s)
+    assert "binomial" not in res.stdout or "sd/SE" in res.stdout  # the table is printed
+
+    for run_id in runs:
+        cfg = json.loads((sweep / run_id / "config.json").read_text())
+        assert cfg["run_id"] == run_id and cfg["checkpoint_steps"] == [2, 4, 6]
+        ckpt = sweep / run_id / "checkpoints" / "step-6"
+        files = {p.name for p in ckpt.iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "manifest.json"} <= files
+    resolved = yaml.safe_load((sweep / "sweep.yaml").read_text())
+    assert resolved["config"]["name"] == "tiny" and len(resolved["runs"]) == 2
+
+    before = (sweep / "accuracy.csv").read_text()
+    res = run(write_tiny_sweep(tmp_path))
+    assert res.returncode == 0 and "(2 already done)" in res.stdout
+    assert (sweep / "accuracy.csv").read_text() == before  # idempotent: no duplicated rows
+
+
+def test_corrupt_checkpoint_is_detected_and_its_run_redone(tmp_path):
+    assert run(write_tiny_sweep(tmp_path)).returncode == 0
+    sweep = tmp_path / "runs" / "tiny"
+    victim = sorted(p for p in sweep.iterdir() if p.is_dir())[0]
+    weights = victim / "checkpoints" / "step-4" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10:] = b"\x00" * 10
+    weights.write_bytes(bytes(data))
+    res = run(write_tiny_sweep(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert f"redoing {victim.name}" in res.stderr and "sha256" in res.stderr
+    assert "(1 already done)" in res.stdout
+    assert len(read_csv(sweep / "accuracy.csv")) == 24
+
+
+def test_killed_sweep_resumes_and_redoes_only_unfinished_runs(tmp_path):
+    args = write_tiny_sweep(tmp_path, workers=1)
+    sweep = tmp_path / "runs" / "tiny"
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    # Kill it while the second run is in progress: the first is finished, the second is not.
+    while time.monotonic() < deadline and proc.poll() is None:
+        finished = list(sweep.glob("*/done.json"))
+        second = [p for p in sweep.glob("r01-*/checkpoints/step-*") if p.is_dir()]
+        if finished and second:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "runs" / "tiny" / "accuracy.csv").exists()
+
+    res = run(args)
+    assert res.returncode == 0, res.stderr
+    assert "(1 already done)" in res.stdout
+    rows = read_csv(sweep / "accuracy.csv")
+    assert len(rows) == 24 and len({(r["run"], r["step"], r["split"]) for r in rows}) == 24
+    assert not list(sweep.glob("*/checkpoints/.*"))  # no temporary checkpoint left behind
+
+
+def test_a_changed_config_does_not_overwrite_an_existing_sweep(tmp_path):
+    assert run(write_tiny_sweep(tmp_path)).returncode == 0
+    res = run(write_tiny_sweep(tmp_path, batch_size=8))
+    assert res.returncode == 2 and "different sweep config" in res.stderr

@@ -1,0 +1,115 @@
+"""Checkpoint integrity, the accuracy table, the signal check, presets and fallbacks."""
+
+import json
+import math
+
+import pytest
+
+from tasks.settings import load_config
+from train.accuracy_table import read_table, upsert_rows
+from train.base import build_char_tokenizer, detect_digit_format, embedded_model_config
+from train.checkpoints import save_checkpoint, verify_checkpoint
+from train.config import PretrainConfig, SweepConfig
+from train.data import PadCollator, encode_items
+from train.finetune import checkpoint_steps
+from train.signal import signal_check
+from train.sweep import expand_runs, resolve_hardware
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from transformers import GPTNeoXForCausalLM
+
+    tok = build_char_tokenizer()
+    return GPTNeoXForCausalLM(embedded_model_config(len(tok), hidden=32, layers=1, heads=2, ffn=64)), tok
+
+
+def test_checkpoint_roundtrip_and_corruption(tmp_path, tiny_model):
+    model, tok = tiny_model
+    ckpt = save_checkpoint(model, tok, tmp_path / "step-1", {"step": 1, "digit_format": "compact"})
+    assert verify_checkpoint(ckpt) is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (ckpt / "tokenizer.json").write_text("{}")
+    assert "sha256" in verify_checkpoint(ckpt)
+    (ckpt / "manifest.json").unlink()
+    assert "partial" in verify_checkpoint(ckpt)
+    assert "no manifest" in verify_checkpoint(tmp_path / "missing")
+
+
+def test_char_tokenizer_is_one_token_per_character():
+    tok = build_char_tokenizer()
+    assert detect_digit_format(tok) == "compact"
+    ids = tok.encode("b8|754+175=", add_special_tokens=False)
+    assert len(ids) == 11 and tok.decode(ids) == "b8|754+175="
+
+
+def test_encoded_items_mask_the_prompt():
+    tok = build_char_tokenizer()
+    (enc,) = encode_items([{"prompt": "12+34=", "answer": "64"}], tok, "compact")
+    assert enc["labels"][:6] == [-100] * 6 and enc["labels"][6:] == enc["input_ids"][6:]
+    assert enc["input_ids"][-1] == tok.eos_token_id
+    batch = PadCollator(tok.pad_token_id)([enc, {"input_ids": [5], "labels": [5]}])
+    assert batch["input_ids"].shape == (2, 9) and batch["attention_mask"][1].sum() == 1
+
+
+def test_accuracy_table_upsert_replaces_rows(tmp_path):
+    path = tmp_path / "accuracy.csv"
+    row = {"run": "r0", "step": 5, "variant": "torch-fp32", "split": "id", "n": 10, "correct": 3}
+    upsert_rows(path, [row])
+    upsert_rows(path, [row | {"correct": 4}, row | {"split": "base"}])
+    table = read_table(path)
+    assert len(table) == 2 and {r["correct"] for r in table if r["split"] == "id"} == {4}
+
+
+def test_signal_check_numbers():
+    rows = []
+    accs = {"id": [0.5, 0.5, 0.5, 0.5], "base": [0.2, 0.4, 0.6, 0.8], "length": [0.0, 0.0, 0.0, 0.01]}
+    for split, values in accs.items():
+        for i, a in enumerate(values):
+            rows.append({"run": f"r{i}", "step": 10, "variant": "torch-fp32", "split": split, "n": 1000,
+                         "correct": round(a * 1000), "digit_correct": 1, "digit_total": 2})
+            rows.append({"run": f"r{i}", "step": 5, "variant": "torch-fp32", "split": split, "n": 1000,
+                         "correct": 0})  # earlier checkpoints are not final: ignored
+    check = signal_check(rows)
+    assert math.isclose(check["base"]["mean"], 0.5)
+    assert math.isclose(check["base"]["binomial_se"], math.sqrt(0.25 / 1000))
+    assert check["base"]["has_signal"] and check["base"]["spread_over_se"] > 2
+    assert not check["id"]["has_signal"] and check["id"]["sd_across_runs"] == 0
+    assert not check["length"]["has_signal"] and check["length"]["share_at_0"] == 0.75
+
+
+def test_checkpoint_steps_are_evenly_spaced_and_end_at_the_last_step():
+    assert checkpoint_steps(150, 3) == [50, 100, 150]
+    assert checkpoint_steps(2, 3) == [1, 2]
+
+
+@pytest.mark.parametrize("preset", ["demo", "tiny", "pythia70m"])
+def test_sweep_presets_load_and_expand(preset):
+    cfg = load_config(SweepConfig, f"train/configs/{preset}.yaml")
+    runs = expand_runs(cfg, "cpu", "fp32", "hash")
+    assert len({r["run_id"] for r in runs}) == len(runs) >= 1
+    assert all(len(r["checkpoint_steps"]) >= min(cfg.checkpoints, r["steps"]) for r in runs)
+    json.dumps(runs)  # the resolved config must be saveable
+
+
+def test_demo_population_size():
+    runs = expand_runs(load_config(SweepConfig, "train/configs/demo.yaml"), "cpu", "fp32", "h")
+    assert len(runs) >= 24 and all(len(r["checkpoint_steps"]) >= 3 for r in runs)
+
+
+def test_pythia_preset_values_and_cpu_fallback():
+    cfg = load_config(SweepConfig, "train/configs/pythia70m.yaml")
+    assert (cfg.base, cfg.batch_size, cfg.grad_accum, cfg.weight_decay, cfg.epochs) == \
+        ("EleutherAI/pythia-70m", 16, 2, 0.01, 3.0)
+    assert [float(x) for x in cfg.grid["lr"]] == [3e-5]
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: no fallback to check")
+    device, precision, notes = resolve_hardware(cfg)
+    assert (device, precision) == ("cpu", "fp32") and "no CUDA GPU" in notes[0]
+
+
+def test_pretrain_preset_loads():
+    cfg = load_config(PretrainConfig, "train/configs/pretrain.yaml")
+    assert cfg.out == "models/embedded-base" and sum(e["weight"] for e in cfg.corpus.values()) > 0

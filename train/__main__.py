@@ -1,0 +1,46 @@
+"""Fine-tuning sweeps and the embedded base.
+
+    python -m train sweep --config train/configs/demo.yaml
+    python -m train sweep --config train/configs/demo.yaml --base=EleutherAI/pythia-70m
+    python -m train sweep --config train/configs/pythia70m.yaml        # CUDA GPU preset
+    python -m train pretrain --config train/configs/pretrain.yaml      # rebuilds models/embedded-base
+
+Any config field can be given as --field=value (CLI > YAML > defaults); the resolved
+config is saved next to every artifact. A killed sweep resumes with the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tasks.settings import ConfigError, load_config, parse_cli_overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["sweep", "pretrain"])
+    parser.add_argument("--config", default=None, help="YAML preset (train/configs/*.yaml)")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        overrides = parse_cli_overrides(rest)
+        if args.command == "pretrain":
+            from train.config import PretrainConfig
+            from train.pretrain import pretrain
+
+            pretrain(load_config(PretrainConfig, args.config, overrides), argv[1:])
+        else:
+            from train.config import SweepConfig
+            from train.sweep import run_sweep
+
+            run_sweep(load_config(SweepConfig, args.config, overrides))
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The train stage's configs: the base-model pretraining and the fine-tuning sweep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    out: str = "models/embedded-base"  # where the base is saved (save_pretrained layout)
+    task_config: str = "tasks/configs/default.yaml"  # its eval prompts are never pretrained on
+    seed: int = 1234  # model init and corpus stream
+    steps: int = 20000  # optimizer steps
+    batch_size: int = 64  # items per step
+    lr: float = 1e-3  # peak learning rate (AdamW), cosine decay after warm-up
+    warmup_steps: int = 500  # linear warm-up
+    weight_decay: float = 0.01  # AdamW weight decay
+    hidden: int = 128  # GPT-NeoX hidden size
+    layers: int = 4  # transformer blocks
+    heads: int = 4  # attention heads
+    ffn: int = 512  # MLP width
+    max_positions: int = 64  # longest sequence in tokens
+    threads: int = 2  # torch intra-op threads
+    eval_items: int = 400  # items per split for the report printed at the end
+    # name -> {weight, generator parameters}: the broad corpus the base learns from
+    corpus: dict[str, Any] = field(default_factory=lambda: {"add": {"weight": 1.0, "digits": [1, 4]}})
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = "demo"  # the sweep writes runs/<name>/
+    out_root: str = "runs"  # parent of sweep folders
+    base: str = "embedded"  # "embedded", a hub id (EleutherAI/pythia-70m) or a local HF directory
+    task_config: str = "tasks/configs/default.yaml"  # the task preset (splits, n_eval)
+    data_root: str = "data"  # task splits are written to <data_root>/<task-hash>/
+    seed: int = 0  # run i is seeded with seed + i
+    sample: str = "grid"  # "grid": every combination of `grid`; "random": `runs` random draws from it
+    runs: int = 0  # number of runs for sample=random (ignored for grid)
+    # values to combine: lr, steps (optimizer steps), mixture (name -> split weights), repeat (seeds per combination)
+    grid: dict[str, Any] = field(default_factory=lambda: {
+        "lr": [1e-3], "steps": [100], "mixture": {"id": {"id": 1.0}}})
+    epochs: float = 0.0  # > 0: steps = epochs * train_items / (batch_size * grad_accum), overriding grid steps
+    train_items: int = 0  # items drawn per run; 0 = steps * batch_size * grad_accum (each seen once)
+    checkpoints: int = 3  # K checkpoints per run, evenly spaced, the last at the final step
+    batch_size: int = 64  # per-device train batch size
+    grad_accum: int = 1  # gradient accumulation steps
+    warmup_ratio: float = 0.0  # share of steps with linear warm-up
+    weight_decay: float = 0.0  # AdamW weight decay
+    precision: str = "auto"  # "auto" (bf16/fp16 on CUDA, fp32 on CPU), "fp32", "fp16", "bf16"
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    eval_items: int = 0  # items per eval split; 0 = all of the task's n_eval
+    eval_batch_size: int = 256  # fixed batch size of greedy evaluation (left padding)
+    workers: int = 2  # runs trained in parallel processes (CPU); 1 = in this process
+    threads_per_worker: int = 1  # torch intra-op threads per worker

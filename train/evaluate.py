@@ -1,0 +1,61 @@
+"""Offline evaluation of a torch model: batched greedy decoding, left padding, KV cache.
+
+One fixed batch size and left padding for every checkpoint, so accuracies are
+comparable across runs (DESIGN.md: accuracy depends on batch size and padding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from tasks.formatting import format_prompt
+from tasks.grader import grade
+
+
+def greedy_decode(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy continuations of ``prompts`` (already formatted), cut at EOS."""
+    import torch
+
+    outputs: list[str] = []
+    tokenizer.padding_side = "left"
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False,
+                            return_token_type_ids=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            gen = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            new = gen[:, enc["input_ids"].shape[1]:]
+            outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return outputs
+
+
+def max_answer_tokens(splits: Mapping[str, list[dict]], digit_format: str) -> int:
+    longest = max(len(it["answer"]) for items in splits.values() for it in items)
+    # One token per digit in either format, plus EOS and one spare so overlong answers show.
+    return longest + 2
+
+
+def evaluate_splits(model, tokenizer, digit_format: str, splits: Mapping[str, list[dict]],
+                    batch_size: int = 256, max_new_tokens: int | None = None,
+                    on_split: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """``{split: {n, correct, digit_correct, digit_total}}`` for each split's items."""
+    max_new = max_new_tokens or max_answer_tokens(splits, digit_format)
+    results = {}
+    for name, items in splits.items():
+        prompts = [format_prompt(it["prompt"], digit_format) for it in items]
+        preds = greedy_decode(model, tokenizer, prompts, max_new, batch_size)
+        grades = [grade(p, it["answer"]) for p, it in zip(preds, items)]
+        results[name] = {
+            "n": len(items),
+            "correct": sum(g.exact for g in grades),
+            "digit_correct": sum(g.digit_correct for g in grades),
+            "digit_total": sum(g.digit_total for g in grades),
+        }
+        if on_split:
+            on_split(name)
+    return results

@@ -1,0 +1,73 @@
+"""The signal check: does a split's accuracy vary across runs more than sampling noise?
+
+A shift on which every run scores 0 (or 1) carries no signal (DESIGN.md, The statistics).
+Per split, over the final checkpoints of the runs: mean accuracy, across-run standard
+deviation, the binomial standard error sqrt(p(1-p)/N) of one run's accuracy, and the
+share of runs at the floor (0 correct) and at the ceiling (all correct).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+# The foundation issue's bar for "this shift carries signal".
+MEAN_RANGE = (0.1, 0.9)
+MAX_FLOOR_CEILING_SHARE = 0.2
+MIN_SPREAD_OVER_SE = 2.0
+
+
+def final_rows(rows: list[dict], variant: str) -> list[dict]:
+    last = {}
+    for r in rows:
+        if r["variant"] == variant:
+            last[r["run"]] = max(last.get(r["run"], -1), int(r["step"]))
+    return [r for r in rows if r["variant"] == variant and int(r["step"]) == last[r["run"]]]
+
+
+def signal_check(rows: list[dict], variant: str = "torch-fp32") -> dict[str, dict]:
+    by_split: dict[str, list[dict]] = {}
+    for r in final_rows(rows, variant):
+        by_split.setdefault(r["split"], []).append(r)
+    out = {}
+    for split, rs in sorted(by_split.items(), key=lambda kv: (kv[0] != "id", kv[0])):
+        acc = [r["correct"] / r["n"] for r in rs]
+        mean = statistics.fmean(acc)
+        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        n_items = statistics.fmean(r["n"] for r in rs)
+        se = math.sqrt(mean * (1 - mean) / n_items)
+        digit = [r["digit_correct"] / r["digit_total"] for r in rs if r.get("digit_total")]
+        floor = sum(r["correct"] == 0 for r in rs) / len(rs)
+        ceiling = sum(r["correct"] == r["n"] for r in rs) / len(rs)
+        ratio = sd / se if se > 0 else None
+        reasons = []
+        if not MEAN_RANGE[0] <= mean <= MEAN_RANGE[1]:
+            reasons.append(f"mean {mean:.3f} outside {MEAN_RANGE}")
+        if max(floor, ceiling) >= MAX_FLOOR_CEILING_SHARE:
+            reasons.append(f"{max(floor, ceiling):.0%} of runs at floor/ceiling")
+        if ratio is None or ratio <= MIN_SPREAD_OVER_SE:
+            reasons.append("across-run spread not above 2x the binomial SE")
+        if len(rs) < 2:
+            reasons.append("fewer than 2 runs")
+        out[split] = {
+            "runs": len(rs), "items_per_run": n_items, "mean": mean, "sd_across_runs": sd,
+            "binomial_se": se, "spread_over_se": ratio, "share_at_0": floor, "share_at_1": ceiling,
+            "digit_score_mean": statistics.fmean(digit) if digit else None,
+            "digit_score_sd": statistics.stdev(digit) if len(digit) > 1 else None,
+            "has_signal": not reasons, "why_not": reasons,
+        }
+    return out
+
+
+def format_signal_table(check: dict[str, dict]) -> str:
+    head = f"{'split':16s} {'runs':>4s} {'mean':>6s} {'sd':>6s} {'SE':>6s} {'sd/SE':>6s} " \
+           f"{'at 0':>5s} {'at 1':>5s} {'digit':>6s}  signal"
+    lines = [head, "-" * len(head)]
+    for split, s in check.items():
+        ratio = f"{s['spread_over_se']:6.1f}" if s["spread_over_se"] is not None else "   n/a"
+        digit = f"{s['digit_score_mean']:6.3f}" if s["digit_score_mean"] is not None else "   n/a"
+        verdict = "yes" if s["has_signal"] else "no: " + "; ".join(s["why_not"])
+        lines.append(f"{split:16s} {s['runs']:4d} {s['mean']:6.3f} {s['sd_across_runs']:6.3f} "
+                     f"{s['binomial_se']:6.3f} {ratio} {s['share_at_0']:5.0%} {s['share_at_1']:5.0%} "
+                     f"{digit}  {verdict}")
+    return "\n".join(lines)

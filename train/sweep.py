@@ -1,0 +1,212 @@
+"""A fine-tuning sweep: a population of runs, resumable, evaluated at every checkpoint.
+
+Layout (DESIGN.md, Artifacts): runs/<sweep>/sweep.yaml, <run>/config.json,
+<run>/checkpoints/step-<N>/, <run>/eval/step-<N>.json, <run>/done.json, accuracy.csv,
+signal.json. A run counts as finished only when done.json matches its config and every
+checkpoint re-verifies; anything else is redone from scratch by the next invocation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import multiprocessing
+import random
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+import yaml
+
+from tasks.config import TaskConfig
+from tasks.dataset import write_splits
+from tasks.settings import atomic_write_json, atomic_write_text, config_dict, config_hash, load_config
+from train.accuracy_table import upsert_rows
+from train.checkpoints import verify_checkpoint
+from train.config import SweepConfig
+from train.finetune import checkpoint_steps, train_and_evaluate
+from train.signal import format_signal_table, signal_check
+
+
+def resolve_hardware(cfg: SweepConfig) -> tuple[str, str, list[str]]:
+    """(device, precision, notes). A CUDA preset on a machine without a GPU falls back to CPU fp32."""
+    import torch
+
+    notes = []
+    has_cuda = torch.cuda.is_available()
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if has_cuda else "cpu"
+    elif device == "cuda" and not has_cuda:
+        notes.append("no CUDA GPU found: falling back to the CPU in fp32 (this preset is sized for a GPU; "
+                     "expect it to be slow)")
+        device = "cpu"
+    precision = cfg.precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+    elif precision in ("fp16", "bf16") and device == "cpu":
+        notes.append(f"{precision} mixed precision needs a CUDA GPU here: using fp32 on the CPU")
+        precision = "fp32"
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {cfg.precision!r}")
+    return device, precision, notes
+
+
+def _grid_values(grid: dict) -> tuple[list[float], list[int], dict[str, dict], int]:
+    unknown = set(grid) - {"lr", "steps", "mixture", "repeat"}
+    if unknown:
+        raise ValueError(f"grid keys must be lr, steps, mixture and repeat; unknown: {sorted(unknown)}")
+    lrs = [float(x) for x in grid.get("lr", [1e-3])]
+    steps = [int(x) for x in grid.get("steps", [100])]
+    mixtures = grid.get("mixture", {"id": {"id": 1.0}})
+    if isinstance(mixtures, list):  # unnamed mixtures get positional names
+        mixtures = {f"mix{i}": m for i, m in enumerate(mixtures)}
+    repeat = int(grid.get("repeat", 1))  # each combination this many times, with different seeds
+    if repeat < 1:
+        raise ValueError("grid.repeat must be >= 1")
+    return lrs, steps, {str(k): {s: float(w) for s, w in v.items()} for k, v in mixtures.items()}, repeat
+
+
+def expand_runs(cfg: SweepConfig, device: str, precision: str, task_hash: str) -> list[dict]:
+    """The resolved config of every run of the sweep, in a stable order."""
+    lrs, steps_list, mixtures, repeat = _grid_values(cfg.grid)
+    combos = [c for c in itertools.product(lrs, steps_list, mixtures.items()) for _ in range(repeat)]
+    if cfg.sample == "random":
+        if cfg.runs < 1:
+            raise ValueError("sample=random needs runs >= 1")
+        rng = random.Random(f"fracture-sweep:{cfg.seed}")
+        combos = [rng.choice(combos) for _ in range(cfg.runs)]
+    elif cfg.sample != "grid":
+        raise ValueError(f"sample must be 'grid' or 'random', got {cfg.sample!r}")
+    runs = []
+    for i, (lr, steps, (mix_name, mixture)) in enumerate(combos):
+        if cfg.epochs > 0:
+            if cfg.train_items < 1:
+                raise ValueError("epochs > 0 needs train_items (the size of the epoch)")
+            steps = math.ceil(cfg.epochs * cfg.train_items / (cfg.batch_size * cfg.grad_accum))
+        train_items = cfg.train_items or steps * cfg.batch_size * cfg.grad_accum
+        runs.append({
+            "run_id": f"r{i:02d}-lr{lr:g}-s{steps}-{mix_name}", "index": i, "seed": cfg.seed + i,
+            "lr": lr, "steps": steps, "mixture_name": mix_name, "mixture": mixture,
+            "train_items": train_items, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+            "warmup_ratio": cfg.warmup_ratio, "weight_decay": cfg.weight_decay,
+            "checkpoint_steps": checkpoint_steps(steps, cfg.checkpoints), "base": cfg.base,
+            "device": device, "precision": precision, "task_hash": task_hash,
+        })
+    return runs
+
+
+def run_is_finished(run_dir: Path, run: dict) -> str | None:
+    """``None`` when the run is complete and intact, else why it must be redone."""
+    done = run_dir / "done.json"
+    if not done.is_file():
+        return "not finished"
+    try:
+        if json.loads(done.read_text()).get("config") != run:
+            return "config changed"
+    except ValueError:
+        return "unreadable done.json"
+    for step in run["checkpoint_steps"]:
+        problem = verify_checkpoint(run_dir / "checkpoints" / f"step-{step}")
+        if problem:
+            return problem
+        if not (run_dir / "eval" / f"step-{step}.json").is_file():
+            return f"no evaluation of step {step}"
+    return None
+
+
+def _worker_run(run, data_dir, task_cfg, run_dir, eval_items, eval_batch_size, threads, queue):
+    def progress(run_id, step, total):
+        queue.put((run_id, step, total))
+
+    return train_and_evaluate(run, data_dir, task_cfg, run_dir, eval_items, eval_batch_size, threads, progress)
+
+
+def _check_sweep_yaml(path: Path, resolved: dict) -> None:
+    if path.is_file():
+        previous = yaml.safe_load(path.read_text())
+        if previous.get("config") != resolved["config"]:
+            raise ValueError(f"{path.parent} was made by a different sweep config; pass another --name "
+                             f"or remove the folder (nothing was changed)")
+    atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    sweep_dir = Path(cfg.out_root) / cfg.name
+    task_cfg = load_config(TaskConfig, cfg.task_config)
+    data_dir = write_splits(task_cfg, cfg.data_root)
+    device, precision, notes = resolve_hardware(cfg)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    runs = expand_runs(cfg, device, precision, config_hash(task_cfg))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _check_sweep_yaml(sweep_dir / "sweep.yaml", {
+        "config": config_dict(cfg), "task": config_dict(task_cfg), "data": str(data_dir),
+        "device": device, "precision": precision, "runs": [r["run_id"] for r in runs]})
+
+    todo = []
+    for run in runs:
+        why = run_is_finished(sweep_dir / run["run_id"], run)
+        if why:
+            if why != "not finished" and (sweep_dir / run["run_id"]).exists():
+                print(f"redoing {run['run_id']}: {why}", file=sys.stderr)
+            todo.append(run)
+    workers = 1 if device == "cuda" else max(1, min(cfg.workers, len(todo)))
+    print(f"sweep {cfg.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), "
+          f"{workers} worker(s), {device}/{precision}, data {data_dir}")
+
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", unit="run", dynamic_ncols=True)
+    current: dict[str, str] = {}
+
+    def show(run_id, step, total):
+        current[run_id] = f"{run_id.split('-')[0]} {step}/{total}"
+        bar.set_postfix_str(" | ".join(current.values()), refresh=True)
+
+    args = (str(data_dir), task_cfg)
+    if workers == 1:
+        for run in todo:
+            train_and_evaluate(run, *args, str(sweep_dir / run["run_id"]), cfg.eval_items, cfg.eval_batch_size,
+                               cfg.threads_per_worker if device == "cpu" and cfg.workers > 1 else None, show)
+            current.pop(run["run_id"], None)
+            bar.update(1)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            queue = manager.Queue()
+            pending = {pool.submit(_worker_run, run, *args, str(sweep_dir / run["run_id"]), cfg.eval_items,
+                                   cfg.eval_batch_size, cfg.threads_per_worker, queue): run for run in todo}
+            try:
+                while pending:
+                    finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    while not queue.empty():
+                        show(*queue.get_nowait())
+                    for fut in finished:
+                        run = pending.pop(fut)
+                        fut.result()  # a failed run stops the sweep with its error; finished runs stay
+                        current.pop(run["run_id"], None)
+                        bar.update(1)
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    bar.close()
+
+    rows = []
+    for run in runs:
+        for step in run["checkpoint_steps"]:
+            rows.extend(json.loads((sweep_dir / run["run_id"] / "eval" / f"step-{step}.json").read_text())["rows"])
+    table = upsert_rows(sweep_dir / "accuracy.csv", rows)
+    check = signal_check(table)
+    wall = time.perf_counter() - started
+    atomic_write_json(sweep_dir / "signal.json", {
+        "variant": "torch-fp32", "points": "final checkpoint of each run", "splits": check,
+        "shifts_with_signal": [s for s, v in check.items() if s != "id" and v["has_signal"]],
+        "wall_seconds_this_invocation": round(wall, 1)})
+    print(format_signal_table(check))
+    print(f"wrote {sweep_dir / 'accuracy.csv'} and {sweep_dir / 'signal.json'} in {wall:.0f}s")
+    return check
