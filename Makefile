@@ -1,6 +1,6 @@
 # fracture — the table of contents. Every target sets itself up (idempotently).
 #
-#   make demo     the main job on the embedded base: task splits + the demo sweep
+#   make demo     the main job on the embedded base: task splits, the demo sweep, the report
 #   make test     the default test suite (CPU, offline, a few minutes)
 #
 PYTHON ?= python3
@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help setup demo test test-slow lint data train sweep pretrain clean
+.PHONY: help setup demo test test-slow lint data train sweep report watch pretrain clean
 
 help:             ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -29,7 +29,13 @@ train: sweep
 sweep: setup      ## fine-tune the demo population (runs/demo/), resumable
 	$(PY) -m train sweep --config train/configs/demo.yaml
 
-demo: setup data sweep  ## the main job on the embedded default
+report: setup     ## partial correlations of the demo sweep -> reports/demo/{summary.json,report.html}
+	$(PY) -m telemetry analyze --accuracies runs/demo/accuracy.csv --out reports/demo
+
+watch: setup      ## recompute from Prometheus every 30 s; gauges on 127.0.0.1:9108/metrics
+	$(PY) -m telemetry watch --prometheus http://127.0.0.1:9090 --port 9108
+
+demo: setup data sweep report  ## the main job on the embedded default
 
 pretrain: setup   ## rebuild models/embedded-base (about 20 minutes on 2 cores; demo never needs it)
 	$(PY) -m train pretrain --config train/configs/pretrain.yaml

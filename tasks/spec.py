@@ -28,6 +28,7 @@ class SplitSpec:
     operators: tuple[str, ...] = ("+",)  # operator i joins operand i and i+1 (cycled)
     notation: str = "infix"  # "infix": 12+34=   "prefix": +12|34= (Polish notation)
     base: int = 10  # number base of operands and answer; != 10 is tagged "b8|" in the prompt
+    pad: bool = True  # zero-pad operands to digits[1] and the answer to its widest value (fixed width)
     description: str = ""  # one line for reports
 
     def __post_init__(self) -> None:
@@ -36,6 +37,7 @@ class SplitSpec:
         object.__setattr__(self, "terms", tuple(int(t) for t in self.terms))
         object.__setattr__(self, "operators", tuple(str(o) for o in self.operators))
         object.__setattr__(self, "base", int(self.base))
+        object.__setattr__(self, "pad", bool(self.pad))
         problems = []
         if not NAME_RE.match(self.name) or self.name in RESERVED:
             problems.append(f"name {self.name!r} must match {NAME_RE.pattern} and not be one of {sorted(RESERVED)}")
@@ -80,8 +82,13 @@ class SplitSpec:
         hi = self.base ** self.digits[1] - 1
         return rng.randint(lo, hi)
 
+    def answer_width(self) -> int:
+        """Digits of the largest possible result: every answer of the split is written this wide."""
+        return len(to_base(self.terms[1] * (self.base ** self.digits[1] - 1), self.base))
+
     def render(self, operands: list[int], ops: list[str]) -> str:
-        nums = [to_base(x, self.base) for x in operands]
+        width = self.digits[1] if self.pad else 0
+        nums = [to_base(x, self.base).rjust(width, "0") for x in operands]
         if self.notation == "infix":
             body = nums[0] + "".join(op + n for op, n in zip(ops, nums[1:]))
         else:  # ((a op1 b) op2 c) -> op2 op1 a|b|c
@@ -103,6 +110,8 @@ class SplitSpec:
         else:
             raise ValueError(f"split {self.name!r} cannot produce a non-negative result")
         answer = to_base(result, self.base)
+        if self.pad:
+            answer = answer.rjust(self.answer_width(), "0")
         if answer_order == "lsd":
             answer = answer[::-1]
         elif answer_order != "msd":

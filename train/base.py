@@ -38,13 +38,13 @@ def build_char_tokenizer():
 
 
 def embedded_model_config(vocab_size: int, hidden: int = 128, layers: int = 4, heads: int = 4,
-                          ffn: int = 512, max_positions: int = 64):
-    """A Pythia-family GPT-NeoX config: rotary on 25% of head dims, parallel residual."""
+                          ffn: int = 512, max_positions: int = 64, rotary_pct: float = 0.25):
+    """A Pythia-family GPT-NeoX config: rotary position embeddings, parallel residual."""
     from transformers import GPTNeoXConfig
 
     return GPTNeoXConfig(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=ffn, max_position_embeddings=max_positions, rotary_pct=0.25,
+        intermediate_size=ffn, max_position_embeddings=max_positions, rotary_pct=rotary_pct,
         use_parallel_residual=True, tie_word_embeddings=False, bos_token_id=1, eos_token_id=1,
         pad_token_id=0, hidden_dropout=0.0, attention_dropout=0.0,
     )

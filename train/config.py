@@ -21,6 +21,7 @@ class PretrainConfig:
     heads: int = 4  # attention heads
     ffn: int = 512  # MLP width
     max_positions: int = 64  # longest sequence in tokens
+    rotary_pct: float = 0.25  # share of each head's dims that get rotary position embeddings
     threads: int = 2  # torch intra-op threads
     eval_items: int = 400  # items per split for the report printed at the end
     # name -> {weight, generator parameters}: the broad corpus the base learns from

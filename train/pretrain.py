@@ -75,7 +75,7 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> Path:
     eval_splits = build_eval_splits(task_cfg)
     tokenizer = build_char_tokenizer()
     model = GPTNeoXForCausalLM(embedded_model_config(
-        len(tokenizer), cfg.hidden, cfg.layers, cfg.heads, cfg.ffn, cfg.max_positions))
+        len(tokenizer), cfg.hidden, cfg.layers, cfg.heads, cfg.ffn, cfg.max_positions, cfg.rotary_pct))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"pretraining a {n_params / 1e6:.2f}M-parameter GPT-NeoX for {cfg.steps} steps")
 

@@ -160,12 +160,19 @@ def run_sweep(cfg: SweepConfig) -> dict:
     print(f"sweep {cfg.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), "
           f"{workers} worker(s), {device}/{precision}, data {data_dir}")
 
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", unit="run", dynamic_ncols=True)
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", unit="run", dynamic_ncols=True,
+               mininterval=0.5 if interactive else 15.0)
     current: dict[str, str] = {}
+    last_refresh = [0.0]
 
     def show(run_id, step, total):
-        current[run_id] = f"{run_id.split('-')[0]} {step}/{total}"
-        bar.set_postfix_str(" | ".join(current.values()), refresh=True)
+        """Steps of the runs in flight, refreshed at most twice a second (less in a log file)."""
+        current[run_id] = f"{run_id.split('-')[0]} step {step}/{total}"
+        now = time.monotonic()
+        if now - last_refresh[0] >= bar.mininterval:
+            last_refresh[0] = now
+            bar.set_postfix_str(" | ".join(current.values()))
 
     args = (str(data_dir), task_cfg)
     if workers == 1:

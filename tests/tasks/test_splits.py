@@ -70,14 +70,14 @@ def _check_length(items):
 def _check_operator_order(items):
     for it in items:
         a, b = it["meta"]["operands"]
-        assert it["prompt"] == f"+{a}|{b}="
+        assert it["prompt"] == f"+{a:03d}|{b:03d}="
 
 
 def _check_base(items):
     for it in items:
         assert it["prompt"].startswith("b8|")
         a, b = it["meta"]["operands"]
-        assert it["prompt"] == f"b8|{oct(a)[2:]}+{oct(b)[2:]}="
+        assert it["prompt"] == f"b8|{a:03o}+{b:03o}="
 
 
 SHIFT_CHECKS = {"length": _check_length, "operator_order": _check_operator_order, "base": _check_base}
@@ -95,7 +95,8 @@ def test_shift_defining_property(name):
 def test_in_domain_items_are_infix_base10_up_to_3_digits():
     for it in build_eval_splits(small_cfg())["dev"]:
         a, b = it["meta"]["operands"]
-        assert it["prompt"] == f"{a}+{b}=" and a < 1000 and b < 1000 and it["split"] == "id"
+        assert it["prompt"] == f"{a:03d}+{b:03d}=" and a < 1000 and b < 1000 and it["split"] == "id"
+        assert len(it["answer"]) == 4  # fixed width: the widest sum, 999+999=1998
 
 
 def test_a_shift_defined_in_yaml_by_parameters_alone(tmp_path):
@@ -107,7 +108,7 @@ def test_a_shift_defined_in_yaml_by_parameters_alone(tmp_path):
     assert len(items) == 200
     for it in items:
         a, b, c = it["meta"]["operands"]
-        assert it["prompt"] == f"{a}-{b}+{c}=" and value_of(it["answer"], 10) == a - b + c >= 0
+        assert it["prompt"] == f"{a:02d}-{b:02d}+{c:02d}=" and value_of(it["answer"], 10) == a - b + c >= 0
 
 
 def test_the_shipped_yaml_shift_example_builds():
@@ -129,6 +130,15 @@ def test_shift_names_must_be_safe_label_values():
         SplitSpec(name="Bad Name!")
     with pytest.raises(ValueError, match="not registered"):
         resolve_specs(TaskConfig(shifts={"no_such_shift": {}}))
+
+
+def test_unpadded_format():
+    spec = SplitSpec(name="plain", pad=False)
+    import random
+
+    item = spec.sample(random.Random(1))
+    a, b = item["meta"]["operands"]
+    assert item["prompt"] == f"{a}+{b}=" and item["answer"] == str(a + b)[::-1]
 
 
 def test_msd_answer_order():

@@ -1,0 +1,121 @@
+"""Partial correlations between shifts, for full-precision vs quantized variants.
+
+    python -m telemetry analyze --accuracies runs/demo/accuracy.csv --out reports/demo
+    python -m telemetry analyze --scrape http://127.0.0.1:8000 --out reports/served
+    python -m telemetry analyze --prometheus http://127.0.0.1:9090 --out reports/prom --window=1h
+    python -m telemetry analyze --accuracies runs/demo/accuracy.csv --out reports/probit --control=probit --points=all
+
+    python -m telemetry watch --prometheus http://127.0.0.1:9090 --port 9108 --interval 30
+
+`analyze` writes <out>/summary.json and <out>/report.html (all or nothing) and prints a
+table. `watch` recomputes every --interval seconds and serves the results as gauges on
+http://127.0.0.1:<port>/metrics for Prometheus (and Grafana).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from telemetry.analysis import AnalysisOptions, analyze
+from telemetry.report import render_html, terminal_table
+from telemetry.sources import SourceError, from_csv, from_prometheus, from_scrape
+
+
+def _options(args) -> AnalysisOptions:
+    return AnalysisOptions(control=args.control, points=args.points, method=args.method, n_boot=args.n_boot,
+                           n_perm=args.n_perm, seed=args.seed)
+
+
+def cmd_analyze(args) -> int:
+    started = time.perf_counter()
+    source, fetch = _fetcher(args)
+    rows = fetch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = analyze(rows, _options(args))
+    summary["source"] = source
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    (tmp / "report.html").write_text(render_html(summary, rows, source))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(terminal_table(summary))
+    print(f"wrote {out / 'summary.json'} and {out / 'report.html'} in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def _fetcher(args):
+    if args.accuracies:
+        return args.accuracies, lambda: from_csv(args.accuracies)
+    if args.prometheus:
+        return args.prometheus, lambda: from_prometheus(args.prometheus, args.window)
+    return args.scrape, lambda: from_scrape(args.scrape)
+
+
+def cmd_watch(args) -> int:
+    import logging
+    import signal
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from telemetry.watch import Watcher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    source, fetch = _fetcher(args)
+    registry = CollectorRegistry()
+    watcher = Watcher(fetch, registry, _options(args), interval=args.interval)
+    server, thread = start_http_server(args.port, addr=args.host, registry=registry)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: watcher.stop.set())
+    print(f"watching {source} every {args.interval:g}s; gauges on http://{args.host}:{args.port}/metrics", flush=True)
+    watcher.run()
+    server.shutdown()
+    return 0
+
+
+def _add_common(p, required_out: bool) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--accuracies", help="accuracy.csv written by offline evaluation")
+    src.add_argument("--prometheus", help="Prometheus base URL (http://127.0.0.1:9090)")
+    src.add_argument("--scrape", help="a fracture server's base URL or /metrics URL")
+    if required_out:
+        p.add_argument("--out", required=True, help="report folder, e.g. reports/demo")
+    p.add_argument("--window", default=None, help="with --prometheus: count requests over this range (e.g. 1h)")
+    p.add_argument("--control", choices=["linear", "probit", "spline"], default="linear")
+    p.add_argument("--points", choices=["final", "all"], default="final")
+    p.add_argument("--method", choices=["pearson", "spearman"], default="pearson")
+    p.add_argument("--n_boot", "--n-boot", type=int, default=2000)
+    p.add_argument("--n_perm", "--n-perm", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m telemetry", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("analyze", help="compute summary.json and report.html once")
+    _add_common(a, required_out=True)
+    w = sub.add_parser("watch", help="recompute periodically and serve gauges for Prometheus")
+    _add_common(w, required_out=False)
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--port", type=int, default=9108)
+    w.add_argument("--interval", type=float, default=30.0, help="seconds between recomputations")
+    args = parser.parse_args(argv)
+    try:
+        return cmd_analyze(args) if args.command == "analyze" else cmd_watch(args)
+    except (SourceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

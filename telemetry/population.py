@@ -1,0 +1,71 @@
+"""From the accuracy table to the population of points the statistics run on.
+
+A point is (run, checkpoint). Between-run analyses use each run's final checkpoint;
+within-run analyses use every checkpoint with each run's mean removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ID = "id"
+
+
+@dataclass
+class Population:
+    variant: str
+    runs: list[str]  # one entry per point (the cluster each point belongs to)
+    steps: list[int]
+    splits: list[str]  # "id" first, then the shifts in name order
+    correct: dict[str, np.ndarray]  # split -> correct count per point
+    n: dict[str, np.ndarray]  # split -> items per point
+
+    def accuracy(self, split: str) -> np.ndarray:
+        return self.correct[split] / self.n[split]
+
+    @property
+    def shifts(self) -> list[str]:
+        return [s for s in self.splits if s != ID]
+
+    @property
+    def run_ids(self) -> list[str]:
+        return list(dict.fromkeys(self.runs))
+
+    def take(self, idx) -> Population:
+        idx = np.asarray(idx, dtype=int)
+        return Population(self.variant, [self.runs[i] for i in idx], [self.steps[i] for i in idx], self.splits,
+                          {k: v[idx] for k, v in self.correct.items()}, {k: v[idx] for k, v in self.n.items()})
+
+
+def variants_in(rows: list[dict]) -> list[str]:
+    return sorted({r["variant"] for r in rows})
+
+
+def build_population(rows: list[dict], variant: str, points: str = "final") -> Population:
+    """Points of one variant with every split present; ``points`` is "final" or "all"."""
+    if points not in ("final", "all"):
+        raise ValueError(f"points must be 'final' or 'all', got {points!r}")
+    mine = [r for r in rows if r["variant"] == variant]
+    if not mine:
+        raise ValueError(f"no rows for variant {variant!r}")
+    cells: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
+    for r in mine:
+        cells.setdefault((r["run"], int(r["step"])), {})[r["split"]] = (int(r["correct"]), int(r["n"]))
+    splits = sorted({s for c in cells.values() for s in c}, key=lambda s: (s != ID, s))
+    if ID not in splits:
+        raise ValueError(f"variant {variant!r} has no in-domain ('id') rows to control for")
+    complete = {k: v for k, v in cells.items() if all(s in v for s in splits)}
+    if points == "final":
+        last: dict[str, int] = {}
+        for run, step in complete:
+            last[run] = max(last.get(run, -1), step)
+        keys = sorted((run, step) for run, step in complete if last[run] == step)
+    else:
+        keys = sorted(complete)
+    return Population(
+        variant=variant, runs=[k[0] for k in keys], steps=[k[1] for k in keys], splits=splits,
+        correct={s: np.array([complete[k][s][0] for k in keys], dtype=float) for s in splits},
+        n={s: np.array([complete[k][s][1] for k in keys], dtype=float) for s in splits},
+    )

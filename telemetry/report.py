@@ -1,0 +1,230 @@
+"""report.html (self-contained: images inlined as base64 PNG) and the terminal table."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import numpy as np
+
+from telemetry import stats
+from telemetry.population import ID, build_population
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:.{digits}f}"
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fig_accuracy(summary: dict) -> str:
+    plt = _plt()
+    variants = list(summary["variants"])
+    splits = list(next(iter(summary["variants"].values()))["accuracy"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(splits) * max(1, len(variants)) / 2), 3.5))
+    width = 0.8 / max(1, len(variants))
+    for i, v in enumerate(variants):
+        acc = summary["variants"][v]["accuracy"]
+        ax.bar(np.arange(len(splits)) + i * width, [acc.get(s, np.nan) for s in splits], width, label=v)
+    ax.set_xticks(np.arange(len(splits)) + width * (len(variants) - 1) / 2, splits)
+    ax.set_ylabel("exact-match accuracy (final checkpoints)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def fig_on_the_line(rows: list[dict], summary: dict) -> str:
+    """In-domain vs shift accuracy per run, with the least-squares fit on the probit scale."""
+    plt = _plt()
+    first = next(iter(summary["variants"]))
+    shifts = [s for s in summary["variants"][first]["accuracy"] if s != ID]
+    fig, axes = plt.subplots(1, len(shifts), figsize=(4 * len(shifts), 3.6), squeeze=False)
+    for ax, shift in zip(axes[0], shifts):
+        for v in summary["variants"]:
+            pop = build_population(rows, v, "final")
+            if shift not in pop.correct:
+                continue
+            ax.scatter(pop.accuracy(ID), pop.accuracy(shift), s=14, label=v, alpha=0.75)
+            px, py = stats.probit(pop.correct[ID], pop.n[ID]), stats.probit(pop.correct[shift], pop.n[shift])
+            if np.ptp(px) > 0:
+                slope, icept = np.polyfit(px, py, 1)
+                grid = np.linspace(px.min(), px.max(), 50)
+                from scipy.special import ndtr
+
+                ax.plot(ndtr(grid), ndtr(slope * grid + icept), lw=1)
+        ax.set_xlabel("in-domain accuracy")
+        ax.set_ylabel(f"{shift} accuracy")
+        ax.set_title(shift)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("accuracy on the line (fit on the probit scale)")
+    return _png(fig)
+
+
+def fig_pairs(summary: dict, key: str = "pairs", title: str = "partial correlation (between runs)") -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels: list[str] = []
+    for vi, (v, res) in enumerate(summary["variants"].items()):
+        for pi, p in enumerate(res.get(key, [])):
+            label = f"{p['shift_a']} × {p['shift_b']}"
+            if label not in labels:
+                labels.append(label)
+            if p.get("r_partial") is None:
+                continue
+            x = labels.index(label) + 0.8 * vi / max(1, len(summary["variants"]))
+            ax.errorbar(x, p["r_partial"], yerr=[[p["r_partial"] - p["ci_low"]], [p["ci_high"] - p["r_partial"]]],
+                        fmt="o", capsize=3, color=f"C{vi}", label=v if pi == 0 else None)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("r (partial) with 95% bootstrap CI")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def fig_comparisons(summary: dict) -> str:
+    comps = [c for c in summary["comparisons"] if c.get("delta") is not None]
+    if not comps:
+        return "<p>No quantized variant shares enough runs with the full-precision baseline yet.</p>"
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(comps) + 1.5))
+    for i, c in enumerate(comps):
+        ax.errorbar(c["delta"], i, xerr=[[c["delta"] - c["ci_low"]], [c["ci_high"] - c["delta"]]], fmt="o", capsize=3)
+    ax.set_yticks(range(len(comps)), [f"{c['variant']}: {c['shift_a']} × {c['shift_b']}" for c in comps], fontsize=8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel(f"Δ partial r vs {summary['baseline']} (paired bootstrap 95% CI)")
+    return _png(fig)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def plain_language(summary: dict) -> str:
+    parts = []
+    for v, res in summary["variants"].items():
+        if res.get("refused"):
+            parts.append(f"<b>{html.escape(v)}</b>: {html.escape(res['refused'])}.")
+            continue
+        for p in res["pairs"]:
+            if p.get("r_partial") is None:
+                parts.append(f"<b>{html.escape(v)}</b>, {p['shift_a']} × {p['shift_b']}: undefined "
+                             f"({html.escape(p['undefined'])}).")
+                continue
+            excludes_zero = p["ci_low"] > 0 or p["ci_high"] < 0
+            verdict = ("the interval excludes 0: runs that do better than their in-domain accuracy predicts on "
+                       f"{p['shift_a']} also tend to do {'better' if p['r_partial'] > 0 else 'worse'} on {p['shift_b']}"
+                       if excludes_zero else
+                       "the interval includes 0: these data do not show the two shifts moving together "
+                       "once in-domain accuracy is accounted for (which is not evidence that they are unrelated)")
+            parts.append(f"<b>{html.escape(v)}</b>, {p['shift_a']} × {p['shift_b']}: partial r = "
+                         f"{p['r_partial']:.2f} [{p['ci_low']:.2f}, {p['ci_high']:.2f}] over {res['n_runs']} runs; "
+                         f"{verdict}.")
+        if res.get("warning"):
+            parts.append(f"<i>Warning for {html.escape(v)}: {html.escape(res['warning'])}.</i>")
+    parts.append("These are correlations across a population of fine-tuning runs of one base model on one "
+                 "synthetic task: they say how shifts co-vary across the runs this sweep produced, not why, and "
+                 "not how another base model or task would behave. Intervals resample whole runs; checkpoints of "
+                 "one run are not independent.")
+    return "".join(f"<p>{p}</p>" for p in parts)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;font-size:.9em}
+th{background:#f3f3f3}img{max-width:100%}h2{margin-top:2em;border-bottom:1px solid #ddd}"""
+
+
+def render_html(summary: dict, rows: list[dict], source: str) -> str:
+    opts = summary["options"]
+    sections = [f"<h1>fracture report</h1><p>Source: <code>{html.escape(source)}</code>. Control for in-domain "
+                f"accuracy: <b>{opts['control']}</b>; points: <b>{opts['points']}</b>; {opts['n_boot']} cluster-"
+                f"bootstrap resamples of runs; method: {opts['method']}.</p>"]
+    sections.append("<h2>What the numbers show</h2>" + plain_language(summary))
+    sections.append("<h2>Accuracy per shift, by variant</h2>" + fig_accuracy(summary))
+    acc_rows = [[v, res["n_runs"], *(_fmt(a) for a in res["accuracy"].values())]
+                for v, res in summary["variants"].items()]
+    first = next(iter(summary["variants"].values()))
+    sections.append(_table(["variant", "runs", *first["accuracy"]], acc_rows))
+    sections.append("<h2>In-domain vs shift accuracy</h2>" + fig_on_the_line(rows, summary))
+    sections.append("<h2>Partial correlations</h2>" + fig_pairs(summary))
+    pair_rows = [[v, f"{p['shift_a']} × {p['shift_b']}", _fmt(p.get("r")), _fmt(p.get("r_partial")),
+                  f"[{_fmt(p.get('ci_low'))}, {_fmt(p.get('ci_high'))}]", _fmt(p.get("p"), 4), _fmt(p.get("q"), 4),
+                  p.get("undefined") or ""]
+                 for v, res in summary["variants"].items() for p in res["pairs"]]
+    sections.append(_table(["variant", "pair", "r", "partial r", "95% CI", "p", "q (BH)", "note"], pair_rows))
+    sections.append("<h2>Full precision vs quantized</h2>" + fig_comparisons(summary))
+    comp_rows = [[c["variant"], f"{c['shift_a']} × {c['shift_b']}", _fmt(c.get("delta")),
+                  f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]", c.get("undefined") or ""]
+                 for c in summary["comparisons"]]
+    sections.append(_table(["variant", "pair", f"Δ vs {summary.get('baseline')}", "95% CI", "note"], comp_rows)
+                    if comp_rows else "")
+    sections.append("<h2>Signal check per shift</h2><p>A shift where runs sit at 0 or 1, or whose across-run "
+                    "spread is not above the binomial standard error, carries no signal.</p>")
+    sig_rows = [[v, s, _fmt(x["mean"]), _fmt(x["sd_across_runs"]), _fmt(x["binomial_se"]),
+                 _fmt(x["spread_over_se"], 1), f"{x['share_at_0']:.0%}", f"{x['share_at_1']:.0%}"]
+                for v, res in summary["variants"].items() for s, x in res["signal"].items()]
+    sections.append(_table(["variant", "split", "mean", "sd across runs", "binomial SE", "sd/SE", "at 0", "at 1"],
+                           sig_rows))
+    sections.append("<h2>Between runs vs within runs (trajectories)</h2><p>Between: final checkpoints across "
+                    "runs. Within: checkpoints of each run with the run's mean removed (how shifts move together "
+                    "during fine-tuning). They can differ in sign.</p>")
+    side = []
+    for v, res in summary["variants"].items():
+        within = {(w["shift_a"], w["shift_b"]): w for w in res.get("within_run", [])}
+        for p in res["pairs"]:
+            w = within.get((p["shift_a"], p["shift_b"]), {})
+            side.append([v, f"{p['shift_a']} × {p['shift_b']}",
+                         f"{_fmt(p.get('r_partial'))} [{_fmt(p.get('ci_low'))}, {_fmt(p.get('ci_high'))}]",
+                         f"{_fmt(w.get('r_partial'))} [{_fmt(w.get('ci_low'))}, {_fmt(w.get('ci_high'))}]"
+                         if w.get("r_partial") is not None else (w.get("undefined") or "—")])
+    sections.append(_table(["variant", "pair", "between runs", "within runs"], side))
+    sections.append(fig_pairs(summary, "within_run", "partial correlation (within runs)"))
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>fracture report</title><style>{CSS}</style>" \
+           f"</head><body>{''.join(sections)}</body></html>"
+
+
+def terminal_table(summary: dict) -> str:
+    lines = []
+    for v, res in summary["variants"].items():
+        acc = "  ".join(f"{s} {a:.3f}" for s, a in res["accuracy"].items())
+        lines.append(f"{v}  ({res['n_runs']} runs)  {acc}")
+        if res.get("refused"):
+            lines.append(f"  refused: {res['refused']}")
+            continue
+        if res.get("warning"):
+            lines.append(f"  warning: {res['warning']}")
+        for p in res["pairs"]:
+            if p.get("r_partial") is None:
+                lines.append(f"  {p['shift_a']:>14s} × {p['shift_b']:<14s} undefined: {p['undefined']}")
+            else:
+                lines.append(f"  {p['shift_a']:>14s} × {p['shift_b']:<14s} r {p['r']:+.3f}  "
+                             f"partial {p['r_partial']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]  "
+                             f"p {p['p']:.4f}  q {p['q']:.4f}")
+    for c in summary["comparisons"]:
+        if c.get("delta") is not None:
+            lines.append(f"Δ {c['variant']} − {c['baseline']}  {c['shift_a']} × {c['shift_b']}: {c['delta']:+.3f} "
+                         f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]")
+    return "\n".join(lines)

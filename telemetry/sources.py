@@ -1,0 +1,98 @@
+"""Where the accuracy table comes from. Every source yields DESIGN.md's rows:
+``{run, step, variant, split, n, correct}``.
+
+- ``accuracy.csv`` written by offline evaluation;
+- a Prometheus server's HTTP API (instant queries through prometheus-api-client);
+- a direct scrape of a server's ``/metrics`` (prometheus_client's own parser), for
+  set-ups without Prometheus.
+
+Served traffic is counted by ``fracture_requests_total{model,variant,shift,result}``:
+``n`` is the graded requests (correct + incorrect; ungraded ones carry no answer) and
+``correct`` the correct ones. The checkpoint step of a served model comes from
+``fracture_model_info{model,variant,step}``; without it the step is recorded as -1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+REQUESTS = "fracture_requests_total"
+MODEL_INFO = "fracture_model_info"
+GRADED = ("correct", "incorrect")
+NO_STEP = -1
+
+
+class SourceError(RuntimeError):
+    """A source that could not be read; the message says which and why."""
+
+
+def from_csv(path) -> list[dict]:
+    from train.accuracy_table import read_table
+
+    try:
+        rows = read_table(path)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot read accuracy table {path}: {exc}") from exc
+    if not rows:
+        raise SourceError(f"accuracy table {path} is missing or empty")
+    return rows
+
+
+def rows_from_samples(requests: Iterable[tuple[dict, float]], info: Iterable[dict] = ()) -> list[dict]:
+    """Counter samples (labels, value) -> accuracy rows, one per (model, variant, shift)."""
+    steps = {(i["model"], i["variant"]): int(float(i["step"])) for i in info if "step" in i}
+    cells: dict[tuple[str, str, str], list[int]] = {}
+    for labels, value in requests:
+        if labels.get("result") not in GRADED:
+            continue
+        key = (labels["model"], labels["variant"], labels["shift"])
+        cell = cells.setdefault(key, [0, 0])
+        count = int(round(float(value)))
+        cell[0] += count
+        if labels["result"] == "correct":
+            cell[1] += count
+    rows = [{"run": m, "step": steps.get((m, v), NO_STEP), "variant": v, "split": s, "n": n, "correct": c}
+            for (m, v, s), (n, c) in sorted(cells.items()) if n > 0]
+    if not rows:
+        raise SourceError(f"no graded {REQUESTS} samples found (send requests with `expected` set)")
+    return rows
+
+
+def from_scrape(url: str, timeout: float = 10.0) -> list[dict]:
+    """GET a server's /metrics and rebuild the table from its counters."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    target = url if url.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
+    try:
+        resp = requests.get(target, timeout=timeout)
+        resp.raise_for_status()
+    except requests.RequestException as exc:
+        raise SourceError(f"cannot scrape {target}: {exc}") from exc
+    req, info = [], []
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            if sample.name == REQUESTS:
+                req.append((dict(sample.labels), sample.value))
+            elif sample.name == MODEL_INFO:
+                info.append(dict(sample.labels))
+    return rows_from_samples(req, info)
+
+
+def from_prometheus(url: str, window: str | None = None, timeout: float = 10.0) -> list[dict]:
+    """Instant queries of the request counters (``increase`` over ``window`` when given)."""
+    import requests
+    from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+    from urllib3.util.retry import Retry
+
+    by = "model, variant, shift, result"
+    counter = f"increase({REQUESTS}[{window}])" if window else REQUESTS
+    try:
+        # One quick retry: the watch job has its own backoff, and `analyze` should fail fast.
+        prom = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=Retry(total=1, backoff_factor=0.2))
+        result = prom.custom_query(f"sum by ({by}) ({counter})")
+        info = prom.custom_query(f"max by (model, variant, step) ({MODEL_INFO})")
+    except (requests.RequestException, PrometheusApiClientException) as exc:
+        raise SourceError(f"Prometheus at {url} did not answer: {exc}") from exc
+    return rows_from_samples(((r["metric"], float(r["value"][1])) for r in result), (r["metric"] for r in info))
+

@@ -1,0 +1,98 @@
+"""The watch job: recompute periodically and expose the results for Prometheus to scrape.
+
+Gauges (one registry, injected): ``fracture_partial_correlation{variant,shift_a,shift_b}``
+with ``_ci_low`` / ``_ci_high``, ``fracture_shift_accuracy{variant,shift}``,
+``fracture_population_runs{variant}``, plus the job's own health:
+``fracture_telemetry_stale`` (1 while the values shown are from an earlier successful
+round), ``fracture_telemetry_last_success_timestamp_seconds`` and
+``fracture_telemetry_errors_total``. When the source is unreachable the last good values
+stay, marked stale, and the job retries with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from telemetry.analysis import AnalysisOptions, analyze
+
+log = logging.getLogger("fracture.telemetry")
+
+
+class TelemetryGauges:
+    def __init__(self, registry: CollectorRegistry):
+        pair = ["variant", "shift_a", "shift_b"]
+        self.partial = Gauge("fracture_partial_correlation", "Partial correlation of two shifts' accuracies "
+                             "across runs, controlling for in-domain accuracy", pair, registry=registry)
+        self.ci_low = Gauge("fracture_partial_correlation_ci_low", "Lower end of its 95% cluster-bootstrap "
+                            "interval", pair, registry=registry)
+        self.ci_high = Gauge("fracture_partial_correlation_ci_high", "Upper end of its 95% cluster-bootstrap "
+                             "interval", pair, registry=registry)
+        self.accuracy = Gauge("fracture_shift_accuracy", "Mean exact-match accuracy over the population",
+                              ["variant", "shift"], registry=registry)
+        self.runs = Gauge("fracture_population_runs", "Runs in the population", ["variant"], registry=registry)
+        self.stale = Gauge("fracture_telemetry_stale", "1 when the values are from an earlier round (source "
+                           "unreachable)", registry=registry)
+        self.last_success = Gauge("fracture_telemetry_last_success_timestamp_seconds", "Unix time of the last "
+                                  "successful recomputation", registry=registry)
+        self.errors = Counter("fracture_telemetry_errors_total", "Failed recomputations", registry=registry)
+
+    def publish(self, summary: dict) -> None:
+        for g in (self.partial, self.ci_low, self.ci_high, self.accuracy, self.runs):
+            g.clear()  # a pair that became undefined must not keep an old value
+        for variant, res in summary["variants"].items():
+            self.runs.labels(variant).set(res["n_runs"])
+            for split, acc in res["accuracy"].items():
+                self.accuracy.labels(variant, split).set(acc)
+            for p in res["pairs"]:
+                if p.get("r_partial") is None:
+                    continue
+                labels = (variant, p["shift_a"], p["shift_b"])
+                self.partial.labels(*labels).set(p["r_partial"])
+                self.ci_low.labels(*labels).set(p["ci_low"])
+                self.ci_high.labels(*labels).set(p["ci_high"])
+
+
+class Watcher:
+    """One recomputation per ``tick``; ``run`` loops with backoff until ``stop`` is set."""
+
+    def __init__(self, fetch: Callable[[], list[dict]], registry: CollectorRegistry, options: AnalysisOptions,
+                 interval: float = 30.0, max_backoff: float = 300.0):
+        self.fetch, self.options = fetch, options
+        self.interval, self.max_backoff = interval, max_backoff
+        self.gauges = TelemetryGauges(registry)
+        self.failures = 0
+        self.stop = threading.Event()
+
+    def tick(self) -> bool:
+        try:
+            rows = self.fetch()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                summary = analyze(rows, self.options)
+        except Exception as exc:  # any failure keeps the last good values, marked stale
+            self.failures += 1
+            self.gauges.errors.inc()
+            self.gauges.stale.set(1)
+            log.error("telemetry round failed (%d in a row): %s", self.failures, exc)
+            return False
+        self.gauges.publish(summary)
+        self.gauges.stale.set(0)
+        self.gauges.last_success.set(time.time())
+        self.failures = 0
+        return True
+
+    def next_delay(self) -> float:
+        if self.failures == 0:
+            return self.interval
+        return min(self.max_backoff, min(self.interval, 1.0) * 2 ** (self.failures - 1))
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.tick()
+            self.stop.wait(self.next_delay())

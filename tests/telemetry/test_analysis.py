@@ -1,0 +1,91 @@
+"""summary.json's schema and honesty rules, the report, and the analyze CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from telemetry.analysis import AnalysisOptions, analyze
+from telemetry.report import render_html, terminal_table
+from tests.telemetry.conftest import synthetic_rows
+from train.accuracy_table import upsert_rows
+
+FAST = AnalysisOptions(n_boot=200, n_perm=200)
+
+
+def test_summary_schema_and_the_planted_correlation(rows):
+    summary = analyze(rows, FAST)
+    assert set(summary["variants"]) == {"torch-fp32", "ort-int8"} and summary["baseline"] == "torch-fp32"
+    res = summary["variants"]["torch-fp32"]
+    assert res["n_runs"] == 24 and set(res["accuracy"]) == {"id", "base", "length", "operator_order"}
+    pairs = {(p["shift_a"], p["shift_b"]): p for p in res["pairs"]}
+    assert set(pairs) == {("base", "length"), ("base", "operator_order"), ("length", "operator_order")}
+    for p in pairs.values():
+        assert {"shift_a", "shift_b", "r", "r_partial", "ci_low", "ci_high", "p", "q"} <= set(p)
+        assert -1 <= p["ci_low"] <= p["r_partial"] <= p["ci_high"] <= 1 and 0 <= p["q"] <= 1
+    assert pairs[("base", "operator_order")]["r_partial"] > 0.5  # the shared factor survives the control
+    assert pairs[("base", "operator_order")]["ci_low"] > 0
+    comps = summary["comparisons"]
+    assert len(comps) == 3 and all(c["variant"] == "ort-int8" and c["baseline"] == "torch-fp32" for c in comps)
+    assert all(c["ci_low"] <= c["delta"] <= c["ci_high"] for c in comps)
+    assert res["warning"] is None and res["within_run"]
+
+
+@pytest.mark.parametrize("control", ["linear", "probit", "spline"])
+def test_every_control_and_points_mode_runs(rows, control):
+    for points in ("final", "all"):
+        res = analyze(rows, AnalysisOptions(control=control, points=points, n_boot=100, n_perm=100))
+        assert all(p["r_partial"] is not None for p in res["variants"]["torch-fp32"]["pairs"])
+
+
+def test_fewer_than_5_runs_is_refused_and_fewer_than_20_warned():
+    res = analyze(synthetic_rows(n_runs=4), FAST)["variants"]["torch-fp32"]
+    assert res["pairs"] == [] and "at least 5" in res["refused"]
+    res = analyze(synthetic_rows(n_runs=10), FAST)["variants"]["torch-fp32"]
+    assert res["pairs"] and "only 10 runs" in res["warning"]
+
+
+def test_a_split_without_variance_is_undefined_with_its_reason():
+    res = analyze(synthetic_rows(flat_split="length"), FAST)["variants"]["torch-fp32"]
+    for p in res["pairs"]:
+        if "length" in (p["shift_a"], p["shift_b"]):
+            assert p["r_partial"] is None and "zero variance" in p["undefined"]
+        else:
+            assert p["r_partial"] is not None
+    json.dumps(res)  # no NaN sneaks into the JSON
+
+
+def test_report_is_self_contained_and_names_every_variant(rows):
+    summary = analyze(rows, FAST)
+    page = render_html(summary, rows, "synthetic")
+    assert page.count("data:image/png;base64,") >= 5 and "<script" not in page and "http" not in page
+    for v in summary["variants"]:
+        assert v in page
+    assert "What the numbers show" in page
+    assert "torch-fp32" in terminal_table(summary)
+
+
+def test_cli_analyze_writes_summary_and_report(tmp_path, rows):
+    csv = tmp_path / "accuracy.csv"
+    upsert_rows(csv, rows)
+    out = tmp_path / "report"
+    res = subprocess.run([sys.executable, "-m", "telemetry", "analyze", "--accuracies", str(csv), "--out", str(out),
+                          "--n_boot=200", "--n_perm=200"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["variants"]["torch-fp32"]["n_runs"] == 24 and (out / "report.html").stat().st_size > 10_000
+    assert "partial" in res.stdout
+
+
+def test_cli_unreachable_source_fails_clearly_and_writes_nothing(tmp_path):
+    out = tmp_path / "report"
+    for flag, url in (("--scrape", "http://127.0.0.1:9"), ("--prometheus", "http://127.0.0.1:9")):
+        res = subprocess.run([sys.executable, "-m", "telemetry", "analyze", flag, url, "--out", str(out)],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "error:" in res.stderr and "127.0.0.1:9" in res.stderr
+        assert "Traceback" not in res.stderr
+        assert not out.exists() and not list(tmp_path.iterdir())
+    res = subprocess.run([sys.executable, "-m", "telemetry", "analyze", "--accuracies", str(tmp_path / "nope.csv"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "missing or empty" in res.stderr

@@ -1,0 +1,156 @@
+"""The three sources give the same table; the watch job's gauges and its behaviour when the source is down."""
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from telemetry.analysis import AnalysisOptions
+from telemetry.sources import SourceError, from_csv, from_prometheus, from_scrape, rows_from_samples
+from telemetry.watch import Watcher
+from tests.telemetry.conftest import synthetic_rows
+from train.accuracy_table import upsert_rows
+
+
+def served_rows():
+    """What a served population looks like: one step per (run, variant)."""
+    return [r for r in synthetic_rows(n_runs=8, n_items=50) if r["step"] == 30]
+
+
+def key(rows):
+    return sorted((r["run"], int(r["step"]), r["variant"], r["split"], int(r["n"]), int(r["correct"])) for r in rows)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def exporter():
+    """A /metrics endpoint on loopback carrying the serve stage's counters for served_rows()."""
+    registry = CollectorRegistry()
+    req = Counter("fracture_requests", "requests", ["model", "variant", "shift", "result"], registry=registry)
+    info = Gauge("fracture_model_info", "served models", ["model", "variant", "step"], registry=registry)
+    for r in served_rows():
+        req.labels(r["run"], r["variant"], r["split"], "correct").inc(r["correct"])
+        req.labels(r["run"], r["variant"], r["split"], "incorrect").inc(r["n"] - r["correct"])
+        req.labels(r["run"], r["variant"], r["split"], "ungraded").inc(3)  # never counted in n
+        info.labels(r["run"], r["variant"], str(r["step"])).set(1)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_scrape_and_csv_give_the_same_table(tmp_path, exporter):
+    csv = tmp_path / "accuracy.csv"
+    upsert_rows(csv, served_rows())
+    assert key(from_csv(csv)) == key(from_scrape(exporter)) == key(served_rows())
+    assert key(from_scrape(exporter + "/metrics")) == key(served_rows())
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs the prometheus binary (CI installs it)")
+def test_prometheus_source_gives_the_same_table(tmp_path, exporter):
+    """A real Prometheus server on loopback scrapes the exporter; the HTTP API source reads it back."""
+    port = free_port()
+    target = exporter.removeprefix("http://")
+    (tmp_path / "prometheus.yml").write_text(
+        f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: fracture\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n")
+    proc = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url, deadline, rows = f"http://127.0.0.1:{port}", time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            try:
+                rows = from_prometheus(url)
+                if key(rows) == key(served_rows()):
+                    break
+            except SourceError:
+                pass
+            time.sleep(0.5)
+        assert rows is not None and key(rows) == key(served_rows())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_sources_fail_clearly_when_unreachable():
+    with pytest.raises(SourceError, match="127.0.0.1:9"):
+        from_scrape("http://127.0.0.1:9", timeout=2)
+    with pytest.raises(SourceError, match="did not answer"):
+        from_prometheus("http://127.0.0.1:9", timeout=2)
+    with pytest.raises(SourceError, match="no graded"):
+        rows_from_samples([({"model": "m", "variant": "v", "shift": "id", "result": "ungraded"}, 5.0)])
+
+
+def gauge_values(registry: CollectorRegistry) -> dict:
+    from prometheus_client import generate_latest
+
+    out = {}
+    for fam in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_watch_keeps_last_good_values_marks_them_stale_and_backs_off():
+    rows = synthetic_rows(n_runs=12, variants=("torch-fp32",))
+    state = {"up": True}
+
+    def fetch():
+        if not state["up"]:
+            raise SourceError("Prometheus at http://127.0.0.1:9 did not answer")
+        return rows
+
+    registry = CollectorRegistry()
+    w = Watcher(fetch, registry, AnalysisOptions(n_boot=100, n_perm=100), interval=30)
+    assert w.tick()
+    good = gauge_values(registry)
+    pair = ("fracture_partial_correlation", (("shift_a", "base"), ("shift_b", "operator_order"),
+                                             ("variant", "torch-fp32")))
+    assert pair in good and good[("fracture_telemetry_stale", ())] == 0
+    assert good[("fracture_population_runs", (("variant", "torch-fp32"),))] == 12
+    assert ("fracture_shift_accuracy", (("shift", "base"), ("variant", "torch-fp32"))) in good
+    state["up"] = False
+    assert not w.tick() and not w.tick()
+    after = gauge_values(registry)
+    assert after[pair] == good[pair] and after[("fracture_telemetry_stale", ())] == 1
+    assert after[("fracture_telemetry_errors_total", ())] == 2
+    delays = [w.next_delay()]
+    w.tick()
+    delays.append(w.next_delay())
+    assert delays[1] > delays[0] and delays[1] <= w.max_backoff
+    state["up"] = True
+    assert w.tick() and w.next_delay() == 30 and gauge_values(registry)[("fracture_telemetry_stale", ())] == 0
+
+
+def test_watch_command_serves_gauges_and_stops_on_sigterm(tmp_path):
+    csv = tmp_path / "accuracy.csv"
+    upsert_rows(csv, synthetic_rows(n_runs=10, variants=("torch-fp32",)))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "telemetry", "watch", "--accuracies", str(csv), "--port",
+                             str(port), "--interval", "1", "--n_boot=100", "--n_perm=100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, body = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and "fracture_partial_correlation{" not in body:
+            try:
+                body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except requests.RequestException:
+                time.sleep(0.3)
+        assert "fracture_partial_correlation{" in body and "fracture_telemetry_stale 0.0" in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
