@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 from collections.abc import Iterable, Mapping
@@ -11,10 +12,20 @@ from typing import Any
 
 from tasks.config import TaskConfig
 from tasks.registry import ID_NAME, ID_SPEC, SHIFTS
-from tasks.settings import atomic_write_json, atomic_write_text, config_dict, config_hash
+from tasks.settings import atomic_write_json, atomic_write_text, config_dict
 from tasks.spec import SplitSpec
 
 EVAL_SPLIT_OF_ID = "dev"
+# Bump whenever the items a config produces change (format, sampling): the data folder is
+# named by task_hash, so stale splits from older code are never reused.
+FORMAT_VERSION = 2
+
+
+def task_hash(cfg: TaskConfig, length: int = 10) -> str:
+    """Names data/<hash>/: the config, every resolved generator and the format version."""
+    blob = json.dumps({"config": config_dict(cfg), "format": FORMAT_VERSION,
+                       "specs": {k: v.params() for k, v in resolve_specs(cfg).items()}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 def resolve_specs(cfg: TaskConfig) -> dict[str, SplitSpec]:
@@ -115,9 +126,9 @@ def sample_training(specs: Mapping[str, SplitSpec], mixture: Mapping[str, float]
 
 def write_splits(cfg: TaskConfig, out_root: str | Path) -> Path:
     """Write ``<out_root>/<config-hash>/`` with train, dev and shift JSONL files. Idempotent."""
-    out = Path(out_root) / config_hash(cfg)
+    out = Path(out_root) / task_hash(cfg)
     marker = out / "task.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("config") == config_dict(cfg):
+    if marker.is_file() and json.loads(marker.read_text()).get("format") == FORMAT_VERSION:
         return out
     eval_splits = build_eval_splits(cfg)
     specs = resolve_specs(cfg)
@@ -128,7 +139,7 @@ def write_splits(cfg: TaskConfig, out_root: str | Path) -> Path:
     for name, items in {"train": train, **eval_splits}.items():
         atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(it, sort_keys=True) + "\n" for it in items))
     atomic_write_json(marker, {
-        "config": config_dict(cfg),
+        "config": config_dict(cfg), "format": FORMAT_VERSION,
         "splits": {name: spec.params() | {"description": spec.description} for name, spec in specs.items()},
         "files": sorted(["train.jsonl", *(f"{k}.jsonl" for k in eval_splits)]),
     })

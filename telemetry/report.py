@@ -58,7 +58,7 @@ def fig_on_the_line(rows: list[dict], summary: dict) -> str:
     plt = _plt()
     first = next(iter(summary["variants"]))
     shifts = [s for s in summary["variants"][first]["accuracy"] if s != ID]
-    fig, axes = plt.subplots(1, len(shifts), figsize=(4 * len(shifts), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(shifts), figsize=(4.2 * len(shifts), 3.8), squeeze=False, layout="constrained")
     for ax, shift in zip(axes[0], shifts):
         for v in summary["variants"]:
             pop = build_population(rows, v, "final")

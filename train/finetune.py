@@ -33,15 +33,25 @@ def load_eval_splits(data_dir: Path, task_cfg: TaskConfig, eval_items: int) -> t
     return {k: v[:take] for k, v in full.items()}, banned
 
 
-def _trainer_callback(run_id: str, total: int, save_at: set[int], save: Callable, progress: Progress | None):
-    from transformers import TrainerCallback
+class OrphanGuard:
+    """In a worker process: exit as soon as the sweep that started it is gone (killed), so an
+    orphan never writes into a run folder that a resumed sweep is redoing."""
 
-    parent = os.getppid()
+    def __init__(self, enabled: bool):
+        self.parent = os.getppid() if enabled else None
+
+    def check(self) -> None:
+        if self.parent is not None and os.getppid() != self.parent:
+            os._exit(1)
+
+
+def _trainer_callback(run_id: str, total: int, save_at: set[int], save: Callable, progress: Progress | None,
+                      guard: OrphanGuard):
+    from transformers import TrainerCallback
 
     class Checkpointing(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if os.getppid() != parent:  # the sweep that started this worker is gone: stop writing
-                os._exit(1)
+            guard.check()
             if state.global_step in save_at:
                 save(model, state.global_step)
             if progress:
@@ -51,7 +61,8 @@ def _trainer_callback(run_id: str, total: int, save_at: set[int], save: Callable
 
 
 def train_and_evaluate(run: dict, data_dir: str, task_cfg: TaskConfig, run_dir: str, eval_items: int,
-                       eval_batch_size: int, threads: int | None = None, progress: Progress | None = None) -> dict:
+                       eval_batch_size: int, threads: int | None = None, progress: Progress | None = None,
+                       in_worker: bool = False) -> dict:
     """Train one run, save its checkpoints, evaluate each from disk; returns the run summary."""
     import torch
     import transformers
@@ -63,6 +74,7 @@ def train_and_evaluate(run: dict, data_dir: str, task_cfg: TaskConfig, run_dir: 
 
     if threads:
         torch.set_num_threads(threads)
+    guard = OrphanGuard(in_worker)
     run_dir = Path(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run is redone from scratch
     run_dir.mkdir(parents=True)
@@ -96,7 +108,7 @@ def train_and_evaluate(run: dict, data_dir: str, task_cfg: TaskConfig, run_dir: 
     trainer = Trainer(model=base.model, args=args, train_dataset=dataset,
                       data_collator=PadCollator(tokenizer.pad_token_id),
                       callbacks=[_trainer_callback(run["run_id"], run["steps"], set(run["checkpoint_steps"]),
-                                                   save, progress)])
+                                                   save, progress, guard)])
     trainer.remove_callback(PrinterCallback)  # the sweep's progress bar reports instead
     trainer.train()
     train_seconds = time.perf_counter() - started
@@ -104,6 +116,7 @@ def train_and_evaluate(run: dict, data_dir: str, task_cfg: TaskConfig, run_dir: 
     del trainer, base
 
     for step in run["checkpoint_steps"]:
+        guard.check()
         ckpt = run_dir / "checkpoints" / f"step-{step}"
         problem = verify_checkpoint(ckpt)
         if problem:
@@ -120,5 +133,6 @@ def train_and_evaluate(run: dict, data_dir: str, task_cfg: TaskConfig, run_dir: 
         atomic_write_json(run_dir / "eval" / f"step-{step}.json", {"checkpoint": str(ckpt), "rows": rows})
     summary = {"run_id": run["run_id"], "train_seconds": round(train_seconds, 2),
                "total_seconds": round(time.perf_counter() - started, 2)}
+    guard.check()
     atomic_write_json(run_dir / "done.json", {"config": run, **summary})
     return summary

@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from tasks.config import TaskConfig
-from tasks.dataset import write_splits
-from tasks.settings import atomic_write_json, atomic_write_text, config_dict, config_hash, load_config
+from tasks.dataset import task_hash, write_splits
+from tasks.settings import atomic_write_json, atomic_write_text, config_dict, load_config
 from train.accuracy_table import upsert_rows
 from train.checkpoints import verify_checkpoint
 from train.config import SweepConfig
@@ -121,7 +121,8 @@ def _worker_run(run, data_dir, task_cfg, run_dir, eval_items, eval_batch_size, t
     def progress(run_id, step, total):
         queue.put((run_id, step, total))
 
-    return train_and_evaluate(run, data_dir, task_cfg, run_dir, eval_items, eval_batch_size, threads, progress)
+    return train_and_evaluate(run, data_dir, task_cfg, run_dir, eval_items, eval_batch_size, threads, progress,
+                              in_worker=True)
 
 
 def _check_sweep_yaml(path: Path, resolved: dict) -> None:
@@ -143,7 +144,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     device, precision, notes = resolve_hardware(cfg)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    runs = expand_runs(cfg, device, precision, config_hash(task_cfg))
+    runs = expand_runs(cfg, device, precision, task_hash(task_cfg))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     _check_sweep_yaml(sweep_dir / "sweep.yaml", {
         "config": config_dict(cfg), "task": config_dict(task_cfg), "data": str(data_dir),

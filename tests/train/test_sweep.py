@@ -69,6 +69,23 @@ def test_corrupt_checkpoint_is_detected_and_its_run_redone(tmp_path):
     assert len(read_csv(sweep / "accuracy.csv")) == 24
 
 
+def test_killed_worker_pool_leaves_nothing_half_done(tmp_path):
+    """SIGKILL the sweep while its two worker processes train: the orphans stop, the rerun completes."""
+    args = write_tiny_sweep(tmp_path, workers=2)
+    sweep = tmp_path / "runs" / "tiny"
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not list(sweep.glob("*/checkpoints/step-*")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = run(args)
+    assert res.returncode == 0, res.stderr
+    rows = read_csv(sweep / "accuracy.csv")
+    assert len(rows) == 24 and len({(r["run"], r["step"], r["split"]) for r in rows}) == 24
+
+
 def test_killed_sweep_resumes_and_redoes_only_unfinished_runs(tmp_path):
     args = write_tiny_sweep(tmp_path, workers=1)
     sweep = tmp_path / "runs" / "tiny"
