@@ -6,7 +6,6 @@ default task's eval prompts are excluded from the corpus, so no eval item is mem
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import random
@@ -19,6 +18,7 @@ from tasks.dataset import build_eval_splits, eval_prompts
 from tasks.settings import atomic_write_json, config_dict, load_config
 from tasks.spec import SplitSpec
 from train.base import build_char_tokenizer, embedded_model_config
+from train.checkpoints import sha256_file
 from train.config import PretrainConfig
 from train.data import PadCollator, encode_items
 from train.evaluate import evaluate_splits
@@ -56,14 +56,6 @@ class CorpusStream:
             yield from encode_items(batch, self.tokenizer, "compact")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> Path:
     import torch
     import transformers
@@ -77,7 +69,7 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> Path:
     model = GPTNeoXForCausalLM(embedded_model_config(
         len(tokenizer), cfg.hidden, cfg.layers, cfg.heads, cfg.ffn, cfg.max_positions, cfg.rotary_pct))
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"pretraining a {n_params / 1e6:.2f}M-parameter GPT-NeoX for {cfg.steps} steps")
+    print(f"pretraining a {n_params / 1e6:.2f}M-parameter GPT-NeoX for {cfg.steps} steps on:\n{corpus_summary(cfg)}")
 
     out = Path(cfg.out)
     work = out.with_name(out.name + ".tmp")

@@ -113,3 +113,25 @@ def test_pythia_preset_values_and_cpu_fallback():
 def test_pretrain_preset_loads():
     cfg = load_config(PretrainConfig, "train/configs/pretrain.yaml")
     assert cfg.out == "models/embedded-base" and sum(e["weight"] for e in cfg.corpus.values()) > 0
+
+
+def test_pretrain_command_smoke(tmp_path):
+    """The command that made models/embedded-base runs end to end at toy size and records its provenance."""
+    import subprocess
+    import sys
+
+    from tests.train.conftest import REPO
+    from train.checkpoints import sha256_file
+
+    out = tmp_path / "base"
+    res = subprocess.run([sys.executable, "-m", "train", "pretrain", "--config", "train/configs/pretrain.yaml",
+                          f"--out={out}", "--steps=3", "--batch_size=8", "--hidden=32", "--layers=1", "--heads=2",
+                          "--ffn=64", "--eval_items=5", "--warmup_steps=1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "pretrain.json").read_text())
+    assert meta["config"]["steps"] == 3 and set(meta["accuracy_after_pretraining"]) == {"dev", "length",
+                                                                                      "operator_order", "base"}
+    assert meta["sha256"]["model.safetensors"] == sha256_file(out / "model.safetensors")
+    assert json.loads((out / "fracture.json").read_text())["digit_format"] == "compact"
+    assert not (tmp_path / "base.tmp").exists()
