@@ -27,6 +27,16 @@ class PretrainConfig:
     # name -> {weight, generator parameters}: the broad corpus the base learns from
     corpus: dict[str, Any] = field(default_factory=lambda: {"add": {"weight": 1.0, "digits": [1, 4]}})
 
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "hidden", "layers", "heads", "ffn", "max_positions", "threads")
+        bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
+        if self.hidden % max(self.heads, 1):
+            bad.append(f"hidden={self.hidden} is not divisible by heads={self.heads}")
+        if not self.corpus:
+            bad.append("corpus is empty")
+        if bad:
+            raise ValueError("invalid pretrain config: " + ", ".join(bad))
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -54,3 +64,15 @@ class SweepConfig:
     eval_batch_size: int = 256  # fixed batch size of greedy evaluation (left padding)
     workers: int = 2  # runs trained in parallel processes (CPU); 1 = in this process
     threads_per_worker: int = 1  # torch intra-op threads per worker
+
+    def __post_init__(self) -> None:
+        positive = ("checkpoints", "batch_size", "grad_accum", "eval_batch_size", "workers", "threads_per_worker")
+        bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
+        bad += [f"{k}={getattr(self, k)}" for k in ("eval_items", "train_items", "runs", "epochs")
+                if getattr(self, k) < 0]
+        if not 0 <= self.warmup_ratio < 1:
+            bad.append(f"warmup_ratio={self.warmup_ratio}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad.append(f"device={self.device!r} (auto, cpu or cuda)")
+        if bad:
+            raise ValueError("invalid sweep config: " + ", ".join(bad))

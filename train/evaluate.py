@@ -34,7 +34,7 @@ def greedy_decode(model, tokenizer, prompts: list[str], max_new_tokens: int, bat
     return outputs
 
 
-def max_answer_tokens(splits: Mapping[str, list[dict]], digit_format: str) -> int:
+def max_answer_tokens(splits: Mapping[str, list[dict]]) -> int:
     longest = max(len(it["answer"]) for items in splits.values() for it in items)
     # One token per digit in either format, plus EOS and one spare so overlong answers show.
     return longest + 2
@@ -44,7 +44,7 @@ def evaluate_splits(model, tokenizer, digit_format: str, splits: Mapping[str, li
                     batch_size: int = 256, max_new_tokens: int | None = None,
                     on_split: Callable[[str], None] | None = None) -> dict[str, dict]:
     """``{split: {n, correct, digit_correct, digit_total}}`` for each split's items."""
-    max_new = max_new_tokens or max_answer_tokens(splits, digit_format)
+    max_new = max_new_tokens or max_answer_tokens(splits)
     results = {}
     for name, items in splits.items():
         prompts = [format_prompt(it["prompt"], digit_format) for it in items]

@@ -13,6 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+import torch.utils.data
+
 from tasks.config import TaskConfig
 from tasks.dataset import build_eval_splits, eval_prompts
 from tasks.settings import atomic_write_json, config_dict, load_config
@@ -33,16 +36,14 @@ def corpus_specs(cfg: PretrainConfig) -> tuple[list[SplitSpec], list[float]]:
     return specs, weights
 
 
-class CorpusStream:
-    """An endless, seeded stream of tokenized corpus items (a torch IterableDataset)."""
+class CorpusStream(torch.utils.data.IterableDataset):
+    """An endless, seeded stream of tokenized corpus items."""
 
     def __init__(self, cfg: PretrainConfig, tokenizer, exclude: frozenset[str], answer_order: str):
-        import torch.utils.data
-
+        super().__init__()
         self.specs, self.weights = corpus_specs(cfg)
         self.tokenizer, self.exclude, self.answer_order = tokenizer, exclude, answer_order
         self.seed = cfg.seed
-        self.__class__ = type("CorpusStream", (CorpusStream, torch.utils.data.IterableDataset), {})
 
     def __iter__(self):
         rng = random.Random(f"fracture-pretrain:{self.seed}")
@@ -57,7 +58,6 @@ class CorpusStream:
 
 
 def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> Path:
-    import torch
     import transformers
     from transformers import GPTNeoXForCausalLM, Trainer, TrainingArguments
 

@@ -23,11 +23,20 @@ def test_pearson_known_answer():
 
 
 def test_partial_corr_known_answer():
-    # r12 = 0.5, r1z = r2z = 0.5 -> (0.5 - 0.25) / (1 - 0.25) = 1/3
-    assert stats.partial_corr_closed_form.__doc__
-    z, x, y = population(200, 1)
-    closed = stats.partial_corr_closed_form(x, y, z)
-    assert stats.partial_corr(x, y, z) == pytest.approx(closed, abs=1e-12)
+    # Built from orthonormal centred vectors so that r12 = r1z = r2z = 0.5 exactly:
+    # r12.z = (0.5 - 0.25) / (1 - 0.25) = 1/3.
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(10, 4)))
+    e = q[:, 1:] - q[:, 1:].mean(axis=0)
+    e = np.linalg.qr(np.column_stack([np.ones(10), e]))[0][:, 1:4]  # orthonormal and orthogonal to 1
+    a = 0.25 / math.sqrt(0.75)
+    z = e[:, 0]
+    x = 0.5 * e[:, 0] + math.sqrt(0.75) * e[:, 1]
+    y = 0.5 * e[:, 0] + a * e[:, 1] + math.sqrt(0.75 - a * a) * e[:, 2]
+    assert stats.pearson(x, y) == pytest.approx(0.5) and stats.pearson(x, z) == pytest.approx(0.5)
+    assert stats.partial_corr(x, y, z) == pytest.approx(1 / 3, abs=1e-12)
+    assert stats.partial_corr_closed_form(x, y, z) == pytest.approx(1 / 3, abs=1e-12)
+    z2, x2, y2 = population(200, 1)
+    assert stats.partial_corr(x2, y2, z2) == pytest.approx(stats.partial_corr_closed_form(x2, y2, z2), abs=1e-12)
 
 
 @pytest.mark.parametrize("k", [1, 3])

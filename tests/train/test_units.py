@@ -135,3 +135,23 @@ def test_pretrain_command_smoke(tmp_path):
     assert meta["sha256"]["model.safetensors"] == sha256_file(out / "model.safetensors")
     assert json.loads((out / "fracture.json").read_text())["digit_format"] == "compact"
     assert not (tmp_path / "base.tmp").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"workers": "0"}, "workers=0"), ({"batch_size": "-1"}, "batch_size=-1"), ({"device": "tpu"}, "device"),
+    ({"warmup_ratio": "1.5"}, "warmup_ratio"),
+])
+def test_invalid_sweep_values_are_refused(override, message):
+    from tasks.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(SweepConfig, "train/configs/demo.yaml", override)
+
+
+def test_train_cli_rejects_unknown_flags_with_a_suggestion():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "train", "sweep", "--config", "train/configs/demo.yaml",
+                          "--workerz=3"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "did you mean 'workers'" in res.stderr and "Traceback" not in res.stderr
