@@ -10,26 +10,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from telemetry import stats
+from telemetry.config import AnalysisOptions
 from telemetry.population import ID, Population, build_population, variants_in
 
 BASELINES = ("torch-fp32", "onnx-fp32")
-
-
-@dataclass(frozen=True)
-class AnalysisOptions:
-    control: str = "linear"  # linear | probit | spline: how in-domain accuracy is controlled for
-    points: str = "final"  # final: one point per run; all: every checkpoint (clusters = runs)
-    method: str = "pearson"  # pearson | spearman
-    n_boot: int = 2000  # cluster-bootstrap resamples (runs, not points)
-    n_perm: int = 2000  # permutations for the permutation p-value
-    level: float = 0.95  # interval coverage
-    seed: int = 0  # bootstrap and permutation streams
-    spline_df: int = 4  # basis size of the spline control
 
 
 def _xy_z(pop: Population, a: str, b: str, opts: AnalysisOptions):

@@ -1,0 +1,32 @@
+"""The telemetry stage's config: how the partial correlations are computed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    control: str = "linear"  # linear | probit | spline: how in-domain accuracy is controlled for
+    points: str = "final"  # final: one point per run; all: every checkpoint (clusters = runs)
+    method: str = "pearson"  # pearson | spearman
+    n_boot: int = 2000  # cluster-bootstrap resamples (runs, not points)
+    n_perm: int = 2000  # permutations for the permutation p-value
+    level: float = 0.95  # interval coverage
+    seed: int = 0  # bootstrap and permutation streams
+    spline_df: int = 4  # basis size of the spline control
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.control not in ("linear", "probit", "spline"):
+            problems.append(f"control={self.control!r} (linear, probit or spline)")
+        if self.points not in ("final", "all"):
+            problems.append(f"points={self.points!r} (final or all)")
+        if self.method not in ("pearson", "spearman"):
+            problems.append(f"method={self.method!r} (pearson or spearman)")
+        if self.n_boot < 100 or self.n_perm < 100:
+            problems.append("n_boot and n_perm must be at least 100")
+        if not 0.5 < self.level < 1:
+            problems.append(f"level={self.level}")
+        if problems:
+            raise ValueError("invalid telemetry options: " + ", ".join(problems))
