@@ -105,17 +105,25 @@ def analyze_within(pop_all: Population, a: str, b: str, opts: AnalysisOptions, k
 
 
 def split_signal(pop: Population) -> dict[str, dict]:
-    """Share at floor/ceiling and across-run spread vs the binomial SE, per split."""
+    """Share at floor/ceiling and across-run spread vs the binomial SE, per split.
+
+    ``has_signal`` uses the foundation's bar (train.signal): mean in [0.1, 0.9], fewer than
+    20% of runs at 0 or at 1, spread above twice the binomial SE.
+    """
+    from train.signal import MAX_FLOOR_CEILING_SHARE, MEAN_RANGE, MIN_SPREAD_OVER_SE
+
     out = {}
     for s in pop.splits:
         acc = pop.accuracy(s)
         mean = float(acc.mean())
         se = math.sqrt(mean * (1 - mean) / float(pop.n[s].mean()))
         sd = float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
-        out[s] = {"mean": mean, "sd_across_runs": sd, "binomial_se": se,
-                  "spread_over_se": sd / se if se > 0 else None,
-                  "share_at_0": float(np.mean(pop.correct[s] == 0)),
-                  "share_at_1": float(np.mean(pop.correct[s] == pop.n[s]))}
+        at0, at1 = float(np.mean(pop.correct[s] == 0)), float(np.mean(pop.correct[s] == pop.n[s]))
+        ratio = sd / se if se > 0 else None
+        out[s] = {"mean": mean, "sd_across_runs": sd, "binomial_se": se, "spread_over_se": ratio,
+                  "share_at_0": at0, "share_at_1": at1,
+                  "has_signal": MEAN_RANGE[0] <= mean <= MEAN_RANGE[1] and max(at0, at1) < MAX_FLOOR_CEILING_SHARE
+                  and ratio is not None and ratio > MIN_SPREAD_OVER_SE}
     return out
 
 
@@ -135,6 +143,9 @@ def analyze_variant(rows: list[dict], variant: str, opts: AnalysisOptions) -> di
         return result
     pairs = list(itertools.combinations(pop.shifts, 2))
     result["pairs"] = [analyze_pair(pop, a, b, opts, i) for i, (a, b) in enumerate(pairs)]
+    for p in result["pairs"]:
+        # A pair with a signal-less shift is computed but never presented as a finding.
+        p["low_signal"] = [s for s in (p["shift_a"], p["shift_b"]) if not result["signal"][s]["has_signal"]]
     qs = stats.bh_qvalues([p["p"] if p["p"] is not None else math.nan for p in result["pairs"]])
     for p, q in zip(result["pairs"], qs):
         p["q"] = None if math.isnan(q) else q

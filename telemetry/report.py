@@ -85,7 +85,8 @@ def fig_pairs(summary: dict, key: str = "pairs", title: str = "partial correlati
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels: list[str] = []
     for vi, (v, res) in enumerate(summary["variants"].items()):
-        for pi, p in enumerate(res.get(key, [])):
+        labelled = False
+        for p in res.get(key, []):
             label = f"{p['shift_a']} × {p['shift_b']}"
             if label not in labels:
                 labels.append(label)
@@ -93,13 +94,15 @@ def fig_pairs(summary: dict, key: str = "pairs", title: str = "partial correlati
                 continue
             x = labels.index(label) + 0.8 * vi / max(1, len(summary["variants"]))
             ax.errorbar(x, p["r_partial"], yerr=[[p["r_partial"] - p["ci_low"]], [p["ci_high"] - p["r_partial"]]],
-                        fmt="o", capsize=3, color=f"C{vi}", label=v if pi == 0 else None)
+                        fmt="o", capsize=3, color=f"C{vi}", label=None if labelled else v)
+            labelled = True
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("r (partial) with 95% bootstrap CI")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7)
     return _png(fig)
 
 
@@ -133,6 +136,11 @@ def plain_language(summary: dict) -> str:
             if p.get("r_partial") is None:
                 parts.append(f"<b>{html.escape(v)}</b>, {p['shift_a']} × {p['shift_b']}: undefined "
                              f"({html.escape(p['undefined'])}).")
+                continue
+            if p.get("low_signal"):
+                parts.append(f"<b>{html.escape(v)}</b>, {p['shift_a']} × {p['shift_b']}: not interpretable — "
+                             f"{', '.join(p['low_signal'])} carries no signal across runs (see the signal check); "
+                             f"partial r = {p['r_partial']:.2f} is shown in the tables but is not a finding.")
                 continue
             excludes_zero = p["ci_low"] > 0 or p["ci_high"] < 0
             verdict = ("the interval excludes 0: runs that do better than their in-domain accuracy predicts on "
@@ -172,7 +180,7 @@ def render_html(summary: dict, rows: list[dict], source: str) -> str:
     sections.append("<h2>Partial correlations</h2>" + fig_pairs(summary))
     pair_rows = [[v, f"{p['shift_a']} × {p['shift_b']}", _fmt(p.get("r")), _fmt(p.get("r_partial")),
                   f"[{_fmt(p.get('ci_low'))}, {_fmt(p.get('ci_high'))}]", _fmt(p.get("p"), 4), _fmt(p.get("q"), 4),
-                  p.get("undefined") or ""]
+                  p.get("undefined") or (f"no signal: {', '.join(p['low_signal'])}" if p.get("low_signal") else "")]
                  for v, res in summary["variants"].items() for p in res["pairs"]]
     sections.append(_table(["variant", "pair", "r", "partial r", "95% CI", "p", "q (BH)", "note"], pair_rows))
     sections.append("<h2>Full precision vs quantized</h2>" + fig_comparisons(summary))
@@ -222,7 +230,8 @@ def terminal_table(summary: dict) -> str:
             else:
                 lines.append(f"  {p['shift_a']:>14s} × {p['shift_b']:<14s} r {p['r']:+.3f}  "
                              f"partial {p['r_partial']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]  "
-                             f"p {p['p']:.4f}  q {p['q']:.4f}")
+                             f"p {p['p']:.4f}  q {p['q']:.4f}"
+                             + (f"  (no signal: {', '.join(p['low_signal'])})" if p.get("low_signal") else ""))
     for c in summary["comparisons"]:
         if c.get("delta") is not None:
             lines.append(f"Δ {c['variant']} − {c['baseline']}  {c['shift_a']} × {c['shift_b']}: {c['delta']:+.3f} "

@@ -30,6 +30,7 @@ def test_summary_schema_and_the_planted_correlation(rows):
     assert len(comps) == 3 and all(c["variant"] == "ort-int8" and c["baseline"] == "torch-fp32" for c in comps)
     assert all(c["ci_low"] <= c["delta"] <= c["ci_high"] for c in comps)
     assert res["warning"] is None and res["within_run"]
+    assert all(p["low_signal"] == [] for p in res["pairs"])
 
 
 @pytest.mark.parametrize("control", ["linear", "probit", "spline"])
@@ -54,6 +55,20 @@ def test_a_split_without_variance_is_undefined_with_its_reason():
         else:
             assert p["r_partial"] is not None
     json.dumps(res)  # no NaN sneaks into the JSON
+
+
+def test_pairs_with_a_signal_less_shift_are_flagged_not_reported_as_findings():
+    rows = synthetic_rows()
+    for r in rows:  # length near the floor: most runs get 0 correct
+        if r["split"] == "length":
+            r["correct"] = 1 if r["run"] in ("r00", "r01", "r02") else 0
+    summary = analyze(rows, FAST)
+    res = summary["variants"]["torch-fp32"]
+    assert not res["signal"]["length"]["has_signal"] and res["signal"]["base"]["has_signal"]
+    flagged = {(p["shift_a"], p["shift_b"]): p["low_signal"] for p in res["pairs"]}
+    assert flagged[("base", "length")] == ["length"] and flagged[("base", "operator_order")] == []
+    page = render_html(summary, rows, "synthetic")
+    assert "not interpretable" in page and "no signal: length" in terminal_table(summary)
 
 
 def test_report_is_self_contained_and_names_every_variant(rows):
