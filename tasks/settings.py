@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import os
 import tempfile
@@ -136,11 +135,6 @@ def load_config(cls: type[T], preset: str | os.PathLike | None = None,
 
 def config_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-def config_hash(cfg: Any, length: int = 10) -> str:
-    blob = json.dumps(config_dict(cfg), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

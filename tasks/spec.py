@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from tasks.formatting import to_base
@@ -56,11 +56,20 @@ class SplitSpec:
 
     @classmethod
     def from_mapping(cls, name: str, params: dict[str, Any]) -> SplitSpec:
+        """A new spec from YAML-style generator parameters (unknown keys refused)."""
+        return cls(name=name, **cls._checked(name, params))
+
+    def updated(self, params: dict[str, Any]) -> SplitSpec:
+        """This spec with some generator parameters overridden (unknown keys refused)."""
+        return replace(self, **self._checked(self.name, params))
+
+    @classmethod
+    def _checked(cls, name: str, params: dict[str, Any]) -> dict[str, Any]:
         known = {f.name for f in fields(cls)} - {"name"}
         unknown = set(params) - known
         if unknown:
             raise ValueError(f"split spec {name!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(name=name, **params)
+        return dict(params)
 
     def params(self) -> dict[str, Any]:
         out = asdict(self)

@@ -16,6 +16,7 @@ import numpy as np
 from telemetry import stats
 from telemetry.config import AnalysisOptions
 from telemetry.population import ID, Population, build_population, variants_in
+from train.signal import signal_check
 
 BASELINES = ("torch-fp32", "onnx-fp32")
 
@@ -74,8 +75,8 @@ def analyze_pair(pop: Population, a: str, b: str, opts: AnalysisOptions, k_index
     out: dict = {"shift_a": a, "shift_b": b}
     try:
         out["r"] = stats.pearson(pop.accuracy(a), pop.accuracy(b))
-        r_p = _partial(pop, a, b, opts)
         x, y, z = _xy_z(pop, a, b, opts)
+        r_p = stats.partial_corr(x, y, z, opts.method)
         k = stats.n_controls(z)
         out["r_partial"] = r_p
         out["ci_low"], out["ci_high"] = _interval(pop, lambda p: _partial(p, a, b, opts), opts, k_index)
@@ -104,38 +105,15 @@ def analyze_within(pop_all: Population, a: str, b: str, opts: AnalysisOptions, k
     return out
 
 
-def split_signal(pop: Population) -> dict[str, dict]:
-    """Share at floor/ceiling and across-run spread vs the binomial SE, per split.
-
-    ``has_signal`` uses the foundation's bar (train.signal): mean in [0.1, 0.9], fewer than
-    20% of runs at 0 or at 1, spread above twice the binomial SE.
-    """
-    from train.signal import MAX_FLOOR_CEILING_SHARE, MEAN_RANGE, MIN_SPREAD_OVER_SE
-
-    out = {}
-    for s in pop.splits:
-        acc = pop.accuracy(s)
-        mean = float(acc.mean())
-        se = math.sqrt(mean * (1 - mean) / float(pop.n[s].mean()))
-        sd = float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
-        at0, at1 = float(np.mean(pop.correct[s] == 0)), float(np.mean(pop.correct[s] == pop.n[s]))
-        ratio = sd / se if se > 0 else None
-        out[s] = {"mean": mean, "sd_across_runs": sd, "binomial_se": se, "spread_over_se": ratio,
-                  "share_at_0": at0, "share_at_1": at1,
-                  "has_signal": MEAN_RANGE[0] <= mean <= MEAN_RANGE[1] and max(at0, at1) < MAX_FLOOR_CEILING_SHARE
-                  and ratio is not None and ratio > MIN_SPREAD_OVER_SE}
-    return out
-
-
 def analyze_variant(rows: list[dict], variant: str, opts: AnalysisOptions) -> dict:
-    pop = build_population(rows, variant, opts.points)
     pop_final = build_population(rows, variant, "final")
     pop_all = build_population(rows, variant, "all")
+    pop = pop_final if opts.points == "final" else pop_all
     n_runs = len(pop.run_ids)
     result: dict = {
         "n_runs": n_runs, "n_points": len(pop.runs), "points": opts.points,
         "accuracy": {s: float(pop_final.accuracy(s).mean()) for s in pop.splits},
-        "signal": split_signal(pop_final), "warning": stats.small_sample_warning(n_runs), "pairs": [],
+        "signal": signal_check(rows, variant), "warning": stats.small_sample_warning(n_runs), "pairs": [],
         "within_run": [],
     }
     if n_runs < stats.MIN_RUNS:

@@ -55,6 +55,8 @@ def fig_accuracy(summary: dict) -> str:
 
 def fig_on_the_line(rows: list[dict], summary: dict) -> str:
     """In-domain vs shift accuracy per run, with the least-squares fit on the probit scale."""
+    from scipy.special import ndtr
+
     plt = _plt()
     first = next(iter(summary["variants"]))
     shifts = [s for s in summary["variants"][first]["accuracy"] if s != ID]
@@ -69,8 +71,6 @@ def fig_on_the_line(rows: list[dict], summary: dict) -> str:
             if np.ptp(px) > 0:
                 slope, icept = np.polyfit(px, py, 1)
                 grid = np.linspace(px.min(), px.max(), 50)
-                from scipy.special import ndtr
-
                 ax.plot(ndtr(grid), ndtr(slope * grid + icept), lw=1)
         ax.set_xlabel("in-domain accuracy")
         ax.set_ylabel(f"{shift} accuracy")

@@ -68,7 +68,7 @@ def train_and_evaluate(run: dict, data_dir: str, task_cfg: TaskConfig, run_dir: 
     import transformers
     from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
 
-    from train.base import load_base
+    from train.base import load_base, load_tokenizer
     from train.data import PadCollator, encode_items
     from train.evaluate import evaluate_splits
 
@@ -121,8 +121,6 @@ def train_and_evaluate(run: dict, data_dir: str, task_cfg: TaskConfig, run_dir: 
         problem = verify_checkpoint(ckpt)
         if problem:
             raise RuntimeError(f"checkpoint failed verification right after saving: {problem}")
-        from train.base import load_tokenizer
-
         model = AutoModelForCausalLM.from_pretrained(ckpt)
         if use_cuda:
             model = model.cuda()
