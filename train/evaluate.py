@@ -1,19 +1,26 @@
-"""Offline evaluation of a torch model: batched greedy decoding, left padding, KV cache.
+"""Offline evaluation: one grading path for every backend, batched greedy decoding.
 
-One fixed batch size and left padding for every checkpoint, so accuracies are
-comparable across runs (DESIGN.md: accuracy depends on batch size and padding).
+``evaluate_splits`` takes a *decoder* (prompts, max_new_tokens, batch_size -> texts), so
+torch checkpoints (``torch_decoder``) and exported variants (``export.runtime``) are
+graded by the same code at the same fixed batch size with left padding (DESIGN.md:
+accuracy depends on batch size and padding). This module imports torch only inside
+``greedy_decode``, so the ONNX side can use the grading path without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from tasks.formatting import format_prompt
 from tasks.grader import grade
 
+# (formatted prompts, max_new_tokens, batch_size) -> decoded continuations, cut at EOS
+Decoder = Callable[[list[str], int, int], list[str]]
+
 
 def greedy_decode(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy continuations of ``prompts`` (already formatted), cut at EOS."""
+    """Greedy continuations of ``prompts`` (already formatted) with transformers ``generate``."""
     import torch
 
     outputs: list[str] = []
@@ -34,13 +41,28 @@ def greedy_decode(model, tokenizer, prompts: list[str], max_new_tokens: int, bat
     return outputs
 
 
+def torch_decoder(model, tokenizer) -> Decoder:
+    return partial(greedy_decode, model, tokenizer)
+
+
 def max_answer_tokens(splits: Mapping[str, list[dict]]) -> int:
     longest = max(len(it["answer"]) for items in splits.values() for it in items)
     # One token per digit in either format, plus EOS and one spare so overlong answers show.
     return longest + 2
 
 
-def evaluate_splits(model, tokenizer, digit_format: str, splits: Mapping[str, list[dict]],
+def grade_split(predictions: list[str], items: list[dict]) -> dict:
+    """``{n, correct, digit_correct, digit_total}`` of one split's predictions."""
+    grades = [grade(p, it["answer"]) for p, it in zip(predictions, items, strict=True)]
+    return {
+        "n": len(items),
+        "correct": sum(g.exact for g in grades),
+        "digit_correct": sum(g.digit_correct for g in grades),
+        "digit_total": sum(g.digit_total for g in grades),
+    }
+
+
+def evaluate_splits(decode: Decoder, digit_format: str, splits: Mapping[str, list[dict]],
                     batch_size: int = 256, max_new_tokens: int | None = None,
                     on_split: Callable[[str], None] | None = None) -> dict[str, dict]:
     """``{split: {n, correct, digit_correct, digit_total}}`` for each split's items."""
@@ -48,14 +70,7 @@ def evaluate_splits(model, tokenizer, digit_format: str, splits: Mapping[str, li
     results = {}
     for name, items in splits.items():
         prompts = [format_prompt(it["prompt"], digit_format) for it in items]
-        preds = greedy_decode(model, tokenizer, prompts, max_new, batch_size)
-        grades = [grade(p, it["answer"]) for p, it in zip(preds, items)]
-        results[name] = {
-            "n": len(items),
-            "correct": sum(g.exact for g in grades),
-            "digit_correct": sum(g.digit_correct for g in grades),
-            "digit_total": sum(g.digit_total for g in grades),
-        }
+        results[name] = grade_split(decode(prompts, max_new, batch_size), items)
         if on_split:
             on_split(name)
     return results

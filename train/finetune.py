@@ -70,7 +70,7 @@ def train_and_evaluate(run: dict, data_dir: str, task_cfg: TaskConfig, run_dir: 
 
     from train.base import load_base, load_tokenizer
     from train.data import PadCollator, encode_items
-    from train.evaluate import evaluate_splits
+    from train.evaluate import evaluate_splits, torch_decoder
 
     if threads:
         torch.set_num_threads(threads)
@@ -125,7 +125,8 @@ def train_and_evaluate(run: dict, data_dir: str, task_cfg: TaskConfig, run_dir: 
         if use_cuda:
             model = model.cuda()
         tok = load_tokenizer(str(ckpt))
-        results = evaluate_splits(model, tok, meta["digit_format"], eval_splits, batch_size=eval_batch_size)
+        results = evaluate_splits(torch_decoder(model, tok), meta["digit_format"], eval_splits,
+                                  batch_size=eval_batch_size)
         rows = [{"run": run["run_id"], "step": step, "variant": VARIANT, "split": split, **r}
                 for split, r in results.items()]
         atomic_write_json(run_dir / "eval" / f"step-{step}.json", {"checkpoint": str(ckpt), "rows": rows})

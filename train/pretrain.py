@@ -24,7 +24,7 @@ from train.base import build_char_tokenizer, embedded_model_config
 from train.checkpoints import sha256_file
 from train.config import PretrainConfig
 from train.data import PadCollator, encode_items
-from train.evaluate import evaluate_splits
+from train.evaluate import evaluate_splits, torch_decoder
 
 
 def corpus_specs(cfg: PretrainConfig) -> tuple[list[SplitSpec], list[float]]:
@@ -88,7 +88,7 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> Path:
 
     model = model.cpu().float()
     sample = {name: items[:cfg.eval_items] for name, items in eval_splits.items()}
-    report = evaluate_splits(model, tokenizer, "compact", sample)
+    report = evaluate_splits(torch_decoder(model, tokenizer), "compact", sample)
     accuracy = {name: r["correct"] / r["n"] for name, r in report.items()}
 
     shutil.rmtree(work / "trainer", ignore_errors=True)

@@ -1,0 +1,58 @@
+"""Export a sweep's checkpoints to the variants fracture serves, check and evaluate them.
+
+    python -m export --sweep runs/demo                                  # the default variant set
+    python -m export --sweep runs/demo --variants onnx-fp32,ort-int8,sim-w4
+    python -m export --sweep runs/demo --variants all --checkpoints all
+    python -m export --list                                             # every registered variant
+
+Variants land in runs/<sweep>/<run>/variants/<variant>/ (earlier checkpoints under
+variants/step-<N>/) with a manifest.json; their accuracy rows are upserted into
+runs/<sweep>/accuracy.csv. A verified variant is not rebuilt (--force rebuilds).
+Other fields of export/config.py can be given as --field=value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tasks.settings import ConfigError, load_config, parse_cli_overrides
+
+
+def _list() -> None:
+    from export.registry import VARIANTS
+
+    print(f"{'variant':14} {'backend':20} {'bits':>4}  quantizes")
+    for v in VARIANTS.values():
+        why = v.requires()
+        print(f"{v.name:14} {v.backend:20} {v.bits:>4}  {','.join(v.quantizes) or '-':28} "
+              f"{'(unavailable: ' + why + ')' if why else ''}")
+    print("sim-w2 .. sim-w8: simulated k-bit weights (sim-w3 is registered by default)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML preset (export/configs/*.yaml)")
+    parser.add_argument("--list", action="store_true", help="list the registered variants and exit")
+    args, rest = parser.parse_known_args(argv)
+    if args.list:
+        _list()
+        return 0
+    try:
+        from export.config import ExportConfig
+        from export.pipeline import export_sweep
+        from export.report import format_summary
+
+        cfg = load_config(ExportConfig, args.config, parse_cli_overrides(rest))
+        summary = export_sweep(cfg)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary, cfg.sweep))
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

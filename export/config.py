@@ -1,0 +1,33 @@
+"""The export stage's config: which variants of which checkpoints, and how to evaluate them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The demo's default set: full precision, int8, 4-bit and two below 4 bits (real 2-bit
+# MatMulNBits and simulated 3-bit). `python -m export --list` shows every registered variant.
+DEFAULT_VARIANTS = ("onnx-fp32", "ort-int8", "ort-int4", "ort-int2", "sim-w3")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    sweep: str = "runs/demo"  # the sweep folder written by `python -m train sweep`
+    variants: tuple[str, ...] = DEFAULT_VARIANTS  # registry names (sim-w2..sim-w8 for any k), or "all"
+    checkpoints: str = "final"  # "final": each run's last checkpoint; "all": every checkpoint
+    runs: tuple[str, ...] = ()  # only these run ids (default: every run of the sweep)
+    workers: int = 2  # checkpoints exported in parallel processes
+    threads: int = 1  # ONNX Runtime / torch intra-op threads per worker
+    eval_batch_size: int = 0  # 0 = the sweep's eval_batch_size, so variants and torch are graded alike
+    parity_batch: int = 64  # dev items in the logit comparison
+    force: bool = False  # rebuild and re-evaluate even when a verified variant exists
+
+    def __post_init__(self) -> None:
+        bad = [f"{k}={getattr(self, k)}" for k in ("workers", "threads", "parity_batch") if getattr(self, k) < 1]
+        if self.eval_batch_size < 0:
+            bad.append(f"eval_batch_size={self.eval_batch_size}")
+        if self.checkpoints not in ("final", "all"):
+            bad.append(f"checkpoints={self.checkpoints!r} (final or all)")
+        if not self.variants:
+            bad.append("variants is empty")
+        if bad:
+            raise ValueError("invalid export config: " + ", ".join(bad))

@@ -1,0 +1,134 @@
+"""What an exported graph really holds: operator counts, quantized tensors, stored bits.
+
+A "quantized" model can silently stay full precision (DESIGN.md, Pitfalls), so every
+claim in a manifest is read off the saved graph rather than off the settings used to
+make it: the operators present, which weights were replaced, and the bits per parameter
+computed from the tensors actually stored.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "DequantizeLinear", "GatherBlockQuantized")
+
+_BITS = {
+    TensorProto.FLOAT: 32, TensorProto.FLOAT16: 16, TensorProto.BFLOAT16: 16, TensorProto.DOUBLE: 64,
+    TensorProto.INT8: 8, TensorProto.UINT8: 8, TensorProto.INT16: 16, TensorProto.UINT16: 16,
+    TensorProto.INT32: 32, TensorProto.INT64: 64, TensorProto.BOOL: 8, TensorProto.INT4: 4, TensorProto.UINT4: 4,
+}
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+
+def load(path: str | Path) -> onnx.ModelProto:
+    return onnx.load(str(path), load_external_data=True)
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(Counter(n.op_type for n in model.graph.node))
+
+
+def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts = op_counts(model)
+    return {op: counts[op] for op in QUANTIZED_OPS if counts.get(op)}
+
+
+def _numel(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims)) if t.dims else 1
+
+
+def stored_bits(model: onnx.ModelProto) -> dict[str, int]:
+    """Bits each initializer occupies as stored (packed 4-/2-bit weights count as their uint8 bytes)."""
+    return {t.name: _numel(t) * _BITS.get(t.data_type, 32) for t in model.graph.initializer}
+
+
+def weight_roles(model: onnx.ModelProto) -> dict[str, str]:
+    """Float initializers of a full-precision export, by role: embeddings, lm_head, blocks or other.
+
+    The embedding is the table a Gather reads with ``input_ids``; the LM head is the
+    weight of the MatMul whose result becomes ``logits``; other MatMul weights are the
+    transformer blocks; layer norms and biases are "other".
+    """
+    floats = {t.name for t in model.graph.initializer if t.data_type in _FLOATS}
+
+    def feeds_logits(node) -> bool:
+        # the LM head MatMul's output reaches "logits" through at most a few shape-only ops
+        frontier, seen = list(node.output), set()
+        for _ in range(4):
+            if "logits" in frontier:
+                return True
+            nxt = []
+            for n in model.graph.node:
+                if n.name not in seen and any(i in frontier for i in n.input) and n.op_type in (
+                        "Identity", "Reshape", "Cast", "Add"):
+                    seen.add(n.name)
+                    nxt.extend(n.output)
+            frontier = nxt
+        return False
+
+    roles = dict.fromkeys(floats, "other")
+    for node in model.graph.node:
+        weights = [i for i in node.input if i in floats]
+        if not weights:
+            continue
+        if node.op_type == "Gather" and "input_ids" in node.input:
+            roles[weights[0]] = "embeddings"
+        elif node.op_type == "MatMul":
+            roles[weights[0]] = "lm_head" if feeds_logits(node) else "blocks"
+    return roles
+
+
+def float_parameters(model: onnx.ModelProto) -> int:
+    return sum(_numel(t) for t in model.graph.initializer if t.data_type in _FLOATS)
+
+
+def quantization_summary(quantized: onnx.ModelProto, reference: onnx.ModelProto) -> dict:
+    """Compare a quantized graph with the full-precision graph it was made from.
+
+    Returns the quantized operator counts, which reference weights were replaced (by
+    role), bits per parameter over the whole model and over the replaced weights alone.
+    """
+    roles = weight_roles(reference)
+    ref_sizes = {t.name: _numel(t) for t in reference.graph.initializer}
+    q_bits = stored_bits(quantized)
+    replaced = sorted(n for n in ref_sizes if n not in q_bits and n in roles)
+    new = [n for n in q_bits if n not in ref_sizes]
+    params = float_parameters(reference)
+    replaced_params = sum(ref_sizes[n] for n in replaced)
+    by_role = Counter(roles[n] for n in replaced)
+    return {
+        "quantized_ops": quantized_op_counts(quantized),
+        "quantized_tensors": {role: by_role.get(role, 0) for role in ("blocks", "embeddings", "lm_head")},
+        "quantized_tensor_names": replaced,
+        "parameters": params,
+        "quantized_parameters": replaced_params,
+        "effective_bits_per_param": round(sum(q_bits.values()) / params, 4),
+        "bits_per_quantized_weight": (round(sum(q_bits[n] for n in new) / replaced_params, 4)
+                                      if replaced_params else None),
+    }
+
+
+def distinct_levels_per_group(model: onnx.ModelProto, group: int, role: str = "blocks") -> int:
+    """Most distinct values any (column, group of ``group`` input rows) holds among ``role`` weights.
+
+    A simulated k-bit export keeps fp32 storage; this shows the weights really were
+    rounded to at most 2**k levels per group.
+    """
+    roles = weight_roles(model)
+    worst = 0
+    for t in model.graph.initializer:
+        if roles.get(t.name) != role:
+            continue
+        w = numpy_helper.to_array(t)  # [in, out] (MatMul layout)
+        rows = w.shape[0] // group * group
+        if rows == 0:
+            continue
+        g = np.sort(w[:rows].reshape(rows // group, group, -1), axis=1)
+        distinct = 1 + (np.diff(g, axis=1) != 0).sum(axis=1)
+        worst = max(worst, int(distinct.max()))
+    return worst

@@ -1,0 +1,81 @@
+"""manifest.json of a variant: what it is, where it came from, and the sha256 of every file.
+
+Written last, when every check has passed, and published with the variant in one
+rename, so a variant folder without a valid manifest is a partial or failed build.
+``verify_variant`` re-hashes the files: the export skips a variant only when it
+verifies, and the server refuses one that does not. Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from tasks.settings import atomic_write_json
+from train.checkpoints import sha256_file
+
+MANIFEST = "manifest.json"
+TOOLS = ("onnx", "onnxruntime", "optimum", "optimum-onnx", "torch", "transformers", "tokenizers", "bitsandbytes",
+         "tensorrt")
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in TOOLS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def file_table(folder: Path) -> dict[str, dict]:
+    """``{relative path: {bytes, sha256}}`` of every file under ``folder`` but the manifest."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            out[p.relative_to(folder).as_posix()] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    return out
+
+
+def publish(tmp: Path, dest: Path, manifest: dict) -> dict:
+    """Hash the files in ``tmp``, write the manifest, and move ``tmp`` to ``dest`` atomically."""
+    files = file_table(tmp)
+    manifest = {**manifest, "files": files, "total_bytes": sum(f["bytes"] for f in files.values())}
+    atomic_write_json(tmp / MANIFEST, manifest)
+    for p in tmp.rglob("*"):  # data reaches the disk before the rename makes it visible
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, dest)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+def verify_variant(folder: str | Path) -> str | None:
+    """``None`` when the variant is whole and untouched, else the reason it is not."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        return f"{folder}: no {MANIFEST} (partial or failed build)"
+    try:
+        manifest = read_manifest(folder)
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"{folder}: unreadable {MANIFEST} ({exc})"
+    if not files:
+        return f"{folder}: {MANIFEST} lists no files"
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{folder}: {name} is missing"
+        if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
+            return f"{folder}: {name} does not match its sha256 (modified or corrupt)"
+    return None

@@ -1,0 +1,407 @@
+"""Export a sweep: every requested variant of every chosen checkpoint, checked and evaluated.
+
+Per checkpoint (one worker process each, in parallel):
+
+1. verify the checkpoint (sha256 manifest) and load it as the torch reference;
+2. for each variant, in dependency order: reuse it when its folder verifies against its
+   manifest and was made from this very checkpoint; else build it in a scratch folder,
+   check it (parity against the reference within the variant's tolerance, the quantized
+   operators in the graph, the effective bits from the stored tensors), and publish it
+   with its manifest in one rename. A variant that fails a check is not published;
+3. evaluate every published variant on ``id`` and every shift through
+   ``train.evaluate.evaluate_splits`` (the grading path torch evaluation uses) at the
+   sweep's fixed eval batch size, unless accuracy.csv already holds its rows.
+
+The parent process alone writes accuracy.csv (an idempotent upsert).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import shutil
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from export.config import ExportConfig
+from export.manifest import publish, read_manifest, tool_versions, verify_variant
+from export.registry import BuildContext, Variant, resolve
+from tasks.config import TaskConfig
+from tasks.formatting import format_prompt
+from tasks.settings import load_config
+from train.accuracy_table import read_table, upsert_rows
+from train.checkpoints import sha256_file, verify_checkpoint
+
+
+def variant_dir(run_dir: Path, variant: str, step: int, final_step: int) -> Path:
+    """The final checkpoint's variants sit at variants/<variant>/ (what the server serves);
+    earlier checkpoints' at variants/step-<N>/<variant>/."""
+    if step == final_step:
+        return run_dir / "variants" / variant
+    return run_dir / "variants" / f"step-{step}" / variant
+
+
+def load_sweep(sweep_dir: Path) -> dict:
+    path = sweep_dir / "sweep.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `python -m train sweep` first")
+    return yaml.safe_load(path.read_text())
+
+
+def plan_jobs(cfg: ExportConfig, sweep_dir: Path, sweep: dict) -> list[dict]:
+    """One job per (run, checkpoint) to export; finished runs only."""
+    runs = sweep["runs"]
+    if cfg.runs:
+        unknown = sorted(set(cfg.runs) - set(runs))
+        if unknown:
+            raise ValueError(f"unknown run(s) {unknown}; the sweep has {len(runs)} runs, e.g. {runs[0]}")
+        runs = [r for r in runs if r in cfg.runs]
+    jobs = []
+    for run_id in runs:
+        run_dir = sweep_dir / run_id
+        if not (run_dir / "done.json").is_file():
+            print(f"skipping {run_id}: the sweep has not finished it", file=sys.stderr)
+            continue
+        steps = json.loads((run_dir / "config.json").read_text())["checkpoint_steps"]
+        for step in (steps if cfg.checkpoints == "all" else steps[-1:]):
+            jobs.append({"run": run_id, "step": step, "final_step": steps[-1], "run_dir": str(run_dir)})
+    return jobs
+
+
+# -- the worker side ------------------------------------------------------------------
+
+class Reference:
+    """The torch checkpoint, its dev prompts and its greedy outputs, loaded once per job."""
+
+    def __init__(self, checkpoint: Path, splits: dict, batch_size: int, parity_batch: int):
+        from transformers import AutoModelForCausalLM
+
+        from train.base import load_tokenizer
+        from train.evaluate import greedy_decode, max_answer_tokens
+
+        self.checkpoint = checkpoint
+        self.digit_format = json.loads((checkpoint / "fracture.json").read_text())["digit_format"]
+        self.model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+        self.tokenizer = load_tokenizer(str(checkpoint))
+        self.batch_size = batch_size
+        self.max_new = max_answer_tokens(splits)
+        self.prompts = [format_prompt(it["prompt"], self.digit_format) for it in splits["id"]]
+        self.parity_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"]
+                           for p in self.prompts[:parity_batch]]
+        self._decode = greedy_decode
+
+    @functools.cached_property
+    def outputs(self) -> list[str]:
+        """Greedy outputs on the whole dev split (only computed when a variant is built)."""
+        return self.greedy(self.model)
+
+    def logits(self, model=None):
+        from export.parity import torch_logits
+
+        return torch_logits(model or self.model, self.parity_ids, self.tokenizer.pad_token_id)
+
+    def greedy(self, model) -> list[str]:
+        return self._decode(model, self.tokenizer, self.prompts, self.max_new, self.batch_size)
+
+
+def _simulated_reference(ref: Reference, bits: int):
+    """The torch model with the same rounding sim-w{bits} applied, for its export parity."""
+    import copy
+
+    import torch
+
+    from export.onnx_export import block_linears, fake_quantize_
+
+    model = copy.deepcopy(ref.model)
+    with torch.no_grad():
+        for _, linear in block_linears(model):
+            fake_quantize_(linear.weight, bits)
+    return model
+
+
+def _check_graph(variant: Variant, folder: Path, fp32_dir: Path | None) -> dict:
+    """Quantized operators, quantized tensors and effective bits, read off the saved graph."""
+    from export import graph
+
+    model = graph.load(folder / "model.onnx")
+    reference = graph.load(fp32_dir / "model.onnx") if fp32_dir and variant.needs else model
+    summary = graph.quantization_summary(model, reference)
+    problems = [f"graph has no {op} (it would silently stay full precision)"
+                for op in variant.expect_ops if not summary["quantized_ops"].get(op)]
+    for role in ("blocks", "embeddings", "lm_head"):
+        n = summary["quantized_tensors"][role]
+        if variant.needs and variant.bits < 16 and role in variant.quantizes and n == 0:
+            problems.append(f"no {role} tensor was quantized")
+        if role not in variant.quantizes and n:
+            problems.append(f"{n} {role} tensor(s) were quantized but the variant keeps {role} in full precision")
+    if variant.simulated_bits:
+        levels = graph.distinct_levels_per_group(model, group=32)
+        summary["max_levels_per_group"] = levels
+        summary["simulated_bits_per_weight"] = variant.simulated_bits + 2 * 16 / 32  # fp16 scale + zero per group
+        if levels > 2 ** variant.simulated_bits:
+            problems.append(f"block weights hold {levels} distinct values per group > 2**{variant.simulated_bits}")
+        summary["quantized_tensors"]["blocks"] = sum(1 for r in graph.weight_roles(model).values() if r == "blocks")
+    summary["problems"] = problems
+    return summary
+
+
+def _torch_summary(folder: Path, ref: Reference) -> dict:
+    """Effective bits and quantized tensors of a saved torch variant, from its safetensors."""
+    from collections import Counter
+
+    from export.bnb import safetensors_bits
+
+    bits, dtypes = safetensors_bits(folder)
+    params = sum(p.numel() for p in ref.model.parameters())
+    head = "embed_out" if any("embed_out" in k for k in dtypes) else "lm_head"
+    roles = Counter("embeddings" if "embed_in" in k or "embed_tokens" in k else "lm_head" if head in k else "blocks"
+                    for k, dtype in dtypes.items() if k.endswith(".weight") and dtype in ("I8", "U8"))
+    return {"stored_dtypes": dict(Counter(dtypes.values())), "parameters": params,
+            "quantized_tensors": {role: roles.get(role, 0) for role in ("blocks", "embeddings", "lm_head")},
+            "effective_bits_per_param": round(bits / params, 4),
+            "problems": [] if roles.get("blocks") else ["no block weight was stored as an integer tensor"]}
+
+
+def _load_runner(variant: Variant, folder: Path, threads: int):
+    from export.runtime import OnnxCausalLM
+
+    providers = variant.providers(folder) if variant.providers else None
+    return OnnxCausalLM(folder, threads=threads, providers=providers)
+
+
+def _parity(variant: Variant, runner, ref: Reference) -> dict:
+    from export.parity import agreement, judge, max_logit_diff
+
+    if variant.tolerance.reference == "simulated":
+        ref_model = _simulated_reference(ref, variant.simulated_bits)
+        ref_logits, mask = ref.logits(ref_model)
+        ref_outputs = ref.greedy(ref_model)
+    else:
+        ref_logits, mask = ref.logits()
+        ref_outputs = ref.outputs
+    if variant.runner == "onnx":
+        logits, _ = runner.logits(ref.parity_ids)
+        outputs = runner.decoder()(ref.prompts, ref.max_new, ref.batch_size)
+    else:
+        logits, _ = ref.logits(runner)
+        outputs = ref.greedy(runner)
+    result = judge(variant.tolerance, max_logit_diff(logits, ref_logits, mask), agreement(outputs, ref_outputs),
+                   len(ref_outputs), len(ref.parity_ids))
+    if variant.tolerance.reference == "simulated":  # how far the rounding itself moved the model
+        result["agreement_with_checkpoint"] = agreement(outputs, ref.outputs)
+    return result
+
+
+def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, ref: Reference, threads: int,
+           dest: Path, device: str) -> tuple[dict, object]:
+    """Build, check and publish one variant; returns (manifest, runner) or raises ExportCheckFailed."""
+    tmp = dest.parent / f".{dest.name}.tmp"
+    scratch = dest.parent / f".{dest.name}.scratch"
+    for p in (tmp, scratch):
+        shutil.rmtree(p, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    scratch.mkdir(parents=True)
+    started = time.perf_counter()
+    try:
+        built = variant.build(BuildContext(ckpt, fp32_dir, scratch, device), tmp)
+        build_seconds = time.perf_counter() - started
+        if variant.runner == "onnx":
+            summary = _check_graph(variant, tmp, fp32_dir)
+            runner = _load_runner(variant, tmp, threads)
+        else:
+            summary = _torch_summary(tmp, ref)
+            runner = built
+        parity = _parity(variant, runner, ref)
+        problems = summary.pop("problems") + parity["failures"]
+        if problems:
+            raise ExportCheckFailed(f"{job['run']} step {job['step']} {variant.name}: " + "; ".join(problems))
+        manifest = {
+            "variant": variant.name, "run": job["run"], "step": job["step"],
+            "source": {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt / "model.safetensors")},
+            "backend": variant.backend, "runner": variant.runner, "weight_bits": variant.bits,
+            "method": variant.method,
+            "quantizes": {role: role in variant.quantizes for role in ("blocks", "embeddings", "lm_head")},
+            **summary, "parity": parity, "tool_versions": tool_versions(),
+            "build_seconds": round(build_seconds, 2),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        manifest = publish(tmp, dest, manifest)
+        if variant.runner == "onnx":  # the session must read the published file, not the moved temp path
+            runner = _load_runner(variant, dest, threads)
+        return manifest, runner
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class ExportCheckFailed(RuntimeError):
+    pass
+
+
+def reusable(dest: Path, ckpt_sha: str) -> str | None:
+    """``None`` when the published variant can be reused, else why it must be rebuilt."""
+    problem = verify_variant(dest)
+    if problem:
+        return problem
+    manifest = read_manifest(dest)
+    if manifest.get("source", {}).get("sha256") != ckpt_sha:
+        return "made from a different checkpoint"
+    if not manifest.get("parity", {}).get("passed"):
+        return "its parity check did not pass"
+    return None
+
+
+def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, have_rows: list[str],
+                      cfg_dict: dict) -> dict:
+    """Worker: build/reuse and evaluate the variants of one checkpoint. Returns rows and a log."""
+    import torch
+
+    from export.registry import get_variant
+    from train.evaluate import evaluate_splits, torch_decoder
+    from train.finetune import load_eval_splits
+
+    threads = cfg_dict["threads"]
+    torch.set_num_threads(threads)
+    run_dir = Path(job["run_dir"])
+    ckpt = run_dir / "checkpoints" / f"step-{job['step']}"
+    problem = verify_checkpoint(ckpt)
+    if problem:
+        return {"job": job, "rows": [], "log": [], "failed": [f"{job['run']} step {job['step']}: {problem}"]}
+    task_cfg = load_config(TaskConfig, overrides=splits_src["task"])
+    splits, _ = load_eval_splits(Path(splits_src["data"]), task_cfg, splits_src["eval_items"])
+    batch = splits_src["eval_batch_size"]
+    ref = Reference(ckpt, splits, batch, cfg_dict["parity_batch"])
+    ckpt_sha = sha256_file(ckpt / "model.safetensors")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    rows, log, failed, published = [], [], [], {}
+    for name in variant_names:
+        variant = get_variant(name)
+        dest = variant_dir(run_dir, name, job["step"], job["final_step"])
+        fp32_dir = published.get(variant.needs) if variant.needs else None
+        if variant.needs and fp32_dir is None:
+            failed.append(f"{job['run']} step {job['step']} {name}: needs {variant.needs}, which is not available")
+            continue
+        why = "forced" if cfg_dict["force"] else reusable(dest, ckpt_sha)
+        runner = None
+        try:
+            if why is None:
+                manifest = read_manifest(dest)
+                log.append((name, "reused", manifest))
+            else:
+                manifest, runner = _build(variant, job, ckpt, fp32_dir, ref, threads, dest, device)
+                log.append((name, "built", manifest))
+        except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the others
+            detail = str(exc) if isinstance(exc, ExportCheckFailed) else traceback.format_exc(limit=3)
+            failed.append(f"{job['run']} step {job['step']} {name}: {detail}")
+            continue
+        published[name] = dest
+        if name in have_rows and why is None:
+            continue
+        if runner is None:
+            if variant.runner == "onnx":
+                runner = _load_runner(variant, dest, threads)
+            else:  # a torch variant loads its saved, already quantized weights
+                runner = variant.load(dest, device)
+        decode = runner.decoder() if variant.runner == "onnx" else torch_decoder(runner, ref.tokenizer)
+        started = time.perf_counter()
+        results = evaluate_splits(decode, ref.digit_format, splits, batch_size=batch)
+        log.append((name, "evaluated", {"seconds": round(time.perf_counter() - started, 2)}))
+        rows += [{"run": job["run"], "step": job["step"], "variant": name, "split": split, **r}
+                 for split, r in results.items()]
+    return {"job": job, "rows": rows, "log": log, "failed": failed}
+
+
+# -- the parent side ------------------------------------------------------------------
+
+def _rows_present(table: list[dict], splits: list[str]) -> dict[tuple[str, int], list[str]]:
+    """{(run, step): [variants with a row for every split]}."""
+    have: dict[tuple[str, int, str], set] = {}
+    for r in table:
+        have.setdefault((r["run"], int(r["step"]), r["variant"]), set()).add(r["split"])
+    out: dict[tuple[str, int], list[str]] = {}
+    for (run, step, variant), got in have.items():
+        if set(splits) <= got:
+            out.setdefault((run, step), []).append(variant)
+    return out
+
+
+def export_sweep(cfg: ExportConfig) -> dict:
+    """Export the sweep at ``cfg.sweep``; returns {built, reused, evaluated, skipped, failed, seconds}."""
+    from tqdm import tqdm
+
+    from tasks.dataset import resolve_specs
+
+    started = time.perf_counter()
+    sweep_dir = Path(cfg.sweep)
+    sweep = load_sweep(sweep_dir)
+    variants = resolve(cfg.variants)
+    skipped = {}
+    for v in variants:
+        reason = v.requires()
+        if reason:
+            skipped[v.name] = reason
+            print(f"skipping {v.name}: {reason}", file=sys.stderr)
+    names = [v.name for v in variants if v.name not in skipped and v.needs not in skipped]
+    jobs = plan_jobs(cfg, sweep_dir, sweep)
+    if not jobs or not names:
+        raise ValueError(f"nothing to export in {sweep_dir} (checkpoints: {len(jobs)}, variants: {names})")
+    task = sweep["task"]
+    split_names = list(resolve_specs(load_config(TaskConfig, overrides=task)))
+    splits_src = {"task": task, "data": sweep["data"], "eval_items": sweep["config"].get("eval_items", 0),
+                  "eval_batch_size": cfg.eval_batch_size or sweep["config"]["eval_batch_size"]}
+    table_path = sweep_dir / "accuracy.csv"
+    present = _rows_present(read_table(table_path), split_names)
+    cfg_dict = {"threads": cfg.threads, "parity_batch": cfg.parity_batch, "force": cfg.force}
+    workers = max(1, min(cfg.workers, len(jobs)))
+    print(f"export {sweep_dir}: {len(jobs)} checkpoint(s) x {len(names)} variant(s) ({', '.join(names)}), "
+          f"{workers} worker(s), eval batch {splits_src['eval_batch_size']}")
+
+    results = []
+    bar = tqdm(total=len(jobs), desc="checkpoints", unit="ckpt", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 15.0)
+
+    def done(res):
+        results.append(res)
+        if res["rows"]:
+            upsert_rows(table_path, res["rows"])  # after every checkpoint: a killed export keeps what it did
+        for msg in res["failed"]:
+            tqdm.write(f"FAILED {msg}", file=sys.stderr)
+        bar.update(1)
+
+    def args(job):
+        return (job, names, splits_src, present.get((job["run"], job["step"]), []), cfg_dict)
+
+    if workers == 1:
+        for job in jobs:
+            done(export_checkpoint(*args(job)))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            pending = {pool.submit(export_checkpoint, *args(job)) for job in jobs}
+            try:
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        done(fut.result())
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    bar.close()
+
+    summary = {"built": 0, "reused": 0, "evaluated": 0, "skipped": skipped,
+               "failed": [m for r in results for m in r["failed"]]}
+    for r in results:
+        for _, what, _ in r["log"]:
+            summary[what] = summary.get(what, 0) + 1
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary["manifests"] = [m for r in results for n, what, m in r["log"] if what in ("built", "reused")]
+    return summary

@@ -1,0 +1,201 @@
+"""The registry of variants: every way fracture turns a checkpoint into something it serves.
+
+Each entry declares its backend, weight bits, which tensors it quantizes, the quantized
+operators its graph must contain, its parity tolerance, what it needs installed, and the
+function that builds it. Adding a variant is adding an entry here (and its parity test:
+tests/export/test_registry.py fails for an entry without one).
+
+Importing this module needs neither torch nor onnx: builders import what they use, so
+the server can read the registry on an edge box.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.parity import Tolerance
+
+ROLES = ("blocks", "embeddings", "lm_head")
+SIM_BITS = range(2, 9)
+SIM_PATTERN = re.compile(r"sim-w(\d+)$")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    checkpoint: Path  # the verified torch checkpoint (save_pretrained layout)
+    fp32_dir: Path | None  # this checkpoint's published onnx-fp32 variant, for variants derived from it
+    scratch: Path  # a private folder the builder may use and leave behind
+    device: str  # "cpu" or "cuda", for torch-side variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    backend: str  # what runs it: "onnxruntime", "torch+bitsandbytes" or "tensorrt"
+    bits: int  # weight bits of the quantized tensors (32 = full precision)
+    quantizes: tuple[str, ...]  # which of ROLES hold quantized weights
+    method: str  # one line: how the variant is made
+    tolerance: Tolerance
+    build: Callable[[BuildContext, Path], object]  # writes the variant into the folder; torch variants return the model
+    runner: str = "onnx"  # "onnx": export.runtime over model.onnx; "torch": the model build() returns
+    expect_ops: tuple[str, ...] = ()  # quantized operators the saved graph must contain
+    needs: str | None = None  # a variant of the same checkpoint this one is derived from
+    requires: Callable[[], str | None] = field(default=lambda: None)  # None, or why it cannot be built here
+    providers: Callable[[Path], list] | None = None  # ONNX Runtime providers other than the default
+    simulated_bits: int | None = None  # sim-w{k}: values rounded to k bits, stored as fp32
+    load: Callable[[Path, str], object] | None = None  # torch runners: (published folder, device) -> model
+
+
+# -- builders (each imports its heavy dependencies when called) ------------------------
+
+def _build_onnx_fp32(ctx: BuildContext, dest: Path) -> None:
+    from export.onnx_export import export_onnx
+
+    export_onnx(ctx.checkpoint, dest)
+
+
+def _build_ort_int8(all_weights: bool):
+    def build(ctx: BuildContext, dest: Path) -> None:
+        from export.quantize import dynamic_int8
+
+        dynamic_int8(ctx.fp32_dir, dest, include_embeddings_and_head=all_weights)
+    return build
+
+
+def _build_nbits(bits: int):
+    def build(ctx: BuildContext, dest: Path) -> None:
+        from export.quantize import matmul_nbits
+
+        matmul_nbits(ctx.fp32_dir, dest, bits=bits, block_size=32)
+    return build
+
+
+def _requires_nbits(bits: int):
+    def check() -> str | None:
+        from export.quantize import nbits_supported
+
+        return nbits_supported(bits)
+    return check
+
+
+def _build_sim(bits: int):
+    def build(ctx: BuildContext, dest: Path) -> None:
+        from export.onnx_export import export_onnx, simulated_checkpoint
+
+        rounded = ctx.scratch / f"sim-w{bits}-checkpoint"
+        simulated_checkpoint(ctx.checkpoint, rounded, bits)
+        export_onnx(rounded, dest)
+    return build
+
+
+def _build_bnb(mode: str):
+    def build(ctx: BuildContext, dest: Path):
+        from export.bnb import build_bnb
+
+        return build_bnb(ctx.checkpoint, dest, mode, ctx.device)
+    return build
+
+
+def _load_bnb(folder: Path, device: str):
+    from export.bnb import load_bnb
+
+    return load_bnb(folder, device)
+
+
+def _requires_bnb() -> str | None:
+    from export.bnb import bnb_available
+
+    return bnb_available()
+
+
+def _build_trt(ctx: BuildContext, dest: Path) -> None:
+    from export.tensorrt import build_trt_fp16
+
+    build_trt_fp16(ctx.fp32_dir, dest)
+
+
+def _requires_trt() -> str | None:
+    from export.tensorrt import trt_available
+
+    return trt_available()
+
+
+def _trt_providers(dest: Path) -> list:
+    from export.tensorrt import trt_providers
+
+    return trt_providers(dest)
+
+
+def sim_variant(bits: int) -> Variant:
+    if bits not in SIM_BITS:
+        raise KeyError(f"sim-w{bits}: simulated widths run from {SIM_BITS.start} to {SIM_BITS.stop - 1} bits")
+    return Variant(
+        name=f"sim-w{bits}", backend="onnxruntime", bits=bits, quantizes=("blocks",),
+        method=f"block weights rounded in torch to {bits} bits (min-max RTN, groups of 32 inputs), exported as fp32",
+        # the export of the rounded model must be exact; the rounding itself is what is being studied
+        tolerance=Tolerance(max_logit_diff=1e-4, min_agreement=1.0, reference="simulated"),
+        build=_build_sim(bits), simulated_bits=bits)
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("onnx-fp32", "onnxruntime", 32, (), "optimum-onnx text-generation-with-past (KV cache), fp32",
+            Tolerance(max_logit_diff=1e-4, min_agreement=1.0), _build_onnx_fp32),
+    Variant("ort-int8", "onnxruntime", 8, ("blocks",),
+            "ONNX Runtime dynamic int8, per-channel weights, MatMul only (embeddings and LM head fp32)",
+            Tolerance(max_logit_diff=5.0, min_agreement=0.80), _build_ort_int8(all_weights=False),
+            expect_ops=("MatMulInteger",), needs="onnx-fp32"),
+    Variant("ort-int8-all", "onnxruntime", 8, ROLES,
+            "ablation: ort-int8 plus the embedding lookup and the LM head quantized",
+            Tolerance(max_logit_diff=5.0, min_agreement=0.70), _build_ort_int8(all_weights=True),
+            expect_ops=("MatMulInteger", "DequantizeLinear"), needs="onnx-fp32"),
+    Variant("ort-int4", "onnxruntime", 4, ("blocks",),
+            "ONNX Runtime MatMulNBits 4-bit weight-only, RTN, block 32, symmetric (LM head fp32)",
+            Tolerance(max_logit_diff=10.0, min_agreement=0.50), _build_nbits(4),
+            expect_ops=("MatMulNBits",), needs="onnx-fp32"),
+    Variant("ort-int2", "onnxruntime", 2, ("blocks",),
+            "ONNX Runtime MatMulNBits 2-bit weight-only, RTN, block 32, symmetric (runs on CPU, no speed-up)",
+            Tolerance(max_logit_diff=None, min_agreement=0.0), _build_nbits(2),
+            expect_ops=("MatMulNBits",), needs="onnx-fp32", requires=_requires_nbits(2)),
+    sim_variant(3),
+    Variant("bnb-int8", "torch+bitsandbytes", 8, ("blocks",),
+            "bitsandbytes LLM.int8() via transformers BitsAndBytesConfig(load_in_8bit), evaluated in torch",
+            Tolerance(max_logit_diff=5.0, min_agreement=0.80), _build_bnb("int8"), runner="torch", load=_load_bnb,
+            requires=_requires_bnb),
+    Variant("bnb-nf4", "torch+bitsandbytes", 4, ("blocks",),
+            "bitsandbytes NF4 via transformers BitsAndBytesConfig(load_in_4bit, nf4), evaluated in torch",
+            Tolerance(max_logit_diff=10.0, min_agreement=0.50), _build_bnb("nf4"), runner="torch", load=_load_bnb,
+            requires=_requires_bnb),
+    Variant("trt-fp16", "tensorrt", 16, ROLES,
+            "TensorRT engine (fp16 graph, strongly typed; profiles over the KV-cache shapes) via ORT's TensorRT EP",
+            Tolerance(max_logit_diff=None, min_agreement=0.95), _build_trt, needs="onnx-fp32",
+            requires=_requires_trt, providers=_trt_providers),
+)}
+
+
+def get_variant(name: str) -> Variant:
+    if name in VARIANTS:
+        return VARIANTS[name]
+    match = SIM_PATTERN.match(name)
+    if match:
+        return sim_variant(int(match.group(1)))
+    import difflib
+
+    close = difflib.get_close_matches(name, [*VARIANTS, "sim-w4"], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise KeyError(f"unknown variant {name!r}{hint}; known: {', '.join(VARIANTS)}, sim-w2..sim-w8")
+
+
+def resolve(names: tuple[str, ...] | list[str]) -> list[Variant]:
+    """Variants in build order (each after the variant it needs), ``all`` = every registry entry."""
+    wanted = list(VARIANTS) if "all" in names else list(dict.fromkeys(names))
+    out: list[Variant] = []
+    for name in wanted:
+        v = get_variant(name)
+        if v.needs and v.needs not in [o.name for o in out]:
+            out.append(get_variant(v.needs))
+        if v.name not in [o.name for o in out]:
+            out.append(v)
+    return out
