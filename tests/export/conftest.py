@@ -1,0 +1,34 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.train.conftest import REPO, write_tiny_sweep
+
+ALL_BUT_GPU = "onnx-fp32,ort-int8,ort-int8-all,ort-int4,ort-int2,sim-w3,bnb-int8,bnb-nf4,trt-fp16"
+
+
+def export_cli(sweep: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "export", f"--sweep={sweep}", "--workers=1", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """A tiny 2-run sweep on the embedded base, exported to every registered variant by the real CLI.
+
+    trt-fp16 is asked for too: on a machine without TensorRT and a GPU it must be skipped
+    with a message, not fail.
+    """
+    tmp = tmp_path_factory.mktemp("export")
+    res = subprocess.run(write_tiny_sweep(tmp), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    sweep = tmp / "runs" / "tiny"
+    res = export_cli(sweep, f"--variants={ALL_BUT_GPU}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return {"sweep": sweep, "stdout": res.stdout, "stderr": res.stderr, "data": tmp / "data"}
+
+
+def run_dirs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir())

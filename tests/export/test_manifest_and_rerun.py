@@ -1,0 +1,48 @@
+"""Manifests catch tampering; a re-run reuses verified variants and rebuilds only what changed."""
+
+import shutil
+
+from export.manifest import verify_variant
+from tests.export.conftest import ALL_BUT_GPU, export_cli, run_dirs
+
+
+def test_manifest_sha256_detects_a_modified_or_missing_file(exported, tmp_path):
+    src = run_dirs(exported["sweep"])[0] / "variants" / "ort-int8"
+    assert verify_variant(src) is None
+    copy = tmp_path / "ort-int8"
+    shutil.copytree(src, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    assert "does not match its sha256" in verify_variant(copy)
+    shutil.copytree(src, tmp_path / "b")
+    (tmp_path / "b" / "tokenizer.json").unlink()
+    assert "tokenizer.json is missing" in verify_variant(tmp_path / "b")
+    (tmp_path / "b" / "manifest.json").write_text("{not json")
+    assert "unreadable" in verify_variant(tmp_path / "b")
+
+
+def test_rerun_is_idempotent_and_rebuilds_only_a_tampered_variant(exported):
+    sweep = exported["sweep"]
+    table = (sweep / "accuracy.csv").read_text()
+    res = export_cli(sweep, f"--variants={ALL_BUT_GPU}")
+    assert res.returncode == 0, res.stderr
+    assert "built 0," in res.stdout and "evaluated 0," in res.stdout
+    assert (sweep / "accuracy.csv").read_text() == table
+
+    victim = run_dirs(sweep)[1] / "variants" / "ort-int4" / "model.onnx"
+    victim.write_bytes(victim.read_bytes()[:-100])  # truncated: a crash mid-copy
+    res = export_cli(sweep, "--variants=ort-int4")
+    assert res.returncode == 0, res.stderr
+    assert "built 1," in res.stdout and "reused 3," in res.stdout  # 2 onnx-fp32 + the intact ort-int4
+    assert verify_variant(victim.parent) is None
+    assert (sweep / "accuracy.csv").read_text() == table  # same checkpoint, same rows
+
+
+def test_bad_arguments_get_clear_errors(exported):
+    res = export_cli(exported["sweep"], "--variants=ort-itn8")
+    assert res.returncode == 2 and "did you mean 'ort-int8'" in res.stderr
+    res = export_cli(exported["sweep"], "--checkpoints=some")
+    assert res.returncode == 2 and "checkpoints='some'" in res.stderr
+    res = export_cli(exported["sweep"].parent / "nope")
+    assert res.returncode == 2 and "python -m train sweep" in res.stderr

@@ -1,0 +1,42 @@
+"""The registry itself: every entry has a parity test, names resolve, dependencies come first."""
+
+import pytest
+
+from export.registry import VARIANTS, get_variant, resolve
+from tests.export.test_variants import EXPECTED
+
+
+def test_every_registry_entry_has_a_parity_test():
+    """Adding a variant without saying what its graph, bits and parity must be fails here."""
+    missing = sorted(set(VARIANTS) - set(EXPECTED))
+    assert not missing, f"variants without a parity expectation in tests/export/test_variants.py: {missing}"
+    assert not set(EXPECTED) - set(VARIANTS), "expectations for variants that no longer exist"
+
+
+def test_entries_declare_what_they_are():
+    for v in VARIANTS.values():
+        assert v.backend and v.method and 2 <= v.bits <= 32
+        assert set(v.quantizes) <= {"blocks", "embeddings", "lm_head"}
+        assert (v.bits == 32) == (not v.quantizes)
+        assert 0 <= v.tolerance.min_agreement <= 1
+        if v.runner == "torch":
+            assert v.load is not None
+
+
+def test_sim_widths_resolve_for_2_to_8_bits_only():
+    assert get_variant("sim-w5").simulated_bits == 5
+    assert get_variant("sim-w2").bits == 2
+    for bad in ("sim-w1", "sim-w9"):
+        with pytest.raises(KeyError, match="2 to 8"):
+            get_variant(bad)
+
+
+def test_unknown_variant_suggests_a_name():
+    with pytest.raises(KeyError, match="did you mean 'ort-int8'"):
+        get_variant("ort-itn8")
+
+
+def test_resolve_puts_the_source_variant_first():
+    names = [v.name for v in resolve(["ort-int4"])]
+    assert names == ["onnx-fp32", "ort-int4"]
+    assert [v.name for v in resolve(["all"])] == list(VARIANTS)
