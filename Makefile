@@ -1,6 +1,6 @@
 # fracture — the table of contents. Every target sets itself up (idempotently).
 #
-#   make demo     the main job on the embedded base: task splits, the demo sweep, the report
+#   make demo     the main job on the embedded base: task splits, the demo sweep, export, the report
 #   make test     the default test suite (CPU, offline, a few minutes)
 #
 PYTHON ?= python3
@@ -8,7 +8,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help setup demo test test-slow lint data train sweep report watch pretrain clean
+.PHONY: help setup demo test test-slow lint data train sweep export report watch pretrain bench bench-export \
+        gpu-check clean
 
 help:             ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -29,16 +30,27 @@ train: sweep
 sweep: setup      ## fine-tune the demo population (runs/demo/), resumable
 	$(PY) -m train sweep --config train/configs/demo.yaml
 
+export: setup     ## ONNX / int8 / 4-bit / 2-bit / sim-w3 variants of every final checkpoint, checked and evaluated
+	$(PY) -m export --sweep runs/demo
+
 report: setup     ## partial correlations of the demo sweep -> reports/demo/{summary.json,report.html}
 	$(PY) -m telemetry analyze --accuracies runs/demo/accuracy.csv --out reports/demo
 
 watch: setup      ## recompute from Prometheus every 30 s; gauges on 127.0.0.1:9108/metrics
 	$(PY) -m telemetry watch --prometheus http://127.0.0.1:9090 --port 9108
 
-demo: setup data sweep report  ## the main job on the embedded default
+demo: setup data sweep export report  ## the main job on the embedded default
 
 pretrain: setup   ## rebuild models/embedded-base (about 20 minutes on 2 cores; demo never needs it)
 	$(PY) -m train pretrain --config train/configs/pretrain.yaml
+
+bench: bench-export  ## all benchmarks (results in bench/results/, ratios against baselines)
+
+bench-export: setup  ## decode tokens/s: export/runtime.py vs transformers generate vs ORTModelForCausalLM
+	$(PY) -m bench decode --sweep runs/demo
+
+gpu-check: setup  ## on a CUDA machine: bf16 fine-tuning of pythia-70m's architecture, bnb variants, TensorRT
+	$(PY) -m bench.gpu_check
 
 test: setup       ## CPU-only, offline tests (slow and gpu markers deselected)
 	$(PY) -m pytest -q

@@ -3,7 +3,7 @@
 import shutil
 
 from export.manifest import verify_variant
-from tests.export.conftest import ALL_BUT_GPU, export_cli, run_dirs
+from tests.conftest import ALL_BUT_GPU, export_cli, run_dirs
 
 
 def test_manifest_sha256_detects_a_modified_or_missing_file(exported, tmp_path):

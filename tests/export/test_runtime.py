@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.export.conftest import run_dirs
+from tests.conftest import run_dirs
 
 
 @pytest.mark.parametrize("module", ["export.runtime", "export.registry", "export.manifest"])

@@ -12,7 +12,7 @@ import pytest
 
 from export.manifest import read_manifest
 from export.registry import VARIANTS
-from tests.export.conftest import run_dirs
+from tests.conftest import run_dirs
 
 # ops: quantized operators the graph must hold (exact counts for the embedded base's
 # 4 layers x 4 weight matrices); roles: how many tensors of each role are quantized;

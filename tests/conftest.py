@@ -1,3 +1,5 @@
+"""Fixtures shared across stages: a tiny sweep exported to every variant (export, serve, bench)."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,10 @@ def export_cli(sweep: Path, *args: str) -> subprocess.CompletedProcess:
                           cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
+def run_dirs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir())
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """A tiny 2-run sweep on the embedded base, exported to every registered variant by the real CLI.
@@ -28,7 +34,3 @@ def exported(tmp_path_factory):
     res = export_cli(sweep, f"--variants={ALL_BUT_GPU}")
     assert res.returncode == 0, res.stdout + res.stderr
     return {"sweep": sweep, "stdout": res.stdout, "stderr": res.stderr, "data": tmp / "data"}
-
-
-def run_dirs(sweep: Path) -> list[Path]:
-    return sorted(p for p in sweep.iterdir() if p.is_dir())
