@@ -1,9 +1,12 @@
 """ONNX Runtime quantizers applied to the full-precision export (no torch needed).
 
-- dynamic int8 (``quantize_dynamic``): weights int8 per output channel, activations
-  quantized per batch at run time; MatMul weights only unless the embedding and LM head
-  are asked for too (a labelled ablation: per-tensor activation int8 and quantized
-  embeddings are what collapse small GPT-NeoX models, DESIGN.md Pitfalls).
+- dynamic int8 (``quantize_dynamic``): weights int8 per output channel; MatMul weights
+  only unless the embedding and LM head are asked for too (a labelled ablation: quantized
+  embeddings are what collapse small GPT-NeoX models, DESIGN.md Pitfalls). ORT quantizes
+  activations with one scale for the whole input tensor, i.e. for the whole *batch*, so a
+  row's answer would depend on its batch-mates (a served answer would differ from the
+  offline one); ``per_token_activations`` rewrites that step to one scale and zero point
+  per row (per token), which keeps MatMulInteger and makes every row independent.
 - weight-only k-bit (``MatMulNBitsQuantizer``): round-to-nearest, symmetric, one scale per
   block of input channels, stored packed in MatMulNBits; the LM head stays fp32.
 """
@@ -15,6 +18,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from export.graph import weight_roles
@@ -60,6 +64,86 @@ def dynamic_int8(fp32_dir: Path, dest: Path, include_embeddings_and_head: bool) 
             op_types_to_quantize=["MatMul", "Gather"] if include_embeddings_and_head else ["MatMul"],
             nodes_to_exclude=[] if include_embeddings_and_head else _lm_head_nodes(model),
         )
+    quantized = onnx.load(str(dest / MODEL_FILE))
+    if not per_token_activations(quantized):
+        raise RuntimeError("quantize_dynamic left no DynamicQuantizeLinear: nothing was quantized")
+    onnx.save(quantized, str(dest / MODEL_FILE))
+
+
+def per_token_activations(model: onnx.ModelProto) -> int:
+    """Replace each DynamicQuantizeLinear (one uint8 scale and zero point for the whole
+    tensor, i.e. the batch) by asymmetric uint8 quantization per token (per row of the last
+    axis). Returns how many were replaced.
+
+    MatMulInteger only takes a scalar zero point for its activations, so the per-row zero
+    point z is applied after the integer product: (q - z) @ W = q @ W - z * colsum(W).
+    Both terms are exact in int32/float32 at these sizes (|values| < 2**24).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    consts = {"pt_axes": np.array([-1], np.int64), "pt_zero": np.array(0.0, np.float32),
+              "pt_255": np.array(255.0, np.float32), "pt_tiny": np.array(1e-12, np.float32),
+              "pt_zp": np.array(0, np.uint8)}
+    new_inits = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    after: dict[str, list] = {}  # Cast node name -> nodes to insert right after it
+    nodes, count = [], 0
+    for node in graph.node:
+        if node.op_type != "DynamicQuantizeLinear":
+            nodes.append(node)
+            for extra in after.pop(node.name, []):
+                nodes.append(extra)
+            continue
+        count += 1
+        x, (q, scale, zero) = node.input[0], node.output
+        t = f"{node.name or q}_pt"
+        z = f"{t}_z"
+        nodes += [
+            helper.make_node("ReduceMax", [x, "pt_axes"], [f"{t}_max"], name=f"{t}_ReduceMax", keepdims=1),
+            helper.make_node("ReduceMin", [x, "pt_axes"], [f"{t}_min"], name=f"{t}_ReduceMin", keepdims=1),
+            helper.make_node("Max", [f"{t}_max", "pt_zero"], [f"{t}_hi"], name=f"{t}_Hi"),  # range holds 0
+            helper.make_node("Min", [f"{t}_min", "pt_zero"], [f"{t}_lo"], name=f"{t}_Lo"),
+            helper.make_node("Sub", [f"{t}_hi", f"{t}_lo"], [f"{t}_range"], name=f"{t}_Range"),
+            helper.make_node("Max", [f"{t}_range", "pt_tiny"], [f"{t}_safe"], name=f"{t}_Safe"),
+            helper.make_node("Div", [f"{t}_safe", "pt_255"], [scale], name=f"{t}_Scale"),
+            helper.make_node("Div", [f"{t}_lo", scale], [f"{t}_neg"], name=f"{t}_Neg"),
+            helper.make_node("Neg", [f"{t}_neg"], [f"{t}_zraw"], name=f"{t}_ZRaw"),
+            helper.make_node("Round", [f"{t}_zraw"], [z], name=f"{t}_Z"),
+            helper.make_node("Div", [x, scale], [f"{t}_div"], name=f"{t}_Div"),
+            helper.make_node("Round", [f"{t}_div"], [f"{t}_round"], name=f"{t}_Round"),
+            helper.make_node("Add", [f"{t}_round", z], [f"{t}_shift"], name=f"{t}_Shift"),
+            helper.make_node("Clip", [f"{t}_shift", "pt_zero", "pt_255"], [f"{t}_clip"], name=f"{t}_Clip"),
+            helper.make_node("Cast", [f"{t}_clip"], [q], name=f"{t}_Cast", to=TensorProto.UINT8),
+        ]
+        for mm in consumers.get(zero, []):
+            if mm.op_type != "MatMulInteger":
+                raise ValueError(f"{zero} feeds a {mm.op_type}; only MatMulInteger is handled")
+            mm.input[2] = "pt_zp"
+            w = numpy_helper.to_array(inits[mm.input[1]]).astype(np.int64)
+            w_zero = numpy_helper.to_array(inits[mm.input[3]]).astype(np.int64) if len(mm.input) > 3 else 0
+            colsum = f"{mm.name}_pt_colsum"
+            new_inits.append(numpy_helper.from_array((w - w_zero).sum(axis=0).astype(np.float32), colsum))
+            (cast,) = consumers[mm.output[0]]
+            raw = f"{cast.output[0]}_pt_raw"
+            fixed = cast.output[0]
+            cast.output[0] = raw
+            after.setdefault(cast.name, []).extend([
+                helper.make_node("Mul", [z, colsum], [f"{mm.name}_pt_corr"], name=f"{mm.name}_pt_Corr"),
+                helper.make_node("Sub", [raw, f"{mm.name}_pt_corr"], [fixed], name=f"{mm.name}_pt_Sub"),
+            ])
+    if after:
+        raise ValueError(f"could not place the zero-point correction after {sorted(after)}")
+    if count:
+        graph.initializer.extend(new_inits)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        del graph.value_info[:]  # shapes inferred for the per-tensor version no longer hold
+    return count
 
 
 def matmul_nbits(fp32_dir: Path, dest: Path, bits: int, block_size: int = 32) -> None:

@@ -144,7 +144,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("onnx-fp32", "onnxruntime", 32, (), "optimum-onnx text-generation-with-past (KV cache), fp32",
             Tolerance(max_logit_diff=1e-4, min_agreement=1.0), _build_onnx_fp32),
     Variant("ort-int8", "onnxruntime", 8, ("blocks",),
-            "ONNX Runtime dynamic int8, per-channel weights, MatMul only (embeddings and LM head fp32)",
+            "ONNX Runtime dynamic int8: per-channel int8 weights, per-token int8 activations; MatMul only "
+            "(embeddings and LM head fp32)",
             Tolerance(max_logit_diff=5.0, min_agreement=0.80), _build_ort_int8(all_weights=False),
             expect_ops=("MatMulInteger",), needs="onnx-fp32"),
     Variant("ort-int8-all", "onnxruntime", 8, ROLES,

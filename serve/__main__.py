@@ -1,0 +1,83 @@
+"""Serve a sweep's variants over HTTP, or replay labelled traffic to a server.
+
+    python -m serve --sweep runs/demo                         # every (run, variant), on 127.0.0.1:8000
+    python -m serve --sweep runs/demo --variants onnx-fp32,ort-int8 --port 8001
+    python -m serve --sweep runs/demo --memory_budget_mb=50    # lazy loading, LRU release
+    FRACTURE_API_TOKEN=secret python -m serve --sweep runs/demo   # bearer auth on /v1/*
+    python -m serve replay --url http://127.0.0.1:8000 --data data/<task-hash> --per-split 100 \\
+        --out runs/demo/served-accuracy.csv
+
+Any field of serve/config.py can be given as --field=value. The server never imports
+torch or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tasks.settings import ConfigError, load_config, parse_cli_overrides
+
+
+def _replay(argv: list[str]) -> int:
+    from serve.replay import replay
+
+    p = argparse.ArgumentParser(prog="python -m serve replay")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--data", required=True, type=Path, help="data/<task-hash>/ of the sweep")
+    p.add_argument("--models", default="all", help='"all" or model ids, comma-separated')
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--per-split", type=int, default=0, help="first N items of each split (0 = all)")
+    p.add_argument("--max-tokens", type=int, default=0, help="0 = longest answer + 2, as offline evaluation")
+    p.add_argument("--deadline", type=float, default=3600, help="seconds for the whole replay")
+    p.add_argument("--out", type=Path, default=None, help="accuracy table to write (accuracy.csv format)")
+    p.add_argument("--token", default=os.environ.get("FRACTURE_API_TOKEN", ""))
+    a = p.parse_args(argv)
+    if a.concurrency < 1 or a.per_split < 0:
+        p.error("--concurrency must be >= 1 and --per-split >= 0")
+    try:
+        rows = replay(a.url, a.data, a.out, models=a.models.split(","), concurrency=a.concurrency,
+                      per_split=a.per_split, max_tokens=a.max_tokens, token=a.token, deadline_s=a.deadline,
+                      progress=sys.stderr.isatty())
+    except (OSError, ValueError, RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"replayed {sum(r['n'] for r in rows)} requests to {len({(r['run'], r['variant']) for r in rows})} "
+          f"model(s); {sum(r['correct'] for r in rows)} correct" + (f"; wrote {a.out}" if a.out else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["replay"]:
+        return _replay(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML preset (serve/configs/*.yaml)")
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvicorn
+        from prometheus_client import CollectorRegistry
+
+        from serve.app import build_app
+        from serve.config import ServeConfig
+
+        cfg = load_config(ServeConfig, args.config, parse_cli_overrides(rest))
+        app = build_app(cfg, CollectorRegistry())
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"fracture serve: http://{cfg.host}:{cfg.port}  ({len(app.state.fleet.entries)} models, "
+          f"{len(app.state.fleet.refused)} refused)  metrics: /metrics  docs: /docs", flush=True)
+    # one worker: the batcher and the Prometheus registry live in this process
+    uvicorn.run(app, host=cfg.host, port=cfg.port, workers=1, access_log=False, log_level="info",
+                timeout_graceful_shutdown=cfg.drain_timeout_s)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""The ASGI app: ``build_app(config, registry)`` (DESIGN.md, HTTP API).
+
+- ``POST /v1/completions``: OpenAI-shaped (model, prompt, max_tokens, temperature 0 only,
+  stop) plus ``shift`` and ``expected``; greedy only. The response adds ``variant``,
+  ``correct`` (true / false / null) and ``usage``. Prompts are the task's canonical
+  text ("123+456="); the server writes digits the way the model was trained.
+- ``GET /v1/models``, ``GET /metrics``, ``GET /healthz`` (alive), ``GET /readyz`` (serving).
+
+Every error is ``{"error": {"type", "message"}}`` with its 4xx (503 + Retry-After for
+overload and timeouts) and is counted in ``fracture_request_errors_total{reason}``.
+Grading uses ``tasks.grader.grade``, the function offline evaluation uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.batching import Batcher, Job, Overloaded
+from serve.config import ServeConfig
+from serve.fleet import Fleet, ModelUnavailable
+from serve.metrics import UNLABELLED, Metrics
+from tasks.formatting import format_prompt, normalize
+from tasks.grader import grade
+
+log = logging.getLogger("fracture.serve")
+
+
+# -- the API's types (they are the OpenAPI document) ----------------------------------
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str = Field(description='"<run>/<variant>", as listed by GET /v1/models')
+    prompt: str = Field(description='the task prompt in canonical form, e.g. "123+456="')
+    max_tokens: int = Field(16, description="tokens to generate at most (1..max_tokens_limit)")
+    temperature: float = Field(0.0, description="greedy decoding only: must be 0")
+    stop: str | list[str] | None = Field(None, description="stop string(s): the text ends before the first one")
+    shift: str | None = Field(None, description='"id" or a shift of the sweep\'s task; labels the metrics')
+    expected: str | None = Field(None, description="the correct answer; when given, the response says if it was")
+    n: Literal[1] = 1
+    stream: Literal[False] = False
+    user: str | None = None
+
+
+class Choice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    variant: str
+    shift: str
+    correct: bool | None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "fracture"
+    run: str
+    variant: str
+    step: int
+    bits: int
+    backend: str
+    loaded: bool
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+    refused: dict[str, str]
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class APIError(Exception):
+    def __init__(self, status: int, reason: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.reason, self.message, self.headers = status, reason, message, headers
+
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               405: "invalid_request_error", 413: "invalid_request_error", 503: "overloaded_error",
+               500: "server_error"}
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": ERROR_TYPES.get(status, "invalid_request_error"), "message": message}},
+                        status_code=status, headers=headers)
+
+
+def _responses(*codes: int) -> dict:
+    return {c: {"model": ErrorResponse, "description": ERROR_TYPES[c]} for c in codes}
+
+
+# -- body size limit (before any parsing) ---------------------------------------------
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for a declared or streamed body over ``limit`` bytes.
+
+    The body is read (at most ``limit`` + 1 bytes) before the app sees it, then replayed:
+    requests are small, and this way no framework layer can turn the refusal into a 400.
+    """
+
+    def __init__(self, app, limit: int, on_reject):
+        self.app, self.limit, self.on_reject = app, limit, on_reject
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._reject(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                return await self._reject(scope, receive, send)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope, receive, send):
+        self.on_reject()
+        await error_response(413, f"request body larger than {self.limit} bytes")(scope, receive, send)
+
+
+# -- the app ----------------------------------------------------------------------------
+
+def task_splits(sweep: Path) -> list[str]:
+    """The split labels a request may carry: the sweep's task splits, else the registered ones."""
+    from tasks.config import TaskConfig
+    from tasks.dataset import resolve_specs
+    from tasks.settings import load_config
+
+    path = sweep / "sweep.yaml"
+    task = yaml.safe_load(path.read_text()).get("task", {}) if path.is_file() else {}
+    return list(resolve_specs(load_config(TaskConfig, overrides=task)))
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):  # deep nesting is hostile input, not a server fault
+        return False
+    return True
+
+
+def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | None = None) -> FastAPI:
+    fleet = fleet or Fleet.from_config(config)
+    metrics = Metrics(registry)
+    shifts = task_splits(Path(config.sweep))
+    metrics.declare_fleet([(e.run, e.variant, e.step) for e in fleet.entries.values()], shifts)
+    batcher = Batcher(config.max_batch_size, config.max_wait_ms, config.queue_size, config.decode_workers,
+                      on_batch=lambda model_id, n: metrics.batch_size.labels(fleet.entries[model_id].variant)
+                      .observe(n) if model_id in fleet.entries else None)
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not fleet.lazy:
+            await asyncio.get_running_loop().run_in_executor(None, fleet.load_all)
+        metrics.models_loaded.set(len(fleet.loaded_ids()))
+        state["ready"] = bool(fleet.entries)
+        log.info("serving %d model(s), %d refused", len(fleet.entries), len(fleet.refused))
+        yield
+        state["ready"] = False
+        await batcher.close()
+
+    app = FastAPI(title="fracture", version="0.1.0", lifespan=lifespan,
+                  description="Greedy completions from a fleet of exported variants, graded per shift. "
+                              "Errors are {\"error\": {\"type\", \"message\"}}.")
+    app.state.fleet, app.state.metrics, app.state.batcher = fleet, metrics, batcher
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes, on_reject=lambda: metrics.error("body_too_large"))
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        metrics.error(exc.reason)
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors) or not _is_json(await request.body()):
+            metrics.error("malformed_json")
+            return error_response(400, "request body is not valid JSON")
+        metrics.error("invalid_request")
+        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
+                           for e in errors[:5])
+        return error_response(400, detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        metrics.error(reason)
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.exception("internal error")
+        metrics.error("internal")
+        return error_response(500, f"internal error ({type(exc).__name__})")
+
+    def authorize(request: Request) -> None:
+        token = config.token
+        if not token:
+            return
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+            raise APIError(401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+    @app.post("/v1/completions", response_model=CompletionResponse, dependencies=[Depends(authorize)],
+              responses=_responses(400, 401, 404, 413, 503))
+    async def completions(req: CompletionRequest) -> CompletionResponse:
+        metrics.inflight.inc()
+        started = time.perf_counter()
+        try:
+            return await _complete(req, started)
+        finally:
+            metrics.inflight.dec()
+
+    async def _complete(req: CompletionRequest, started: float) -> CompletionResponse:
+        if req.temperature != 0:
+            raise APIError(400, "temperature", "only greedy decoding is served: temperature must be 0")
+        if not 1 <= req.max_tokens <= config.max_tokens_limit:
+            raise APIError(400, "max_tokens_out_of_range", f"max_tokens must be in 1..{config.max_tokens_limit}")
+        if not req.prompt or len(req.prompt) > config.max_prompt_chars:
+            raise APIError(400, "prompt_too_long", f"prompt must have 1..{config.max_prompt_chars} characters")
+        shift = req.shift if req.shift is not None else UNLABELLED
+        if req.shift is not None and req.shift not in shifts:
+            raise APIError(400, "unknown_shift", f"unknown shift {req.shift!r}; known: {', '.join(shifts)}")
+        entry = fleet.entries.get(req.model)
+        if entry is None:
+            why = fleet.refused.get(req.model)
+            raise APIError(404, "unknown_model", f"model {req.model!r} is refused: {why}" if why
+                           else f"unknown model {req.model!r}; GET /v1/models lists them")
+        if req.expected is not None and not normalize(req.expected):
+            raise APIError(400, "invalid_request", "expected must hold an answer (or be left out)")
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if any(not s for s in stops) or len(stops) > 4:
+            raise APIError(400, "invalid_request", "stop must be at most 4 non-empty strings")
+        loop = asyncio.get_running_loop()
+        try:
+            runner = await loop.run_in_executor(None, fleet.runner, req.model)
+        except ModelUnavailable as exc:
+            raise APIError(404, "model_unavailable", f"model {req.model!r} is refused: {exc}") from None
+        metrics.models_loaded.set(len(fleet.loaded_ids()))
+        prompt = format_prompt(req.prompt, entry.digit_format)
+        bad = runner.unknown_characters(prompt)
+        if bad:
+            raise APIError(400, "unencodable_prompt", f"the tokenizer cannot encode {bad!r}")
+        job = Job(runner.encode([prompt])[0], req.max_tokens, stops, loop.create_future())
+        try:
+            done = await asyncio.wait_for(batcher.submit(req.model, lambda: fleet.runner(req.model), job),
+                                          config.request_timeout_s)
+        except Overloaded as exc:
+            raise APIError(503, "overloaded", f"server overloaded: {exc}", {"Retry-After": "1"}) from None
+        except asyncio.TimeoutError:
+            raise APIError(503, "timeout", f"no answer within {config.request_timeout_s}s",
+                           {"Retry-After": "1"}) from None
+        except ModelUnavailable as exc:
+            raise APIError(404, "model_unavailable", f"model {req.model!r} is refused: {exc}") from None
+        correct = None if req.expected is None else grade(done.text, req.expected).exact
+        result = "ungraded" if correct is None else "correct" if correct else "incorrect"
+        metrics.requests.labels(entry.run, entry.variant, shift, result).inc()
+        metrics.tokens.labels(entry.variant).inc(len(done.token_ids))
+        metrics.duration.labels(entry.variant).observe(time.perf_counter() - started)
+        return CompletionResponse(
+            id=f"cmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=req.model,
+            choices=[Choice(index=0, text=done.text, finish_reason=done.finish_reason)],
+            usage=Usage(prompt_tokens=done.prompt_tokens, completion_tokens=len(done.token_ids),
+                        total_tokens=done.prompt_tokens + len(done.token_ids)),
+            variant=entry.variant, shift=shift, correct=correct)
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(authorize)],
+             responses=_responses(401))
+    async def models() -> ModelList:
+        loaded = set(fleet.loaded_ids())
+        return ModelList(data=[ModelCard(id=e.id, run=e.run, variant=e.variant, step=e.step, bits=e.bits,
+                                         backend=e.backend, loaded=e.id in loaded)
+                               for e in fleet.entries.values()], refused=fleet.refused)
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def prometheus_metrics() -> Response:
+        metrics.queue_depth.set(batcher.pending)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses=_responses(503))
+    async def readyz():
+        if not state["ready"]:
+            return error_response(503, "not ready: no servable model, still loading, or shutting down")
+        return {"status": "ready", "models": len(fleet.entries), "refused": len(fleet.refused)}
+
+    return app

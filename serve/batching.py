@@ -1,0 +1,121 @@
+"""Dynamic batching: concurrent requests for the same model are decoded together.
+
+Each model has a queue and a worker task. The worker takes the first waiting request,
+waits up to ``max_wait_ms`` for more (or until ``max_batch_size``), and decodes the
+batch in a thread (ONNX Runtime releases the GIL), so the event loop keeps accepting
+requests meanwhile. A batch decodes to the largest ``max_tokens`` among its requests;
+each request's tokens are then cut to its own ``max_tokens`` and stop strings. Greedy
+decoding is causal and rows are independent under left padding, so the answer is the
+one the request would get alone (tests/serve/test_batching.py checks it).
+
+Admission is bounded: beyond ``queue_size`` requests waiting or decoding, ``submit``
+raises ``Overloaded`` at once (the app answers 503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from export.runtime import Completion, OnnxCausalLM
+
+
+class Overloaded(RuntimeError):
+    pass
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    max_tokens: int
+    stop: list[str]
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def finish(runner: OnnxCausalLM, job: Job, generated: list[int]) -> Completion:
+    """One request's completion from the batch's tokens: its own max_tokens and stop strings."""
+    tokens = generated[:job.max_tokens]
+    text = runner.decode(tokens)
+    stopped = bool(tokens) and tokens[-1] == runner.eos_id
+    for s in job.stop:
+        if s in text:
+            text, stopped = text[:text.index(s)], True
+    return Completion(text=text, token_ids=tuple(tokens), prompt_tokens=len(job.prompt_ids),
+                      finish_reason="stop" if stopped else "length")
+
+
+class Batcher:
+    def __init__(self, max_batch_size: int, max_wait_ms: float, queue_size: int, workers: int,
+                 on_batch: Callable[[str, int], None] | None = None):
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000
+        self.queue_size = queue_size
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.on_batch = on_batch
+        self.pending = 0  # requests admitted and not yet answered
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._workers: dict[str, asyncio.Task] = {}
+
+    async def submit(self, model_id: str, runner_for: Callable[[], OnnxCausalLM], job: Job) -> Completion:
+        if self.pending >= self.queue_size:
+            raise Overloaded(f"{self.pending} requests are waiting (queue_size {self.queue_size})")
+        self.pending += 1
+        try:
+            queue = self._queues.get(model_id)
+            if queue is None:
+                queue = self._queues[model_id] = asyncio.Queue()
+                self._workers[model_id] = asyncio.create_task(self._work(model_id, queue, runner_for))
+            queue.put_nowait(job)
+            return await job.future
+        finally:
+            self.pending -= 1
+
+    async def _work(self, model_id: str, queue: asyncio.Queue, runner_for: Callable[[], OnnxCausalLM]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch_size:
+                if queue.empty():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(queue.get(), remaining))
+                    except asyncio.TimeoutError:
+                        break
+                else:
+                    batch.append(queue.get_nowait())
+            batch = [j for j in batch if not j.future.done()]  # timed out or cancelled while waiting
+            if not batch:
+                continue
+            try:
+                runner = await loop.run_in_executor(self.executor, runner_for)
+                ids = [j.prompt_ids for j in batch]
+                longest = max(j.max_tokens for j in batch)
+                stops = sorted({s for j in batch for s in j.stop})
+                # stop strings end a row early only when every request of the batch shares them
+                shared = stops if all(sorted(set(j.stop)) == stops for j in batch) else None
+                generated = await loop.run_in_executor(self.executor, runner.generate_ids, ids, longest, shared)
+                if self.on_batch:
+                    self.on_batch(model_id, len(batch))
+                for job, gen in zip(batch, generated):
+                    if not job.future.done():
+                        job.future.set_result(finish(runner, job, gen))
+            except Exception as exc:  # noqa: BLE001 - answer the batch with the error, keep serving
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    async def close(self) -> None:
+        for task in self._workers.values():
+            task.cancel()
+        for task in self._workers.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.executor.shutdown(wait=False, cancel_futures=True)

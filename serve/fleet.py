@@ -1,0 +1,152 @@
+"""The fleet: every (run, variant) exported under a sweep, addressed as "<run>/<variant>".
+
+Each variant's manifest is verified (sha256 of every file) when the fleet is built and
+again whenever its session is (re)loaded; a tampered or incomplete variant is refused
+with a logged reason, and the rest are served. Only final-checkpoint variants that run
+on ONNX Runtime are served (variants/step-<N>/ and torch-only variants are left out).
+With a memory budget, sessions load on first use and the least recently used ones are
+released when the budget would be exceeded; the estimate is the variant's file size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.manifest import read_manifest, verify_variant
+from export.runtime import OnnxCausalLM, default_providers
+from serve.config import ServeConfig
+
+log = logging.getLogger("fracture.serve")
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class ModelEntry:
+    id: str  # "<run>/<variant>"
+    run: str
+    variant: str
+    step: int
+    bits: int
+    backend: str
+    folder: Path
+    bytes: int
+    digit_format: str
+    providers: list = field(default_factory=list)
+
+
+def _providers(cfg: ServeConfig) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if cfg.provider == "cpu":
+        return ["CPUExecutionProvider"]
+    if cfg.provider == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise ValueError("provider=cuda, but this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return default_providers()
+
+
+def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
+    """(servable entries, {model id: why refused}) under ``cfg.sweep``."""
+    sweep = Path(cfg.sweep)
+    if not sweep.is_dir():
+        raise FileNotFoundError(f"{sweep} does not exist: run `python -m train sweep` and `python -m export` first")
+    providers = _providers(cfg)
+    entries, refused = [], {}
+    for manifest_path in sorted(sweep.glob("*/variants/*/manifest.json")):
+        folder = manifest_path.parent
+        run, variant = folder.parent.parent.name, folder.name
+        model_id = f"{run}/{variant}"
+        if cfg.variants and variant not in cfg.variants:
+            continue
+        problem = verify_variant(folder)
+        if problem:
+            refused[model_id] = problem
+            log.warning("refusing %s: %s", model_id, problem)
+            continue
+        m = read_manifest(folder)
+        if m.get("runner") != "onnx":
+            log.info("not serving %s: a %s variant runs in torch, not on the edge server", model_id, m.get("backend"))
+            continue
+        entry_providers = providers
+        if m.get("backend") == "tensorrt":
+            from export.registry import get_variant
+
+            entry_providers = get_variant(variant).providers(folder)
+        fracture = folder / "fracture.json"
+        digit_format = (json.loads(fracture.read_text()).get("digit_format", "compact") if fracture.is_file()
+                        else "compact")
+        entries.append(ModelEntry(model_id, run, variant, int(m["step"]), int(m["weight_bits"]), m["backend"],
+                                  folder, int(m.get("total_bytes", 0)), digit_format, entry_providers))
+    return entries, refused
+
+
+class Fleet:
+    def __init__(self, cfg: ServeConfig, entries: list[ModelEntry], refused: dict[str, str]):
+        self.cfg = cfg
+        self.entries = {e.id: e for e in entries}
+        self.refused = dict(refused)
+        self.budget = int(cfg.memory_budget_mb * 1e6)
+        self._loaded: OrderedDict[str, OnnxCausalLM] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: ServeConfig) -> Fleet:
+        return cls(cfg, *discover(cfg))
+
+    @property
+    def lazy(self) -> bool:
+        return self.budget > 0
+
+    def load_all(self) -> None:
+        """Eager mode: open every session now, so the first request pays nothing."""
+        for model_id in list(self.entries):
+            with contextlib.suppress(ModelUnavailable):  # refused and logged; the rest are served
+                self.runner(model_id)
+
+    def loaded_ids(self) -> list[str]:
+        return list(self._loaded)
+
+    def runner(self, model_id: str) -> OnnxCausalLM:
+        """The live session of ``model_id``, loading (and verifying) it if needed."""
+        with self._lock:
+            if model_id in self._loaded:
+                self._loaded.move_to_end(model_id)
+                return self._loaded[model_id]
+            entry = self.entries.get(model_id)
+            if entry is None:
+                raise ModelUnavailable(self.refused.get(model_id, f"unknown model {model_id!r}"))
+            problem = verify_variant(entry.folder)
+            if problem:
+                self._refuse(model_id, problem)
+            if self.lazy:
+                used = sum(self.entries[i].bytes for i in self._loaded)
+                while self._loaded and used + entry.bytes > self.budget:
+                    old, _ = self._loaded.popitem(last=False)
+                    used -= self.entries[old].bytes
+                    log.info("released %s (memory budget %.0f MB)", old, self.cfg.memory_budget_mb)
+            started = time.perf_counter()
+            try:
+                runner = OnnxCausalLM(entry.folder, threads=self.cfg.threads, providers=entry.providers)
+            except Exception as exc:  # noqa: BLE001 - a broken variant must not take the server down
+                self._refuse(model_id, f"cannot open session: {type(exc).__name__}: {exc}")
+            self._loaded[model_id] = runner
+            log.info("loaded %s in %.2fs", model_id, time.perf_counter() - started)
+            return runner
+
+    def _refuse(self, model_id: str, reason: str):
+        self.entries.pop(model_id, None)
+        self.refused[model_id] = reason
+        log.warning("refusing %s: %s", model_id, reason)
+        raise ModelUnavailable(reason)

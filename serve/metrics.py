@@ -1,0 +1,63 @@
+"""The server's Prometheus metrics (DESIGN.md, Metrics), on an injected registry.
+
+Labels are closed sets: ``model`` is a run id of the fleet, ``variant`` a registry name,
+``shift`` a split of the sweep's task (or ``none`` when a request carries no label),
+``result`` one of correct / incorrect / ungraded, ``reason`` one of ERROR_REASONS. Every
+combination is created at start-up with value 0, so dashboards see the series (and
+``rate()`` has a starting point) before the first request; nothing a client sends can
+create a new label value.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+RESULTS = ("correct", "incorrect", "ungraded")
+UNLABELLED = "none"
+ERROR_REASONS = (
+    "body_too_large", "malformed_json", "invalid_request", "unknown_model", "unknown_shift", "prompt_too_long",
+    "unencodable_prompt", "max_tokens_out_of_range", "temperature", "unauthorized", "not_found",
+    "method_not_allowed", "overloaded", "timeout", "model_unavailable", "internal",
+)
+# 0.1 ms to 10 s: a tiny model answers in about a millisecond, a busy batch in tens
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self.requests = Counter("fracture_requests", "Completed completions by model (run), variant, shift label "
+                                "and grading result", ["model", "variant", "shift", "result"], registry=registry)
+        self.duration = Histogram("fracture_request_duration_seconds", "Completion latency, queueing included",
+                                  ["variant"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.tokens = Counter("fracture_generated_tokens", "Tokens generated", ["variant"], registry=registry)
+        self.errors = Counter("fracture_request_errors", "Rejected requests by reason", ["reason"],
+                              registry=registry)
+        self.inflight = Gauge("fracture_inflight_requests", "Completion requests being handled", registry=registry)
+        self.batch_size = Histogram("fracture_batch_size", "Requests decoded together", ["variant"],
+                                    buckets=BATCH_BUCKETS, registry=registry)
+        self.queue_depth = Gauge("fracture_queue_depth", "Requests waiting or decoding", registry=registry)
+        self.model_info = Gauge("fracture_model_info", "One series per served model: its checkpoint step",
+                                ["model", "variant", "step"], registry=registry)
+        self.models_loaded = Gauge("fracture_models_loaded", "Models with a live ONNX Runtime session",
+                                   registry=registry)
+        for reason in ERROR_REASONS:
+            self.errors.labels(reason)
+
+    def declare_fleet(self, models: list[tuple[str, str, int]], shifts: list[str]) -> None:
+        """Create every (model, variant, shift, result) series at 0 and the model_info series."""
+        variants = sorted({v for _, v, _ in models})
+        for run, variant, step in models:
+            self.model_info.labels(run, variant, str(step)).set(1)
+            for shift in [*shifts, UNLABELLED]:
+                for result in RESULTS:
+                    self.requests.labels(run, variant, shift, result)
+        for variant in variants:
+            self.duration.labels(variant)
+            self.tokens.labels(variant)
+            self.batch_size.labels(variant)
+
+    def error(self, reason: str) -> None:
+        self.errors.labels(reason if reason in ERROR_REASONS else "internal").inc()

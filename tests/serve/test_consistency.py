@@ -1,0 +1,37 @@
+"""Served = offline: replaying every eval item to a fleet of 2 runs x 3 variants gives, per
+(run, variant, split), exactly the correct counts offline evaluation wrote to accuracy.csv,
+and the Prometheus counters scraped from /metrics agree with both."""
+
+import subprocess
+import sys
+
+from telemetry.sources import from_scrape
+from tests.serve.conftest import SERVED, running, serve_config
+from tests.train.conftest import REPO
+from train.accuracy_table import read_table
+
+
+def _key(r):
+    return (r["run"], int(r["step"]), r["variant"], r["split"])
+
+
+def test_replay_equals_offline_and_metrics_equal_both(exported, tmp_path):
+    offline = {_key(r): r for r in read_table(exported["sweep"] / "accuracy.csv") if r["variant"] in SERVED}
+    data = next(exported["data"].iterdir())
+    out = tmp_path / "served.csv"
+    with running(serve_config(exported["sweep"])) as (url, _, _):
+        res = subprocess.run([sys.executable, "-m", "serve", "replay", "--url", url, "--data", str(data),
+                              "--concurrency", "32", "--per-split", "40", "--out", str(out)],
+                             cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        scraped = {_key(r): r for r in from_scrape(url)}
+    served = {_key(r): r for r in read_table(out)}
+    assert len(served) == 2 * len(SERVED) * 4 and set(served) == set(offline)
+    for key, row in served.items():
+        assert (row["n"], row["correct"]) == (offline[key]["n"], offline[key]["correct"]), key
+        assert (row["digit_correct"], row["digit_total"]) == (offline[key]["digit_correct"],
+                                                              offline[key]["digit_total"]), key
+    assert set(scraped) == set(served)
+    for key, row in scraped.items():
+        assert (row["n"], row["correct"]) == (served[key]["n"], served[key]["correct"]), key
+    assert "replayed 960 requests to 6 model(s)" in res.stdout

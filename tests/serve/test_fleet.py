@@ -1,0 +1,69 @@
+"""The fleet: tampered or incomplete variants are refused (the rest served); LRU under a budget."""
+
+import shutil
+
+import httpx
+import pytest
+
+from serve.config import ServeConfig
+from serve.fleet import Fleet, ModelUnavailable
+from tests.conftest import run_dirs
+from tests.serve.conftest import running, serve_config
+
+
+@pytest.fixture()
+def sweep_copy(exported, tmp_path):
+    dest = tmp_path / "sweep"
+    shutil.copytree(exported["sweep"], dest, ignore=shutil.ignore_patterns("checkpoints"))
+    return dest
+
+
+def test_tampered_and_incomplete_variants_are_refused_and_the_rest_served(sweep_copy, caplog):
+    first, second = run_dirs(sweep_copy)
+    onnx = first / "variants" / "ort-int8" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-64])
+    (second / "variants" / "ort-int4" / "manifest.json").unlink()
+    with running(serve_config(sweep_copy)) as (url, app, _), httpx.Client(base_url=url) as c:
+        body = c.get("/v1/models").json()
+        served = {m["id"] for m in body["data"]}
+        assert f"{first.name}/ort-int8" not in served and len(served) == 4
+        assert "does not match its sha256" in body["refused"][f"{first.name}/ort-int8"]
+        assert f"{second.name}/ort-int4" not in served  # no manifest: not a published variant
+        resp = c.post("/v1/completions", json={"model": f"{first.name}/ort-int8", "prompt": "1+1="})
+        assert resp.status_code == 404 and "refused" in resp.json()["error"]["message"]
+        assert c.post("/v1/completions", json={"model": f"{first.name}/onnx-fp32", "prompt": "1+1="}).status_code == 200
+    assert any("refusing" in r.message for r in caplog.records)
+
+
+def test_variant_tampered_after_start_is_refused_at_reload(sweep_copy):
+    cfg = ServeConfig(sweep=str(sweep_copy), variants=("onnx-fp32",), memory_budget_mb=0.001)
+    fleet = Fleet.from_config(cfg)
+    a, b = sorted(fleet.entries)
+    fleet.runner(a)
+    fleet.runner(b)  # the budget holds one model: a is released
+    assert fleet.loaded_ids() == [b]
+    onnx = fleet.entries[a].folder / "model.onnx"
+    onnx.write_bytes(b"garbage")
+    with pytest.raises(ModelUnavailable, match="sha256"):
+        fleet.runner(a)
+    assert a in fleet.refused and a not in fleet.entries
+
+
+def test_lazy_loading_releases_the_least_recently_used(exported):
+    cfg = ServeConfig(sweep=str(exported["sweep"]), variants=("onnx-fp32", "ort-int8", "ort-int4"),
+                      memory_budget_mb=4.5)
+    fleet = Fleet.from_config(cfg)
+    ids = sorted(fleet.entries)
+    assert fleet.loaded_ids() == []
+    sizes = {i: fleet.entries[i].bytes for i in ids}
+    for i in ids:
+        fleet.runner(i)
+        assert sum(sizes[j] for j in fleet.loaded_ids()) <= cfg.memory_budget_mb * 1e6 or len(fleet.loaded_ids()) == 1
+    assert fleet.loaded_ids()[-1] == ids[-1] and len(fleet.loaded_ids()) < len(ids)
+    fleet.runner(fleet.loaded_ids()[0])  # touching a model makes it the most recent
+    assert fleet.loaded_ids()[-1] != ids[-1] or len(fleet.loaded_ids()) == 1
+
+
+def test_missing_sweep_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m export"):
+        Fleet.from_config(ServeConfig(sweep=str(tmp_path / "nope")))
