@@ -1,6 +1,7 @@
 """Benchmarks: each part runs its baseline in the same process and writes bench/results/.
 
     python -m bench decode --sweep runs/demo         # runtime vs transformers generate vs optimum, batch 1/64
+    python -m bench serving --sweep runs/demo        # req/s, p50/p99 at concurrency 1/8/32 vs naive and floor
 
 Ratios are the figures to read (absolute times depend on the machine). Not tests: they
 run on demand (`make bench`), and nothing asserts on speed.
@@ -22,7 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     dec.add_argument("--items", type=int, default=128)
     dec.add_argument("--repeats", type=int, default=3)
     dec.add_argument("--threads", type=int, default=1)
+    srv = sub.add_parser("serving", help="req/s and latency vs a naive transformers server and the HTTP floor")
+    srv.add_argument("--sweep", default="runs/demo", type=Path)
+    srv.add_argument("--max-requests", type=int, default=600)
+    srv.add_argument("--max-seconds", type=float, default=12.0)
     args = parser.parse_args(argv)
+    if args.part == "serving":
+        from bench.serving import bench_serving
+
+        try:
+            bench_serving(args.sweep, max_requests=args.max_requests, max_seconds=args.max_seconds)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.part == "decode":
         from bench.decode import bench_decode
 

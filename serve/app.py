@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve.batching import Batcher, Job, Overloaded
 from serve.config import ServeConfig
 from serve.fleet import Fleet, ModelUnavailable
-from serve.metrics import UNLABELLED, Metrics
+from serve.metrics import UNLABELLED, Metrics, NullMetrics
 from tasks.formatting import format_prompt, normalize
 from tasks.grader import grade
 
@@ -196,7 +196,7 @@ def _is_json(body: bytes) -> bool:
 
 def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | None = None) -> FastAPI:
     fleet = fleet or Fleet.from_config(config)
-    metrics = Metrics(registry)
+    metrics = Metrics(registry) if config.record_metrics else NullMetrics(registry)
     shifts = task_splits(Path(config.sweep))
     metrics.declare_fleet([(e.run, e.variant, e.step) for e in fleet.entries.values()], shifts)
     batcher = Batcher(config.max_batch_size, config.max_wait_ms, config.queue_size, config.decode_workers,

@@ -18,7 +18,8 @@ class ServeConfig:
     threads: int = 1  # ONNX Runtime intra-op threads per session
     decode_workers: int = 2  # batches decoded at the same time (one thread each)
     max_batch_size: int = 64  # requests decoded together for one model
-    max_wait_ms: float = 5.0  # how long a batch waits for more requests before it starts
+    max_wait_ms: float = 0.0  # extra wait for more requests before a batch starts (requests that arrive
+    # while a batch decodes already form the next one, so 0 costs a lone request nothing)
     queue_size: int = 1024  # waiting requests across the fleet; beyond it, 503 with Retry-After
     request_timeout_s: float = 30.0  # a request not answered by then gets 503 (reason "timeout")
     max_body_bytes: int = 16384  # larger request bodies get 413
@@ -27,6 +28,7 @@ class ServeConfig:
     memory_budget_mb: float = 0.0  # > 0: load models lazily, release the least recently used beyond it
     drain_timeout_s: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
     api_token: str = ""  # bearer token required on /v1/* (default: $FRACTURE_API_TOKEN; empty = no auth)
+    record_metrics: bool = True  # False: metrics go to objects that record nothing (the benchmark's baseline)
 
     def __post_init__(self) -> None:
         positive = ("port", "threads", "decode_workers", "max_batch_size", "queue_size", "max_body_bytes",

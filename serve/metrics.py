@@ -25,6 +25,33 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class _Nothing:
+    """Stands in for every metric when recording is off: each call does nothing."""
+
+    def labels(self, *args, **kwargs):
+        return self
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class NullMetrics:
+    """Same interface as ``Metrics``, records nothing (the telemetry-overhead baseline)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry
+        nothing = _Nothing()
+        for name in ("requests", "duration", "tokens", "errors", "inflight", "batch_size", "queue_depth",
+                     "model_info", "models_loaded"):
+            setattr(self, name, nothing)
+
+    def declare_fleet(self, models, shifts) -> None:
+        pass
+
+    def error(self, reason: str) -> None:
+        pass
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry

@@ -1,0 +1,89 @@
+"""The two baseline servers of the serving benchmark, on the same HTTP stack as fracture's.
+
+- naive: FastAPI + uvicorn with transformers ``generate`` on the torch checkpoint, one
+  request at a time, no batching: what a plain transformers server does.
+- floor: the same stack answering a fixed completion without any model: the most this
+  stack can do on this machine.
+
+    python -m bench.servers naive --checkpoint runs/demo/<run>/checkpoints/step-150 --port 8101
+    python -m bench.servers floor --port 8102
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+
+class Req(BaseModel):
+    model: str
+    prompt: str
+    max_tokens: int = 16
+    temperature: float = 0.0
+    shift: str | None = None
+    expected: str | None = None
+
+
+def _response(req: Req, text: str) -> dict:
+    return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": req.model, "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+            "correct": None if req.expected is None else text.strip() == req.expected}
+
+
+def floor_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/completions")
+    async def completions(req: Req) -> dict:
+        return _response(req, "42")
+
+    return app
+
+
+def naive_app(checkpoint: str, threads: int) -> FastAPI:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    lock = asyncio.Lock()
+    app = FastAPI()
+
+    def generate(prompt: str, max_tokens: int) -> str:
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=False, return_token_type_ids=False)
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+        return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    @app.post("/v1/completions")
+    async def completions(req: Req) -> dict:
+        async with lock:  # one request at a time
+            text = await asyncio.get_running_loop().run_in_executor(None, generate, req.prompt, req.max_tokens)
+        return _response(req, text)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.servers")
+    p.add_argument("kind", choices=["naive", "floor"])
+    p.add_argument("--checkpoint")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    app = floor_app() if a.kind == "floor" else naive_app(a.checkpoint, a.threads)
+    uvicorn.run(app, host="127.0.0.1", port=a.port, workers=1, access_log=False, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
