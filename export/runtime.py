@@ -61,6 +61,18 @@ def _special_ids(model_dir: Path, tokenizer: Tokenizer) -> tuple[int, int]:
     return int(eos), int(eos if pad is None else pad)
 
 
+def _unk_id(model_dir: Path, tokenizer: Tokenizer) -> int | None:
+    """The unknown token's id, if the tokenizer has one (byte-level BPEs encode everything)."""
+    path = model_dir / "tokenizer_config.json"
+    entry = json.loads(path.read_text()).get("unk_token") if path.is_file() else None
+    if isinstance(entry, dict):
+        entry = entry.get("content")
+    for name in (entry, "<unk>", "[UNK]"):
+        if isinstance(name, str) and tokenizer.token_to_id(name) is not None:
+            return tokenizer.token_to_id(name)
+    return None
+
+
 class OnnxCausalLM:
     """One exported causal LM: an InferenceSession plus its tokenizer."""
 
@@ -79,6 +91,7 @@ class OnnxCausalLM:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.eos_id, self.pad_id = _special_ids(self.model_dir, self.tokenizer)
+        self._unk_id = _unk_id(self.model_dir, self.tokenizer)
 
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._past_names = [n for n in inputs if n.startswith(PAST_PREFIX)]
@@ -99,12 +112,16 @@ class OnnxCausalLM:
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def unknown_characters(self, prompt: str) -> str:
-        """Characters of ``prompt`` the tokenizer can only map to its unknown token."""
+    def encode_checked(self, prompt: str) -> tuple[list[int], str]:
+        """(token ids, characters the tokenizer could only map to its unknown token)."""
         enc = self.tokenizer.encode(prompt, add_special_tokens=False)
-        unk = self.tokenizer.token_to_id("<unk>") if self.tokenizer.token_to_id("<unk>") is not None else -1
-        bad = [prompt[s:e] for tid, (s, e) in zip(enc.ids, enc.offsets) if tid == unk]
-        return "".join(dict.fromkeys("".join(bad)))
+        if self._unk_id is None or self._unk_id not in enc.ids:
+            return enc.ids, ""
+        bad = [prompt[s:e] for tid, (s, e) in zip(enc.ids, enc.offsets) if tid == self._unk_id]
+        return enc.ids, "".join(dict.fromkeys("".join(bad)))
+
+    def unknown_characters(self, prompt: str) -> str:
+        return self.encode_checked(prompt)[1]
 
     # -- forward passes -------------------------------------------------------------
     def _feed(self, input_ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray]) -> dict:

@@ -200,8 +200,7 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
     shifts = task_splits(Path(config.sweep))
     metrics.declare_fleet([(e.run, e.variant, e.step) for e in fleet.entries.values()], shifts)
     batcher = Batcher(config.max_batch_size, config.max_wait_ms, config.queue_size, config.decode_workers,
-                      on_batch=lambda model_id, n: metrics.batch_size.labels(fleet.entries[model_id].variant)
-                      .observe(n) if model_id in fleet.entries else None)
+                      on_batch=lambda model_id, n: metrics.batch(model_id.rsplit("/", 1)[1], n))
     state = {"ready": False}
 
     @asynccontextmanager
@@ -249,7 +248,7 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
         metrics.error("internal")
         return error_response(500, f"internal error ({type(exc).__name__})")
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: a sync dependency costs a thread hop
         token = config.token
         if not token:
             return
@@ -289,18 +288,17 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
             raise APIError(400, "invalid_request", "stop must be at most 4 non-empty strings")
         loop = asyncio.get_running_loop()
         try:
-            runner = await loop.run_in_executor(None, fleet.runner, req.model)
+            runner = fleet.loaded(req.model) or await loop.run_in_executor(None, fleet.runner, req.model)
         except ModelUnavailable as exc:
             raise APIError(404, "model_unavailable", f"model {req.model!r} is refused: {exc}") from None
         metrics.models_loaded.set(len(fleet.loaded_ids()))
         prompt = format_prompt(req.prompt, entry.digit_format)
-        bad = runner.unknown_characters(prompt)
+        ids, bad = runner.encode_checked(prompt)
         if bad:
             raise APIError(400, "unencodable_prompt", f"the tokenizer cannot encode {bad!r}")
-        job = Job(runner.encode([prompt])[0], req.max_tokens, stops, loop.create_future())
+        job = Job(runner, ids, req.max_tokens, stops, loop.create_future())
         try:
-            done = await asyncio.wait_for(batcher.submit(req.model, lambda: fleet.runner(req.model), job),
-                                          config.request_timeout_s)
+            done = await asyncio.wait_for(batcher.submit(req.model, job), config.request_timeout_s)
         except Overloaded as exc:
             raise APIError(503, "overloaded", f"server overloaded: {exc}", {"Retry-After": "1"}) from None
         except asyncio.TimeoutError:
@@ -310,9 +308,7 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
             raise APIError(404, "model_unavailable", f"model {req.model!r} is refused: {exc}") from None
         correct = None if req.expected is None else grade(done.text, req.expected).exact
         result = "ungraded" if correct is None else "correct" if correct else "incorrect"
-        metrics.requests.labels(entry.run, entry.variant, shift, result).inc()
-        metrics.tokens.labels(entry.variant).inc(len(done.token_ids))
-        metrics.duration.labels(entry.variant).observe(time.perf_counter() - started)
+        metrics.completed(entry.run, entry.variant, shift, result, time.perf_counter() - started, len(done.token_ids))
         return CompletionResponse(
             id=f"cmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=req.model,
             choices=[Choice(index=0, text=done.text, finish_reason=done.finish_reason)],

@@ -30,6 +30,7 @@ class Overloaded(RuntimeError):
 
 @dataclass
 class Job:
+    runner: OnnxCausalLM  # the model's session, fetched by the caller (who needed it to tokenize)
     prompt_ids: list[int]
     max_tokens: int
     stop: list[str]
@@ -61,7 +62,7 @@ class Batcher:
         self._queues: dict[str, asyncio.Queue] = {}
         self._workers: dict[str, asyncio.Task] = {}
 
-    async def submit(self, model_id: str, runner_for: Callable[[], OnnxCausalLM], job: Job) -> Completion:
+    async def submit(self, model_id: str, job: Job) -> Completion:
         if self.pending >= self.queue_size:
             raise Overloaded(f"{self.pending} requests are waiting (queue_size {self.queue_size})")
         self.pending += 1
@@ -69,13 +70,13 @@ class Batcher:
             queue = self._queues.get(model_id)
             if queue is None:
                 queue = self._queues[model_id] = asyncio.Queue()
-                self._workers[model_id] = asyncio.create_task(self._work(model_id, queue, runner_for))
+                self._workers[model_id] = asyncio.create_task(self._work(model_id, queue))
             queue.put_nowait(job)
             return await job.future
         finally:
             self.pending -= 1
 
-    async def _work(self, model_id: str, queue: asyncio.Queue, runner_for: Callable[[], OnnxCausalLM]) -> None:
+    async def _work(self, model_id: str, queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
@@ -95,7 +96,7 @@ class Batcher:
             if not batch:
                 continue
             try:
-                runner = await loop.run_in_executor(self.executor, runner_for)
+                runner = batch[-1].runner  # the newest: after a reload, the live session
                 ids = [j.prompt_ids for j in batch]
                 longest = max(j.max_tokens for j in batch)
                 stops = sorted({s for j in batch for s in j.stop})

@@ -118,6 +118,15 @@ class Fleet:
     def loaded_ids(self) -> list[str]:
         return list(self._loaded)
 
+    def loaded(self, model_id: str) -> OnnxCausalLM | None:
+        """The live session if there is one (no loading, no thread hop), marked as recently used."""
+        runner = self._loaded.get(model_id)
+        if runner is not None and self.lazy:
+            with self._lock:
+                if model_id in self._loaded:
+                    self._loaded.move_to_end(model_id)
+        return runner
+
     def runner(self, model_id: str) -> OnnxCausalLM:
         """The live session of ``model_id``, loading (and verifying) it if needed."""
         with self._lock:

@@ -48,6 +48,12 @@ class NullMetrics:
     def declare_fleet(self, models, shifts) -> None:
         pass
 
+    def completed(self, *args) -> None:
+        pass
+
+    def batch(self, variant: str, size: int) -> None:
+        pass
+
     def error(self, reason: str) -> None:
         pass
 
@@ -70,21 +76,30 @@ class Metrics:
                                 ["model", "variant", "step"], registry=registry)
         self.models_loaded = Gauge("fracture_models_loaded", "Models with a live ONNX Runtime session",
                                    registry=registry)
-        for reason in ERROR_REASONS:
-            self.errors.labels(reason)
+        self._errors = {reason: self.errors.labels(reason) for reason in ERROR_REASONS}
+        # labelled children, looked up once: ``labels()`` on every request costs more than the update
+        self._requests: dict[tuple[str, str, str, str], object] = {}
+        self._per_variant: dict[str, tuple] = {}
 
     def declare_fleet(self, models: list[tuple[str, str, int]], shifts: list[str]) -> None:
         """Create every (model, variant, shift, result) series at 0 and the model_info series."""
-        variants = sorted({v for _, v, _ in models})
         for run, variant, step in models:
             self.model_info.labels(run, variant, str(step)).set(1)
             for shift in [*shifts, UNLABELLED]:
                 for result in RESULTS:
-                    self.requests.labels(run, variant, shift, result)
-        for variant in variants:
-            self.duration.labels(variant)
-            self.tokens.labels(variant)
-            self.batch_size.labels(variant)
+                    self._requests[(run, variant, shift, result)] = self.requests.labels(run, variant, shift, result)
+            if variant not in self._per_variant:
+                self._per_variant[variant] = (self.duration.labels(variant), self.tokens.labels(variant),
+                                              self.batch_size.labels(variant))
+
+    def completed(self, run: str, variant: str, shift: str, result: str, seconds: float, tokens: int) -> None:
+        self._requests[(run, variant, shift, result)].inc()
+        duration, generated, _ = self._per_variant[variant]
+        duration.observe(seconds)
+        generated.inc(tokens)
+
+    def batch(self, variant: str, size: int) -> None:
+        self._per_variant[variant][2].observe(size)
 
     def error(self, reason: str) -> None:
-        self.errors.labels(reason if reason in ERROR_REASONS else "internal").inc()
+        self._errors.get(reason, self._errors["internal"]).inc()
