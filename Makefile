@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: help setup demo test test-slow lint data train sweep export report watch pretrain bench bench-export \
-        gpu-check clean
+        bench-serving gpu-check clean
 
 help:             ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -44,7 +44,10 @@ demo: setup data sweep export report  ## the main job on the embedded default
 pretrain: setup   ## rebuild models/embedded-base (about 20 minutes on 2 cores; demo never needs it)
 	$(PY) -m train pretrain --config train/configs/pretrain.yaml
 
-bench: bench-export  ## all benchmarks (results in bench/results/, ratios against baselines)
+bench: bench-export bench-serving  ## all benchmarks (results in bench/results/, ratios against baselines)
+
+bench-serving: setup  ## req/s, p50/p99 at concurrency 1/8/32: fracture vs naive transformers server vs HTTP floor
+	$(PY) -m bench serving --sweep runs/demo
 
 bench-export: setup  ## decode tokens/s: export/runtime.py vs transformers generate vs ORTModelForCausalLM
 	$(PY) -m bench decode --sweep runs/demo
