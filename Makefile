@@ -1,15 +1,17 @@
 # fracture — the table of contents. Every target sets itself up (idempotently).
 #
-#   make demo     the main job on the embedded base: task splits, the demo sweep, export, the report
+#   make demo     the main job on the embedded base: task splits, the demo sweep, export, serving with
+#                 replayed traffic (and Prometheus when installed), the analysis and the report
 #   make test     the default test suite (CPU, offline, a few minutes)
 #
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+DEMO_PER_SPLIT ?= 100  # items of each split replayed to every served model in `make demo`
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: help setup demo test test-slow lint data train sweep export report watch pretrain bench bench-export \
-        bench-serving gpu-check clean
+        bench-serving gpu-check up down dashboards clean
 
 help:             ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -39,7 +41,17 @@ report: setup     ## partial correlations of the demo sweep -> reports/demo/{sum
 watch: setup      ## recompute from Prometheus every 30 s; gauges on 127.0.0.1:9108/metrics
 	$(PY) -m telemetry watch --prometheus http://127.0.0.1:9090 --port 9108
 
-demo: setup data sweep export report  ## the main job on the embedded default
+demo: setup data sweep export  ## the main job: splits, sweep, export, serve + replay + Prometheus, analysis, report
+	$(PY) -m deploy.demo --sweep runs/demo --per-split $(DEMO_PER_SPLIT)
+
+up: setup         ## start Prometheus (if installed), the server and the telemetry watcher on 127.0.0.1
+	$(PY) -m deploy.local up --sweep runs/demo
+
+down:             ## stop what `make up` started (by process id)
+	$(PY) -m deploy.local down
+
+dashboards: setup  ## regenerate dashboards/json/ from dashboards/build.py
+	$(PY) -m dashboards build
 
 pretrain: setup   ## rebuild models/embedded-base (about 20 minutes on 2 cores; demo never needs it)
 	$(PY) -m train pretrain --config train/configs/pretrain.yaml
@@ -65,4 +77,4 @@ lint: setup       ## ruff
 	$(VENV)/bin/ruff check .
 
 clean:            ## remove generated data and runs (keeps .venv and models/)
-	rm -rf data runs reports
+	rm -rf data runs reports .run

@@ -1,0 +1,1 @@
+"""Running the whole loop locally: Prometheus config, `make up` / `make down`, and `make demo`."""

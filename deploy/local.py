@@ -1,0 +1,170 @@
+"""`make up` / `make down`: Prometheus (when installed), the server and the telemetry watcher.
+
+Everything listens on 127.0.0.1. Process ids, logs and Prometheus' storage go to .run/;
+`down` stops exactly the processes `up` recorded (SIGTERM, then SIGKILL after a grace
+period). Without a prometheus binary the watcher scrapes the server directly, and says so.
+
+    python -m deploy.local up --sweep runs/demo
+    python -m deploy.local down
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STATE = REPO / ".run"
+TEMPLATE = Path(__file__).parent / "prometheus.yml"
+
+
+def prometheus_config(server: str, watcher: str, interval: str = "5s") -> str:
+    cfg = yaml.safe_load(TEMPLATE.read_text())
+    cfg["global"]["scrape_interval"] = cfg["global"]["evaluation_interval"] = interval
+    targets = {"fracture-serve": server, "fracture-telemetry": watcher}
+    for job in cfg["scrape_configs"]:
+        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+            if r.status == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+class Services:
+    """Processes started in the background, stopped together (also on error)."""
+
+    def __init__(self, state: Path = STATE):
+        self.state = state
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.state / f"{name}.log", "w")  # noqa: SIM115 - the child keeps writing to it
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        self.save()
+        return proc
+
+    def save(self) -> None:
+        (self.state / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
+
+    def stop(self) -> None:
+        stop_pids({n: p.pid for n, p in self.procs.items()})
+        for p in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=1)
+        self.procs.clear()
+        (self.state / "pids.json").unlink(missing_ok=True)
+
+
+def stop_pids(pids: dict[str, int], grace: float = 15.0) -> list[str]:
+    stopped = []
+    for name, pid in pids.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(name)
+    deadline = time.monotonic() + grace
+    for pid in pids.values():
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return stopped
+
+
+def start_stack(services: Services, sweep: str, server_port: int = 8000, watch_port: int = 9108,
+                prom_port: int = 9090, scrape: str = "5s", interval: float = 10.0,
+                serve_args: tuple[str, ...] = ()) -> dict:
+    """Start the server, Prometheus (if installed) and the watcher; returns where each listens."""
+    py = sys.executable
+    server = services.start("serve", [py, "-m", "serve", f"--sweep={sweep}", f"--port={server_port}", *serve_args])
+    wait_http(f"http://127.0.0.1:{server_port}/readyz", proc=server)
+    where = {"server": f"http://127.0.0.1:{server_port}"}
+    prometheus = shutil.which("prometheus")
+    if prometheus:
+        config = services.state / "prometheus.yml"
+        config.write_text(prometheus_config(f"127.0.0.1:{server_port}", f"127.0.0.1:{watch_port}", scrape))
+        data = services.state / "prometheus-data"
+        shutil.rmtree(data, ignore_errors=True)
+        prom = services.start("prometheus", [prometheus, f"--config.file={config}", f"--storage.tsdb.path={data}",
+                                             f"--web.listen-address=127.0.0.1:{prom_port}"])
+        wait_http(f"http://127.0.0.1:{prom_port}/-/ready", proc=prom)
+        where["prometheus"] = f"http://127.0.0.1:{prom_port}"
+        source = ["--prometheus", where["prometheus"]]
+    else:
+        where["prometheus"] = None
+        source = ["--scrape", where["server"]]
+    watcher = services.start("watch", [py, "-m", "telemetry", "watch", *source, f"--port={watch_port}",
+                                       f"--interval={interval:g}", "--n_boot=500", "--n_perm=500"])
+    wait_http(f"http://127.0.0.1:{watch_port}/metrics", proc=watcher)
+    where["telemetry"] = f"http://127.0.0.1:{watch_port}/metrics"
+    return where
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m deploy.local")
+    p.add_argument("command", choices=["up", "down"])
+    p.add_argument("--sweep", default="runs/demo")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--watch-port", type=int, default=9108)
+    p.add_argument("--prometheus-port", type=int, default=9090)
+    a = p.parse_args(argv)
+    if a.command == "down":
+        path = STATE / "pids.json"
+        if not path.is_file():
+            print("nothing to stop (no .run/pids.json)")
+            return 0
+        stopped = stop_pids(json.loads(path.read_text()))
+        path.unlink()
+        print(f"stopped: {', '.join(stopped) or 'nothing was still running'}")
+        return 0
+    if (STATE / "pids.json").is_file():
+        print("already up (.run/pids.json exists): run `make down` first", file=sys.stderr)
+        return 1
+    services = Services()
+    try:
+        where = start_stack(services, a.sweep, a.port, a.watch_port, a.prometheus_port)
+    except (RuntimeError, TimeoutError) as exc:
+        services.stop()
+        print(f"error: {exc} (logs in {STATE})", file=sys.stderr)
+        return 1
+    print(f"server      {where['server']}  (OpenAPI docs at /docs, metrics at /metrics)")
+    if where["prometheus"]:
+        print(f"prometheus  {where['prometheus']}")
+    else:
+        print("prometheus  not installed: the telemetry watcher scrapes the server directly")
+    print(f"telemetry   {where['telemetry']}")
+    print(f"logs and pids in {STATE}; stop everything with `make down`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
