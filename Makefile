@@ -56,7 +56,8 @@ dashboards: setup  ## regenerate dashboards/json/ from dashboards/build.py
 pretrain: setup   ## rebuild models/embedded-base (about 20 minutes on 2 cores; demo never needs it)
 	$(PY) -m train pretrain --config train/configs/pretrain.yaml
 
-bench: bench-export bench-serving  ## all benchmarks (results in bench/results/, ratios against baselines)
+bench: setup      ## every benchmark, each against its baseline: bench/results/<timestamp>-all.json + a table
+	$(PY) -m bench all --sweep runs/demo
 
 bench-serving: setup  ## req/s, p50/p99 at concurrency 1/8/32: fracture vs naive transformers server vs HTTP floor
 	$(PY) -m bench serving --sweep runs/demo

@@ -1,7 +1,10 @@
-"""Benchmarks: each part runs its baseline in the same process and writes bench/results/.
+"""Benchmarks: each part runs its baseline in the same run and writes bench/results/.
 
+    python -m bench all --sweep runs/demo            # every part; one <timestamp>.json with all ratios
     python -m bench decode --sweep runs/demo         # runtime vs transformers generate vs optimum, batch 1/64
     python -m bench serving --sweep runs/demo        # req/s, p50/p99 at concurrency 1/8/32 vs naive and floor
+    python -m bench evaluation --sweep runs/demo     # batched evaluation vs per-item generate
+    python -m bench training                         # the sweep's fine-tuning vs a plain Trainer
 
 Ratios are the figures to read (absolute times depend on the machine). Not tests: they
 run on demand (`make bench`), and nothing asserts on speed.
@@ -13,37 +16,70 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.common import markdown_table, write_results
+
+REQUIRED = ("int8_vs_naive_c32", "server_vs_floor_c32", "c32_vs_c1", "metrics_overhead", "runtime_vs_generate_b64",
+            "batched_eval_vs_per_item")
+
+
+def run_all(sweep: Path) -> Path:
+    from bench.decode import bench_decode
+    from bench.evaluation import bench_evaluation
+    from bench.serving import bench_serving
+    from bench.training import bench_training
+
+    parts = {}
+    print("== decoding", flush=True)
+    parts["decode"] = bench_decode(sweep, out_dir=None)
+    print("== evaluation", flush=True)
+    parts["evaluation"] = bench_evaluation(sweep, out_dir=None)
+    print("== serving", flush=True)
+    parts["serving"] = bench_serving(sweep, out_dir=None)
+    print("== training", flush=True)
+    parts["training"] = bench_training(out_dir=None)
+    ratios = {k: v for p in parts.values() for k, v in p["ratios"].items()}
+    missing = [k for k in REQUIRED if k not in ratios]
+    if missing:
+        raise RuntimeError(f"ratios missing from the results: {missing}")
+    path = write_results("all", {"sweep": str(sweep), "parts": parts, "ratios": ratios})
+    print("\n== ratios")
+    print(markdown_table(list(ratios), [[round(v, 3) for v in ratios.values()]]))
+    print(f"wrote {path}")
+    return path
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="part", required=True)
-    dec = sub.add_parser("decode", help="tokens/s of export/runtime.py vs generate and ORTModelForCausalLM")
-    dec.add_argument("--sweep", default="runs/demo", type=Path)
-    dec.add_argument("--items", type=int, default=128)
-    dec.add_argument("--repeats", type=int, default=3)
-    dec.add_argument("--threads", type=int, default=1)
-    srv = sub.add_parser("serving", help="req/s and latency vs a naive transformers server and the HTTP floor")
-    srv.add_argument("--sweep", default="runs/demo", type=Path)
-    srv.add_argument("--max-requests", type=int, default=600)
-    srv.add_argument("--max-seconds", type=float, default=12.0)
+    for name, text in (("all", "every part, one results file"), ("decode", "tokens/s of the runtime"),
+                       ("serving", "req/s and latency"), ("evaluation", "items/s of evaluation")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--sweep", default="runs/demo", type=Path)
+    sub.add_parser("training", help="samples/s of the sweep's fine-tuning vs a plain Trainer")
     args = parser.parse_args(argv)
-    if args.part == "serving":
-        from bench.serving import bench_serving
+    try:
+        if args.part == "all":
+            run_all(args.sweep)
+        elif args.part == "decode":
+            from bench.decode import bench_decode
 
-        try:
-            bench_serving(args.sweep, max_requests=args.max_requests, max_seconds=args.max_seconds)
-        except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    if args.part == "decode":
-        from bench.decode import bench_decode
+            bench_decode(args.sweep)
+        elif args.part == "serving":
+            from bench.serving import bench_serving
 
-        try:
-            bench_decode(args.sweep, items=args.items, repeats=args.repeats, threads=args.threads)
-        except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            bench_serving(args.sweep)
+        elif args.part == "evaluation":
+            from bench.evaluation import bench_evaluation
+
+            bench_evaluation(args.sweep)
+        else:
+            from bench.training import bench_training
+
+            bench_training()
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

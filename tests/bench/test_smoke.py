@@ -29,3 +29,32 @@ def test_gpu_check_says_so_without_a_gpu(capsys):
         pytest.skip("on a GPU machine `make gpu-check` is the check itself")
     assert main([]) == 0
     assert "no CUDA GPU" in capsys.readouterr().out
+
+
+def test_evaluation_benchmark_smoke(exported, tmp_path):
+    from bench.evaluation import bench_evaluation
+
+    payload = bench_evaluation(exported["sweep"], items=16, per_item=4, repeats=1, out_dir=tmp_path)
+    written = json.loads(next(tmp_path.glob("*-evaluation.json")).read_text())
+    assert written["ratios"] == payload["ratios"] and written["ratios"]["batched_eval_vs_per_item"] > 0
+
+
+def test_training_benchmark_smoke(tmp_path):
+    from bench.training import bench_training
+
+    payload = bench_training(steps=2, batch_size=4, repeats=1, out_dir=tmp_path)
+    written = json.loads(next(tmp_path.glob("*-training.json")).read_text())
+    assert written["ratios"]["sweep_vs_plain_trainer"] == payload["ratios"]["sweep_vs_plain_trainer"] > 0
+
+
+def test_serving_benchmark_smoke(exported, tmp_path):
+    """Real servers on loopback (fracture, naive, floor), a few requests each."""
+    from bench.serving import bench_serving
+
+    payload = bench_serving(exported["sweep"], variants=("onnx-fp32", "ort-int8"), concurrencies=(1, 2),
+                            max_requests=6, max_seconds=2, overhead_rounds=1, out_dir=tmp_path)
+    written = json.loads(next(tmp_path.glob("*-serving.json")).read_text())
+    assert set(written["ratios"]) == {"c32_vs_c1", "metrics_overhead", "int8_vs_naive_c32", "server_vs_floor_c32"}
+    for server in ("onnx-fp32", "ort-int8", "naive", "floor"):
+        assert written["results"][server]["c2"]["completed"] > 0 and written["results"][server]["c2"]["errors"] == 0
+    assert payload["ratios"] == written["ratios"]
