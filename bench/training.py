@@ -47,7 +47,8 @@ def bench_training(steps: int = 40, batch_size: int = 64, threads: int = 1, repe
 
             transformers.set_seed(r)
             base = load_base("embedded")
-            train = sample_training(resolve_specs(task_cfg), {"id": 1.0}, items, r, task_cfg.answer_order)
+            train = sample_training(resolve_specs(task_cfg), {"id": 1.0}, items, r, task_cfg.answer_order,
+                                    frozenset())
             dataset = encode_items(train, base.tokenizer, base.digit_format)
             args = TrainingArguments(output_dir=str(Path(tmp) / f"plain{r}"), per_device_train_batch_size=batch_size,
                                      max_steps=steps, learning_rate=1e-3, report_to="none", use_cpu=True, seed=r)

@@ -21,8 +21,11 @@ def datasource_payload(prometheus_url: str) -> dict:
 def push(url: str, token: str, prometheus_url: str = "http://127.0.0.1:9090", folder: Path = OUT,
          timeout: float = 10.0) -> dict:
     """Upsert the datasource (by its fixed uid) and every dashboard JSON in ``folder``."""
-    from grafana_client import GrafanaApi
-    from grafana_client.client import GrafanaClientError
+    try:
+        from grafana_client import GrafanaApi
+        from grafana_client.client import GrafanaClientError
+    except ImportError as exc:
+        raise RuntimeError("grafana-client is not installed: pip install '.[grafana]'") from exc
 
     api = GrafanaApi.from_url(url, credential=token or None, timeout=timeout)
     payload = datasource_payload(prometheus_url)

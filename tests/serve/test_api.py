@@ -4,6 +4,7 @@
 import httpx
 import pytest
 
+from serve.app import CompletionResponse
 from tasks.formatting import normalize
 from tasks.grader import grade
 from tests.serve.conftest import SERVED, running, sample, serve_config
@@ -36,6 +37,7 @@ def test_completion_is_openai_shaped_graded_and_counted(server):
                                                  "temperature": 0, "shift": "base", "expected": expected})
     assert resp.status_code == 200
     body = resp.json()
+    CompletionResponse.model_validate(body)  # what the OpenAPI document promises
     assert body["object"] == "text_completion" and body["model"] == model and body["variant"] == variant
     assert body["correct"] is grade(answer, expected).exact and body["shift"] == "base"
     assert body["choices"][0]["finish_reason"] in ("stop", "length")
