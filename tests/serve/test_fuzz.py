@@ -45,8 +45,10 @@ def _send(client: httpx.Client, kw: dict) -> httpx.Response:
     elif kw.get("data") is not None:
         data = kw["data"]
         body["content"] = data if isinstance(data, (bytes, str)) else json.dumps(data)
-    return client.request(kw["method"], kw["url"], headers=kw.get("headers"), params=kw.get("params"),
-                          cookies=kw.get("cookies"), **body)
+    headers = dict(kw.get("headers") or {})
+    if kw.get("cookies"):
+        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in kw["cookies"].items())
+    return client.request(kw["method"], kw["url"], headers=headers, params=kw.get("params"), **body)
 
 
 def _raw(url: str, data: bytes) -> bytes:
