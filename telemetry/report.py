@@ -220,7 +220,7 @@ def terminal_table(summary: dict) -> str:
         acc = "  ".join(f"{s} {a:.3f}" for s, a in res["accuracy"].items())
         lines.append(f"{v}  ({res['n_runs']} runs)  {acc}")
         if res.get("refused"):
-            lines.append(f"  refused: {res['refused']}")
+            lines.append(f"  {res['refused']}")  # the message starts with "refused:"
             continue
         if res.get("warning"):
             lines.append(f"  warning: {res['warning']}")
