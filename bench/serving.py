@@ -19,25 +19,18 @@ import asyncio
 import contextlib
 import itertools
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 from bench.common import RESULTS, markdown_table, write_results
+from deploy.local import free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -46,17 +39,11 @@ def server_process(args: list[str], port: int, timeout: float = 180):
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server {args} exited: {proc.stderr.read()[-2000:]}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/openapi.json", timeout=2) as r:
-                if r.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server {args} did not start in {timeout}s")
-            time.sleep(0.2)
+        try:
+            wait_http(f"{url}/openapi.json", timeout, proc)
+        except RuntimeError:
+            raise RuntimeError(f"server {args} exited: {proc.stderr.read()[-2000:]}") from None
         yield url
     finally:
         proc.terminate()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from deploy.local import REPO, Services, start_stack
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from deploy.local import REPO, Services, free_port, start_stack
 
 
 def _run(step: str, cmd: list[str], timings: dict) -> None:
@@ -81,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         t = time.perf_counter()
-        where = start_stack(services, str(sweep), server_port=_free_port(), watch_port=_free_port(),
-                            prom_port=_free_port(), scrape="1s", interval=5.0)
+        where = start_stack(services, str(sweep), server_port=free_port(), watch_port=free_port(),
+                            prom_port=free_port(), scrape="1s", interval=5.0)
         timings["start server, prometheus, watcher"] = round(time.perf_counter() - t, 1)
         if where["prometheus"]:
             print(f"server {where['server']}, prometheus {where['prometheus']}, telemetry {where['telemetry']}")

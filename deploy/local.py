@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,13 @@ def prometheus_config(server: str, watcher: str, interval: str = "5s") -> str:
     for job in cfg["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:

@@ -55,20 +55,19 @@ def weight_roles(model: onnx.ModelProto) -> dict[str, str]:
     transformer blocks; layer norms and biases are "other".
     """
     floats = {t.name for t in model.graph.initializer if t.data_type in _FLOATS}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
 
     def feeds_logits(node) -> bool:
         # the LM head MatMul's output reaches "logits" through at most a few shape-only ops
-        frontier, seen = list(node.output), set()
+        frontier = list(node.output)
         for _ in range(4):
             if "logits" in frontier:
                 return True
-            nxt = []
-            for n in model.graph.node:
-                if n.name not in seen and any(i in frontier for i in n.input) and n.op_type in (
-                        "Identity", "Reshape", "Cast", "Add"):
-                    seen.add(n.name)
-                    nxt.extend(n.output)
-            frontier = nxt
+            frontier = [out for name in frontier for n in consumers.get(name, ())
+                        if n.op_type in ("Identity", "Reshape", "Cast", "Add") for out in n.output]
         return False
 
     roles = dict.fromkeys(floats, "other")

@@ -60,16 +60,21 @@ def fake_quantize_(weight, bits: int, group: int = SIM_GROUP) -> None:
     w.copy_((q - zero) * scale)
 
 
-def simulated_checkpoint(checkpoint: Path, dest: Path, bits: int):
-    """Save a copy of ``checkpoint`` with block weights rounded to ``bits``; returns the model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+def round_block_weights_(model, bits: int):
+    """Round every block Linear of ``model`` in place to ``bits`` (what sim-w{bits} applies)."""
     import torch
 
     with torch.no_grad():
         for _, linear in block_linears(model):
             fake_quantize_(linear.weight, bits)
+    return model
+
+
+def simulated_checkpoint(checkpoint: Path, dest: Path, bits: int):
+    """Save a copy of ``checkpoint`` with block weights rounded to ``bits``; returns the model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = round_block_weights_(AutoModelForCausalLM.from_pretrained(checkpoint), bits)
     model.save_pretrained(dest, safe_serialization=True)
     AutoTokenizer.from_pretrained(checkpoint).save_pretrained(dest)
     if (checkpoint / "fracture.json").is_file():

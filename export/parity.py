@@ -22,23 +22,14 @@ class Tolerance:
     reference: str = "checkpoint"  # "checkpoint" (the fp32 torch model) or "simulated" (its rounded copy)
 
 
-def position_ids(mask: np.ndarray) -> np.ndarray:
-    """transformers' positions for left padding, as export.runtime feeds them."""
-    pos = np.cumsum(mask, axis=1) - 1
-    pos[mask == 0] = 1
-    return pos
-
-
 def torch_logits(model, ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Full-sequence logits of a left-padded batch from a torch model, with its mask."""
+    """Full-sequence logits of a left-padded batch from a torch model (padded and positioned
+    exactly as export.runtime feeds the ONNX graph), with its mask."""
     import torch
 
-    width = max(len(x) for x in ids)
-    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for row, x in enumerate(ids):
-        input_ids[row, width - len(x):] = x
-        mask[row, width - len(x):] = 1
+    from export.runtime import left_pad, position_ids
+
+    input_ids, mask = left_pad(ids, pad_id)
     device = next(model.parameters()).device
     with torch.inference_mode():
         out = model(input_ids=torch.from_numpy(input_ids).to(device), attention_mask=torch.from_numpy(mask).to(device),

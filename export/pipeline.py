@@ -84,7 +84,7 @@ class Reference:
         from transformers import AutoModelForCausalLM
 
         from train.base import load_tokenizer
-        from train.evaluate import greedy_decode, max_answer_tokens
+        from train.evaluate import max_answer_tokens
 
         self.checkpoint = checkpoint
         self.digit_format = json.loads((checkpoint / "fracture.json").read_text())["digit_format"]
@@ -95,7 +95,6 @@ class Reference:
         self.prompts = [format_prompt(it["prompt"], self.digit_format) for it in splits["id"]]
         self.parity_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"]
                            for p in self.prompts[:parity_batch]]
-        self._decode = greedy_decode
 
     @functools.cached_property
     def outputs(self) -> list[str]:
@@ -108,22 +107,18 @@ class Reference:
         return torch_logits(model or self.model, self.parity_ids, self.tokenizer.pad_token_id)
 
     def greedy(self, model) -> list[str]:
-        return self._decode(model, self.tokenizer, self.prompts, self.max_new, self.batch_size)
+        from train.evaluate import greedy_decode
+
+        return greedy_decode(model, self.tokenizer, self.prompts, self.max_new, self.batch_size)
 
 
 def _simulated_reference(ref: Reference, bits: int):
     """The torch model with the same rounding sim-w{bits} applied, for its export parity."""
     import copy
 
-    import torch
+    from export.onnx_export import round_block_weights_
 
-    from export.onnx_export import block_linears, fake_quantize_
-
-    model = copy.deepcopy(ref.model)
-    with torch.no_grad():
-        for _, linear in block_linears(model):
-            fake_quantize_(linear.weight, bits)
-    return model
+    return round_block_weights_(copy.deepcopy(ref.model), bits)
 
 
 def _check_graph(variant: Variant, folder: Path, fp32_dir: Path | None) -> dict:
@@ -232,10 +227,8 @@ def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, ref: 
             "build_seconds": round(build_seconds, 2),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        manifest = publish(tmp, dest, manifest)
-        if variant.runner == "onnx":  # the session must read the published file, not the moved temp path
-            runner = _load_runner(variant, dest, threads)
-        return manifest, runner
+        # the session read the graph into memory when it was created: it stays valid after the move
+        return publish(tmp, dest, manifest), runner
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)

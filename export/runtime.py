@@ -31,6 +31,25 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_new_tokens reached)
 
 
+def left_pad(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) of a batch padded on the left, as transformers pads for generation."""
+    width = max(len(x) for x in ids)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, x in enumerate(ids):
+        if x:
+            input_ids[row, width - len(x):] = x
+            mask[row, width - len(x):] = 1
+    return input_ids, mask
+
+
+def position_ids(mask: np.ndarray) -> np.ndarray:
+    """transformers' rule for left padding: count real tokens, pads get position 1."""
+    pos = np.cumsum(mask, axis=1) - 1
+    pos[mask == 0] = 1
+    return pos
+
+
 def default_providers() -> list[str]:
     """CUDA when onnxruntime-gpu sees a GPU, else CPU."""
     available = ort.get_available_providers()
@@ -127,10 +146,7 @@ class OnnxCausalLM:
     def _feed(self, input_ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray]) -> dict:
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if self._has_position_ids:
-            # transformers' rule for left padding: count real tokens, pads get position 1
-            pos = np.cumsum(mask, axis=1) - 1
-            pos[mask == 0] = 1
-            feed["position_ids"] = pos[:, -input_ids.shape[1]:]
+            feed["position_ids"] = position_ids(mask)[:, -input_ids.shape[1]:]
         feed.update(zip(self._past_names, past))
         return feed
 
@@ -138,14 +154,7 @@ class OnnxCausalLM:
         return [np.zeros((batch, self._heads, 0, self._head_dim), self._past_dtype) for _ in self._past_names]
 
     def left_pad(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        width = max(len(x) for x in ids)
-        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.int64)
-        for row, x in enumerate(ids):
-            if x:
-                input_ids[row, width - len(x):] = x
-                mask[row, width - len(x):] = 1
-        return input_ids, mask
+        return left_pad(ids, self.pad_id)
 
     def logits(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Full-sequence logits of a left-padded batch and its attention mask (parity checks)."""
@@ -195,15 +204,19 @@ class OnnxCausalLM:
         results: list[Completion] = []
         for start in range(0, len(prompts), size):
             chunk = encoded[start:start + size]
-            for prompt_ids, gen in zip(chunk, self.generate_ids(chunk, max_new_tokens, stop)):
-                text = self.decode(gen)
-                stopped = bool(gen) and gen[-1] == self.eos_id
-                for s in stop or ():
-                    if s in text:
-                        text, stopped = text[:text.index(s)], True
-                results.append(Completion(text=text, token_ids=tuple(gen), prompt_tokens=len(prompt_ids),
-                                          finish_reason="stop" if stopped else "length"))
+            results += [self.finish(len(p), gen, stop) for p, gen in
+                        zip(chunk, self.generate_ids(chunk, max_new_tokens, stop))]
         return results
+
+    def finish(self, prompt_tokens: int, generated: list[int], stop: list[str] | None = None) -> Completion:
+        """A completion from generated ids: decoded, cut before the first stop string."""
+        text = self.decode(generated)
+        stopped = bool(generated) and generated[-1] == self.eos_id
+        for s in stop or ():
+            if s in text:
+                text, stopped = text[:text.index(s)], True
+        return Completion(text=text, token_ids=tuple(generated), prompt_tokens=prompt_tokens,
+                          finish_reason="stop" if stopped else "length")
 
     def decoder(self):
         """This model as a ``train.evaluate`` decoder: (prompts, max_new_tokens, batch_size) -> texts."""

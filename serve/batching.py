@@ -38,18 +38,6 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-def finish(runner: OnnxCausalLM, job: Job, generated: list[int]) -> Completion:
-    """One request's completion from the batch's tokens: its own max_tokens and stop strings."""
-    tokens = generated[:job.max_tokens]
-    text = runner.decode(tokens)
-    stopped = bool(tokens) and tokens[-1] == runner.eos_id
-    for s in job.stop:
-        if s in text:
-            text, stopped = text[:text.index(s)], True
-    return Completion(text=text, token_ids=tuple(tokens), prompt_tokens=len(job.prompt_ids),
-                      finish_reason="stop" if stopped else "length")
-
-
 class Batcher:
     def __init__(self, max_batch_size: int, max_wait_ms: float, queue_size: int, workers: int,
                  on_batch: Callable[[str, int], None] | None = None):
@@ -107,7 +95,8 @@ class Batcher:
                     self.on_batch(model_id, len(batch))
                 for job, gen in zip(batch, generated):
                     if not job.future.done():
-                        job.future.set_result(finish(runner, job, gen))
+                        # each request's own max_tokens and stop strings
+                        job.future.set_result(runner.finish(len(job.prompt_ids), gen[:job.max_tokens], job.stop))
             except Exception as exc:  # noqa: BLE001 - answer the batch with the error, keep serving
                 for job in batch:
                     if not job.future.done():

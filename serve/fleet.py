@@ -1,7 +1,7 @@
 """The fleet: every (run, variant) exported under a sweep, addressed as "<run>/<variant>".
 
 Each variant's manifest is verified (sha256 of every file) when the fleet is built and
-again whenever its session is (re)loaded; a tampered or incomplete variant is refused
+again whenever its session is reloaded after being released; a tampered or incomplete variant is refused
 with a logged reason, and the rest are served. Only final-checkpoint variants that run
 on ONNX Runtime are served (variants/step-<N>/ and torch-only variants are left out).
 With a memory budget, sessions load on first use and the least recently used ones are
@@ -42,6 +42,7 @@ class ModelEntry:
     bytes: int
     digit_format: str
     providers: list = field(default_factory=list)
+    just_verified: bool = True  # discovery hashed it; the first load need not hash it again
 
 
 def _providers(cfg: ServeConfig) -> list:
@@ -136,7 +137,8 @@ class Fleet:
             entry = self.entries.get(model_id)
             if entry is None:
                 raise ModelUnavailable(self.refused.get(model_id, f"unknown model {model_id!r}"))
-            problem = verify_variant(entry.folder)
+            problem = None if entry.just_verified else verify_variant(entry.folder)
+            entry.just_verified = False  # a reload after release re-checks the files
             if problem:
                 self._refuse(model_id, problem)
             if self.lazy:

@@ -1,6 +1,5 @@
 """A real server on 127.0.0.1 (uvicorn in a thread) over the tiny exported sweep."""
 
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -10,16 +9,11 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from deploy.local import free_port  # noqa: F401 - the tests import it from here
 from serve.app import build_app
 from serve.config import ServeConfig
 
 SERVED = ("onnx-fp32", "ort-int8", "ort-int4")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import requests
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.local import free_port
 from telemetry.analysis import AnalysisOptions
 from telemetry.sources import SourceError, from_csv, from_prometheus, from_scrape, rows_from_samples
 from telemetry.watch import Watcher
@@ -26,12 +26,6 @@ def served_rows():
 
 def key(rows):
     return sorted((r["run"], int(r["step"]), r["variant"], r["split"], int(r["n"]), int(r["correct"])) for r in rows)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
