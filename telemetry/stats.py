@@ -9,7 +9,10 @@ residuals of a1 and a2 after regressing each on the controls (an intercept plus 
 control columns); the residual form is what generalizes to k > 1 controls (probit,
 splines). Honesty rules (DESIGN.md, The statistics): fewer than 5 runs is refused, fewer
 than 20 warned about, a split without variance is "undefined" with its reason, and
-every interval comes from a bootstrap that resamples runs, never checkpoints.
+every interval comes from a bootstrap that resamples runs, never checkpoints. The
+permutation test re-residualizes (Freedman-Lane) and permutes the statistic it reports;
+where the percentile bootstrap is unreliable, BCa (with a cluster jackknife) is offered,
+and paired differences get TOST equivalence tests and minimum-detectable-effect figures.
 """
 
 from __future__ import annotations
@@ -92,16 +95,41 @@ def n_controls(covar) -> int:
     return 1 if z.ndim == 1 else z.shape[1]
 
 
+def _covar_2d(covar, n: int) -> np.ndarray:
+    """covar as an n x k matrix of finite values (a 1-D covar is one column)."""
+    z = np.asarray(covar, dtype=float)
+    z = z[:, None] if z.ndim == 1 else z
+    if z.ndim != 2 or z.shape[0] != n:
+        raise StatsError(f"covar has shape {np.shape(covar)} for {n} observations")
+    if not np.all(np.isfinite(z)):
+        raise StatsError("covar contains NaN or infinite values")
+    return z
+
+
+SPEARMAN_BASIS_ERROR = (
+    "method='spearman' with {k} control columns: ranking the columns of a basis (e.g. a spline basis) is a "
+    "defect; rank the in-domain accuracy before expanding it into a basis and use method='pearson'"
+)
+
+
+def _ranked(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average ranks of x, y and of the single control column of z (n x 1)."""
+    if z.shape[1] != 1:
+        raise StatsError(SPEARMAN_BASIS_ERROR.format(k=z.shape[1]))
+    return stats.rankdata(x), stats.rankdata(y), stats.rankdata(z[:, 0])[:, None]
+
+
 def partial_corr(x, y, covar, method: str = "pearson") -> float:
     """Correlation of x and y once the controls in ``covar`` are regressed out of both.
 
-    ``method="spearman"`` ranks x, y and each control column first.
+    ``method="spearman"`` is Pearson's partial correlation of the ranks of x, y and of a
+    single control column. A multi-column covar (a spline basis) is refused with
+    spearman: rank the in-domain accuracy first, then expand it into a basis.
     """
     x, y = _as_1d(x, "x"), _as_1d(y, "y")
-    z = np.asarray(covar, dtype=float)
+    z = _covar_2d(covar, len(x))
     if method == "spearman":
-        x, y = stats.rankdata(x), stats.rankdata(y)
-        z = stats.rankdata(z) if z.ndim == 1 else np.column_stack([stats.rankdata(c) for c in z.T])
+        x, y, z = _ranked(x, y, z)
     elif method != "pearson":
         raise StatsError(f"method must be pearson or spearman, got {method!r}")
     if len(x) - 2 - n_controls(z) < 1:
@@ -110,6 +138,31 @@ def partial_corr(x, y, covar, method: str = "pearson") -> float:
         return pearson(residualize(x, z), residualize(y, z))
     except Undefined as exc:
         raise Undefined(f"nothing left after controlling for in-domain accuracy ({exc})") from None
+
+
+def partial_corr_matrix(cols, covar) -> np.ndarray:
+    """Partial correlations of every pair of columns of ``cols`` (n x m), the same controls for all.
+
+    One least-squares fit residualizes all m columns at once (the bootstrap of an index over
+    many pairs calls this thousands of times); entry (i, j) equals
+    ``partial_corr(cols[:, i], cols[:, j], covar)``.
+    """
+    y = np.asarray(cols, dtype=float)
+    if y.ndim != 2 or not np.all(np.isfinite(y)):
+        raise StatsError("cols must be an n x m matrix of finite values")
+    z = _covar_2d(covar, y.shape[0])
+    if y.shape[0] - 2 - z.shape[1] < 1:
+        raise StatsError(f"{y.shape[0]} runs leave no degrees of freedom with {z.shape[1]} control(s)")
+    design = np.column_stack([np.ones(y.shape[0]), z])
+    beta, *_ = np.linalg.lstsq(design, y, rcond=None)
+    res = y - design @ beta
+    res -= res.mean(axis=0)
+    ss = np.einsum("ij,ij->j", res, res)
+    scale = np.maximum(1.0, np.abs(y).max(axis=0)) ** 2 * y.shape[0] * 1e-24
+    if np.any(ss <= scale):
+        raise Undefined("nothing left after controlling for in-domain accuracy (a column has zero variance)")
+    norm = res / np.sqrt(ss)
+    return np.clip(norm.T @ norm, -1.0, 1.0)
 
 
 def partial_corr_closed_form(x, y, z) -> float:
@@ -187,19 +240,75 @@ def fisher_interval(r: float, n: int, k: int = 1, level: float = 0.95) -> tuple[
     return math.tanh(z - half), math.tanh(z + half)
 
 
-def permutation_p(x, y, covar, n_perm: int = 2000, seed: int = 0, method: str = "pearson") -> float:
-    """Two-sided p of the partial correlation by permuting x's residuals (Freedman-Lane style)."""
-    rx, ry = residualize(x, covar), residualize(y, covar)
+def _column_space(z: np.ndarray) -> np.ndarray:
+    """An orthonormal basis Q of the column space of [1, z] (rank-deficient z allowed): H = Q Q'."""
+    design = np.column_stack([np.ones(len(z)), z])
+    u, s, _ = np.linalg.svd(design, full_matrices=False)
+    keep = s > s[0] * max(design.shape) * np.finfo(float).eps
+    return u[:, keep]
+
+
+def freedman_lane_null(x, y, covar, perms) -> np.ndarray:
+    """Partial correlations r* of x with y* = y_hat + P e, one per row of ``perms`` (Pearson).
+
+    The reduced model y ~ [1, Z] gives fitted values y_hat = H y and residuals e = (I - H) y
+    (H the hat matrix of [1, Z]). For a permutation P, y* = y_hat + P e, and r* is exactly
+    partial_corr(x, y*, Z): y* is re-residualized on Z, resid(y*) = (I - H) P e, so
+
+        r* = rx' (I - H) P e / (|rx| |(I - H) P e|),   rx = (I - H) x.
+
+    ``perms`` is an (m, n) array of index permutations; the result has length m. A
+    permutation for which (I - H) P e vanishes gives r* = 0 (its numerator vanishes too).
+    """
+    x, y = _as_1d(x, "x"), _as_1d(y, "y")
+    z = _covar_2d(covar, len(x))
+    q = _column_space(z)
+    rx = x - q @ (q.T @ x)
+    e = y - q @ (q.T @ y)
+    pe = e[np.asarray(perms, dtype=np.intp)]  # row j is P_j e
+    resid = pe - (pe @ q) @ q.T  # (I - H) P_j e, one per row
+    norms = np.linalg.norm(resid, axis=1) * np.linalg.norm(rx)
+    num = resid @ rx
+    scale = float(np.linalg.norm(e)) * float(np.linalg.norm(rx))
+    ok = norms > scale * 1e-12
+    out = np.zeros(len(pe))
+    out[ok] = np.clip(num[ok] / norms[ok], -1.0, 1.0)
+    return out
+
+
+def permutation_distribution(x, y, covar, n_perm: int = 2000, seed: int = 0,
+                             method: str = "pearson") -> tuple[float, np.ndarray]:
+    """The observed partial correlation and its Freedman-Lane permutation null (n_perm values).
+
+    The observed value is partial_corr(x, y, covar, method), the statistic reported; the
+    null values are the same statistic recomputed on (x, y*) with y* = y_hat + P e from the
+    reduced model y ~ [1, Z] (see ``freedman_lane_null``). With method="spearman", x, y and
+    the single control are ranked first and Freedman-Lane runs on the ranks with Pearson,
+    so the permuted statistic is the reported one (a multi-column covar is refused).
+    """
+    if n_perm < 1:
+        raise StatsError(f"n_perm must be at least 1, got {n_perm}")
+    observed = partial_corr(x, y, covar, method)  # validates and raises on undefined
+    x, y = _as_1d(x, "x"), _as_1d(y, "y")
+    z = _covar_2d(covar, len(x))
     if method == "spearman":
-        rx, ry = stats.rankdata(rx), stats.rankdata(ry)
-    observed = abs(pearson(rx, ry))
+        x, y, z = _ranked(x, y, z)
     rng = np.random.default_rng(seed)
-    ry_c = (ry - ry.mean()) / np.linalg.norm(ry - ry.mean())
-    perms = np.array([rng.permutation(rx) for _ in range(n_perm)])
-    perms = perms - perms.mean(axis=1, keepdims=True)
-    perms /= np.linalg.norm(perms, axis=1, keepdims=True)
-    null = np.abs(perms @ ry_c)
-    return float((1 + np.sum(null >= observed - 1e-12)) / (n_perm + 1))
+    perms = rng.permuted(np.broadcast_to(np.arange(len(x)), (n_perm, len(x))), axis=1)
+    return observed, freedman_lane_null(x, y, z, perms)
+
+
+def permutation_p(x, y, covar, n_perm: int = 2000, seed: int = 0, method: str = "pearson") -> float:
+    """Two-sided Freedman-Lane permutation p of the partial correlation of x and y given covar.
+
+    p = (1 + #{|r*| >= |r_obs|}) / (n_perm + 1), with r_obs = partial_corr(x, y, covar, method)
+    and r* = partial_corr(x, y_hat + P e, covar) for random permutations P of the residuals e
+    of the reduced model y ~ [1, Z] (y* re-residualized on Z). method="spearman" ranks x, y
+    and a 1-D control first and permutes on the ranks; it refuses a multi-column covar.
+    """
+    observed, null = permutation_distribution(x, y, covar, n_perm, seed, method)
+    count = int(np.sum(np.abs(null) >= abs(observed) - 1e-12))
+    return float((1 + count) / (n_perm + 1))
 
 
 def bh_qvalues(pvalues: Sequence[float]) -> list[float]:
@@ -217,13 +326,13 @@ def bh_qvalues(pvalues: Sequence[float]) -> list[float]:
     return out.tolist()
 
 
-def cluster_bootstrap(clusters: Sequence, statistic: Callable[[list], float], n_boot: int = 2000,
-                      seed: int = 0, level: float = 0.95) -> tuple[float, float, int]:
-    """Percentile interval of ``statistic`` over resamples of whole clusters (runs).
+def cluster_bootstrap_values(clusters: Sequence, statistic: Callable[[list], float], n_boot: int = 2000,
+                             seed: int = 0) -> np.ndarray:
+    """The statistic on n_boot resamples of whole clusters (runs), undefined resamples dropped.
 
-    ``clusters`` is one entry per run (all of that run's points travel together).
-    Resamples on which the statistic is undefined are dropped and counted; the third
-    value is how many were kept.
+    Resample b draws m = len(clusters) clusters with replacement and keeps
+    theta*_b = statistic([clusters[i] for i in pick_b]) when it is defined and finite.
+    Raises Undefined when fewer than half of the resamples are defined.
     """
     rng = np.random.default_rng(seed)
     m = len(clusters)
@@ -238,9 +347,163 @@ def cluster_bootstrap(clusters: Sequence, statistic: Callable[[list], float], n_
             values.append(v)
     if len(values) < n_boot // 2:
         raise Undefined(f"the statistic was undefined on {n_boot - len(values)} of {n_boot} bootstrap resamples")
+    return np.asarray(values, dtype=float)
+
+
+def cluster_bootstrap(clusters: Sequence, statistic: Callable[[list], float], n_boot: int = 2000,
+                      seed: int = 0, level: float = 0.95) -> tuple[float, float, int]:
+    """Percentile interval of ``statistic`` over resamples of whole clusters (runs).
+
+    ``clusters`` is one entry per run (all of that run's points travel together).
+    Resamples on which the statistic is undefined are dropped and counted; the third
+    value is how many were kept. The kept values themselves: ``cluster_bootstrap_values``.
+    """
+    values = cluster_bootstrap_values(clusters, statistic, n_boot, seed)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(values, [alpha, 1 - alpha])
     return float(lo), float(hi), len(values)
+
+
+def jackknife(clusters: Sequence, statistic: Callable[[list], float]) -> np.ndarray:
+    """Leave-one-cluster-out values theta_(i) = statistic(clusters without cluster i), i = 1..m.
+
+    Raises Undefined if the statistic is undefined (or not finite) on any of them: the
+    jackknife needs every value.
+    """
+    m = len(clusters)
+    if m < 2:
+        raise StatsError(f"the jackknife needs at least 2 clusters, got {m}")
+    values = np.empty(m)
+    for i in range(m):
+        try:
+            v = float(statistic([c for j, c in enumerate(clusters) if j != i]))
+        except StatsError as exc:
+            raise Undefined(f"the statistic is undefined without cluster {i} ({exc})") from None
+        if not np.isfinite(v):
+            raise Undefined(f"the statistic is not finite without cluster {i}")
+        values[i] = v
+    return values
+
+
+def jackknife_se(jack_values) -> float:
+    """sqrt((m - 1) / m * sum_i (theta_(i) - mean)^2) over m leave-one-out values."""
+    v = _as_1d(jack_values, "jack_values")
+    m = len(v)
+    if m < 2:
+        raise StatsError(f"the jackknife standard error needs at least 2 values, got {m}")
+    return float(math.sqrt((m - 1) / m * np.sum((v - v.mean()) ** 2)))
+
+
+def bca_interval(boot_values, estimate: float, jack_values, level: float = 0.95) -> tuple[float, float]:
+    """Efron's bias-corrected and accelerated (BCa) bootstrap interval.
+
+    z0 = Phi^-1(share of boot values < estimate, ties counted as half),
+    a = sum_i (m - theta_(i))^3 / (6 (sum_i (m - theta_(i))^2)^1.5) from the jackknife
+    values theta_(i) (m their mean), and the interval is the pair of quantiles of the boot
+    values at Phi(z0 + (z0 + z_alpha) / (1 - a (z0 + z_alpha))) for z_alpha = Phi^-1((1 -
+    level) / 2) and Phi^-1((1 + level) / 2). With a = 0 and z0 = 0 it is the percentile
+    interval. If the jackknife values do not vary, a is undefined and taken as 0; if no
+    boot value lies on one side of the estimate (z0 infinite), raises StatsError.
+    """
+    boot = _as_1d(boot_values, "boot_values")
+    jack = _as_1d(jack_values, "jack_values")
+    if len(boot) < 1:
+        raise StatsError("BCa undefined: no bootstrap values")
+    if not 0 < level < 1:
+        raise StatsError(f"level must be in (0, 1), got {level}")
+    if not math.isfinite(estimate):
+        raise StatsError("BCa undefined: the estimate is not finite")
+    if np.all(boot == boot[0]) and boot[0] == estimate:
+        return float(boot[0]), float(boot[0])  # a degenerate bootstrap distribution at the estimate
+    share = (np.count_nonzero(boot < estimate) + np.count_nonzero(boot <= estimate)) / (2 * len(boot))
+    if share <= 0 or share >= 1:
+        raise StatsError(f"BCa undefined: every bootstrap value lies on one side of the estimate {estimate:.6g}")
+    z0 = float(special.ndtri(share))
+    d = jack.mean() - jack
+    ss = float(d @ d)
+    a = float(np.sum(d**3)) / (6 * ss**1.5) if len(jack) > 1 and ss > 0 else 0.0
+    if not math.isfinite(a):
+        a = 0.0
+    probs = []
+    for z_alpha in (special.ndtri((1 - level) / 2), special.ndtri((1 + level) / 2)):
+        w = z0 + z_alpha
+        denom = 1 - a * w
+        if denom <= 0:
+            raise StatsError(f"BCa undefined: acceleration a = {a:.3g} is too large for level {level}")
+        probs.append(float(special.ndtr(z0 + w / denom)))
+    lo, hi = np.quantile(boot, probs)
+    return float(lo), float(hi)
+
+
+def bootstrap_p(boot_values, estimate: float) -> float:
+    """Two-sided p of H0: theta = 0 from the bootstrap distribution shifted to the null.
+
+    p = (1 + #{b : |theta*_b - theta_hat| >= |theta_hat|}) / (B + 1).
+    """
+    boot = _as_1d(boot_values, "boot_values")
+    if len(boot) < 1:
+        raise StatsError("no bootstrap values")
+    if not math.isfinite(estimate):
+        raise StatsError("the estimate is not finite")
+    count = int(np.count_nonzero(np.abs(boot - estimate) >= abs(estimate)))
+    return float((1 + count) / (len(boot) + 1))
+
+
+def _check_se_df(se: float, df: float) -> None:
+    if not (math.isfinite(se) and se > 0):
+        raise StatsError(f"the standard error must be positive and finite, got {se}")
+    if not df > 0:
+        raise StatsError(f"degrees of freedom must be positive, got {df}")
+
+
+def t_interval(estimate: float, se: float, df: float, level: float = 0.95) -> tuple[float, float]:
+    """estimate -+ t_{(1 + level)/2, df} se."""
+    _check_se_df(se, df)
+    if not 0 < level < 1:
+        raise StatsError(f"level must be in (0, 1), got {level}")
+    half = float(stats.t.ppf((1 + level) / 2, df)) * se
+    return estimate - half, estimate + half
+
+
+def tost_p(estimate: float, se: float, df: float, bound: float) -> float:
+    """Two one-sided t tests (TOST) of equivalence within (-bound, +bound).
+
+    H0_lower: theta <= -bound, t_L = (estimate + bound) / se, p_lower = P(T_df >= t_L);
+    H0_upper: theta >= +bound, t_U = (estimate - bound) / se, p_upper = P(T_df <= t_U);
+    p = max(p_lower, p_upper). A small p means the estimate is significantly inside
+    (-bound, +bound): equivalent within the bound.
+    """
+    _check_se_df(se, df)
+    if not bound > 0:
+        raise StatsError(f"the equivalence bound must be positive, got {bound}")
+    p_lower = float(stats.t.sf((estimate + bound) / se, df))
+    p_upper = float(stats.t.cdf((estimate - bound) / se, df))
+    return max(p_lower, p_upper)
+
+
+def min_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """(z_{1 - alpha/2} + z_power) se: the smallest true effect a two-sided level-alpha z test
+    detects with the given power."""
+    if not (math.isfinite(se) and se >= 0):
+        raise StatsError(f"the standard error must be non-negative and finite, got {se}")
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise StatsError(f"alpha and power must be in (0, 1), got {alpha}, {power}")
+    return float((special.ndtri(1 - alpha / 2) + special.ndtri(power)) * se)
+
+
+def runs_needed(se: float, n: int, effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """ceil(n (min_detectable_effect(se, alpha, power) / effect)^2): the runs needed to detect
+    ``effect`` with the given power, given standard error se at n runs.
+
+    Assumes se scales as 1 / sqrt(n) (independent runs, the same design), so that at N runs
+    the detectable effect is min_detectable_effect(se) sqrt(n / N).
+    """
+    if not n >= 1:
+        raise StatsError(f"n must be at least 1, got {n}")
+    if not (math.isfinite(effect) and effect != 0):
+        raise StatsError(f"the effect must be non-zero and finite, got {effect}")
+    need = n * (min_detectable_effect(se, alpha, power) / abs(effect)) ** 2
+    return max(1, math.ceil(need - 1e-9 * need))
 
 
 def warn_if_small(n: int) -> None:
