@@ -14,7 +14,8 @@ class TaskConfig:
     answer_order: str = "lsd"  # "lsd": least-significant digit first (learns far faster), or "msd"
     id: dict[str, Any] = field(default_factory=dict)  # overrides of the in-domain generator parameters
     # shift name -> {} (the registered entry) or generator parameters (a new or overridden shift)
-    shifts: dict[str, Any] = field(default_factory=lambda: {"length": {}, "operator_order": {}, "base": {}})
+    shifts: dict[str, Any] = field(default_factory=lambda: {
+        "length": {}, "operator_order": {}, "base": {}, "base9": {}})
 
     def __post_init__(self) -> None:
         if self.n_eval < 1 or self.n_train < 0:

@@ -31,3 +31,5 @@ register_shift(SplitSpec(name="operator_order", notation="prefix",
                          description="prefix order +a|b= instead of infix a+b="))
 # Another number base, marked in the prompt with a tag.
 register_shift(SplitSpec(name="base", base=8, description="operands and answer in base 8, tagged b8|"))
+# A second number base: near `base` in kind, so the pair says how far "another base" is one skill.
+register_shift(SplitSpec(name="base9", base=9, description="operands and answer in base 9, tagged b9|"))

@@ -90,7 +90,7 @@ def test_every_variant_was_evaluated_on_every_split(exported):
     for name in available:
         rows = [r for r in table if r["variant"] == name]
         assert {(r["run"], r["split"]) for r in rows} == {(run, s) for run in runs
-                                                         for s in ("id", "length", "operator_order", "base")}
+                                                         for s in ("id", "length", "operator_order", "base", "base9")}
         assert all(r["n"] == 40 and r["step"] == 6 for r in rows)
 
 

@@ -62,7 +62,7 @@ def test_metrics_endpoint_exposes_the_fleet_with_closed_labels(server):
     assert "fracture_request_duration_seconds_bucket" in text and 'le="0.0001"' in text
     shifts = {line.split('shift="')[1].split('"')[0] for line in text.splitlines()
               if line.startswith("fracture_requests_total{")}
-    assert shifts == {"id", "length", "operator_order", "base", "none"}
+    assert shifts == {"id", "length", "operator_order", "base", "base9", "none"}
 
 
 def test_health_and_readiness(server):

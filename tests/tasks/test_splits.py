@@ -23,7 +23,7 @@ def small_cfg(**kw) -> TaskConfig:
 
 def test_default_eval_splits_hold_at_least_1000_items():
     splits = build_eval_splits(TaskConfig())
-    assert set(splits) == {"dev", "length", "operator_order", "base"}
+    assert set(splits) == {"dev", "length", "operator_order", "base", "base9"}
     assert all(len(items) >= 1000 for items in splits.values())
     assert all(len({it["prompt"] for it in items}) == len(items) for items in splits.values())
 
@@ -38,7 +38,7 @@ def test_splits_are_deterministic_from_the_seed():
 def test_eval_splits_are_disjoint_from_training_and_from_each_other(tmp_path):
     cfg = small_cfg()
     out = write_splits(cfg, tmp_path)
-    evals = {name: read_jsonl(out / f"{name}.jsonl") for name in ("dev", "length", "operator_order", "base")}
+    evals = {name: read_jsonl(out / f"{name}.jsonl") for name in ("dev", "length", "operator_order", "base", "base9")}
     train = read_jsonl(out / "train.jsonl")
     banned = eval_prompts(evals)
     assert len(banned) == sum(len(v) for v in evals.values())  # no prompt in two eval splits
@@ -54,7 +54,7 @@ def test_train_items_under_exclusion_are_still_in_domain(tmp_path):
     assert all(it["split"] == "train" and it["meta"]["name"] == "id" for it in train)
 
 
-@pytest.mark.parametrize("split", ["dev", "length", "operator_order", "base"])
+@pytest.mark.parametrize("split", ["dev", "length", "operator_order", "base", "base9"])
 def test_answers_are_the_true_result_written_lsd_first(split):
     for item in build_eval_splits(small_cfg())[split]:
         meta = item["meta"]
@@ -80,7 +80,16 @@ def _check_base(items):
         assert it["prompt"] == f"b8|{a:03o}+{b:03o}="
 
 
-SHIFT_CHECKS = {"length": _check_length, "operator_order": _check_operator_order, "base": _check_base}
+def _check_base9(items):
+    from tasks.formatting import to_base
+
+    for it in items:
+        a, b = it["meta"]["operands"]
+        assert it["prompt"] == f"b9|{to_base(a, 9).rjust(3, '0')}+{to_base(b, 9).rjust(3, '0')}="
+
+
+SHIFT_CHECKS = {"length": _check_length, "operator_order": _check_operator_order, "base": _check_base,
+                "base9": _check_base9}
 
 
 def test_every_registered_shift_has_a_test():
@@ -152,7 +161,8 @@ def test_cli_writes_jsonl_and_is_idempotent(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True)
     (folder,) = tmp_path.iterdir()
     files = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    assert {"train.jsonl", "dev.jsonl", "length.jsonl", "operator_order.jsonl", "base.jsonl", "task.json"} <= set(files)
+    assert {"train.jsonl", "dev.jsonl", "length.jsonl", "operator_order.jsonl", "base.jsonl", "base9.jsonl",
+            "task.json"} <= set(files)
     row = json.loads((folder / "base.jsonl").read_text().splitlines()[0])
     assert set(row) == {"prompt", "answer", "split", "meta"} and row["meta"]["base"] == 8
     subprocess.run(cmd, check=True, capture_output=True)
