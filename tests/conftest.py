@@ -40,8 +40,7 @@ def exported(tmp_path_factory):
 def population(tmp_path_factory):
     """A 6-run tiny sweep (enough runs for a partial correlation) exported to onnx-fp32 and ort-int8."""
     tmp = tmp_path_factory.mktemp("population")
-    grid = ('{"lr": [5.0e-4, 1.0e-3, 2.0e-3], "steps": [6], '
-            '"mixture": {"id": {"id": 1.0}, "base10": {"id": 0.9, "base": 0.1}}}')
+    grid = '{"lr": [5.0e-4, 1.0e-3, 2.0e-3], "steps": [6], "mixture": {"id": {"id": 1.0}}, "repeat": 2}'
     res = subprocess.run(write_tiny_sweep(tmp, name="pop", grid=grid, workers=2), cwd=REPO, capture_output=True,
                          text=True, timeout=900)
     assert res.returncode == 0, res.stderr

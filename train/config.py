@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from train.signal import DEFAULT_MEASURE
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -45,10 +47,20 @@ class SweepConfig:
     base: str = "embedded"  # "embedded", a hub id (EleutherAI/pythia-70m) or a local HF directory
     task_config: str = "tasks/configs/default.yaml"  # the task preset (splits, n_eval)
     data_root: str = "data"  # task splits are written to <data_root>/<task-hash>/
-    seed: int = 0  # run i is seeded with seed + i
-    sample: str = "grid"  # "grid": every combination of `grid`; "random": `runs` random draws from it
-    runs: int = 0  # number of runs for sample=random (ignored for grid)
-    # values to combine: lr, steps (optimizer steps), mixture (name -> split weights), repeat (seeds per combination)
+    seed: int = 0  # run i is seeded with seed + i; its draws come from a stream named by (seed, i)
+    # "draw": every run's settings are independent draws from `draws` (a sample: the bootstrap over runs
+    # generalizes to these distributions); "grid": every combination of `grid` (ablations); "random": `runs`
+    # picks from the grid's combinations
+    sample: str = "draw"
+    runs: int = 48  # number of runs for sample=draw and sample=random (ignored for grid)
+    # sample=draw: setting -> distribution, {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {int_uniform: [lo, hi]}
+    # (inclusive) or {choice: [...]}; settings: lr, steps, weight_decay, warmup_ratio
+    draws: dict[str, Any] = field(default_factory=lambda: {
+        "lr": {"loguniform": [3e-4, 2e-3]}, "steps": {"int_uniform": [60, 200]}})
+    # sample=draw: the one training mixture of every run (split name -> weight); an eval shift in it is an
+    # ablation (it makes that shift in-distribution), so the sweep labels it as such
+    mixture: dict[str, float] = field(default_factory=lambda: {"id": 1.0})
+    # sample=grid|random: values to combine: lr, steps, mixture (name -> split weights), repeat (seeds each)
     grid: dict[str, Any] = field(default_factory=lambda: {
         "lr": [1e-3], "steps": [100], "mixture": {"id": {"id": 1.0}}})
     epochs: float = 0.0  # > 0: steps = epochs * train_items / (batch_size * grad_accum), overriding grid steps
@@ -61,6 +73,7 @@ class SweepConfig:
     precision: str = "auto"  # "auto" (bf16/fp16 on CUDA, fp32 on CPU), "fp32", "fp16", "bf16"
     device: str = "auto"  # "auto", "cpu" or "cuda"
     eval_items: int = 0  # items per eval split; 0 = all of the task's n_eval
+    measure: str = DEFAULT_MEASURE  # what the signal check reads: "digit" (share of answer digits right) or "exact"
     eval_batch_size: int = 256  # fixed batch size of greedy evaluation (left padding)
     workers: int = 2  # runs trained in parallel processes (CPU); 1 = in this process
     threads_per_worker: int = 1  # torch intra-op threads per worker
@@ -72,6 +85,12 @@ class SweepConfig:
                 if getattr(self, k) < 0]
         if not 0 <= self.warmup_ratio < 1:
             bad.append(f"warmup_ratio={self.warmup_ratio}")
+        if self.sample not in ("draw", "grid", "random"):
+            bad.append(f"sample={self.sample!r} (draw, grid or random)")
+        if self.sample in ("draw", "random") and self.runs < 1:
+            bad.append(f"runs={self.runs} (sample={self.sample} needs runs >= 1)")
+        if self.measure not in ("exact", "digit"):
+            bad.append(f"measure={self.measure!r} (exact or digit)")
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(f"device={self.device!r} (auto, cpu or cuda)")
         if bad:

@@ -27,7 +27,7 @@ from train.accuracy_table import upsert_rows
 from train.checkpoints import verify_checkpoint
 from train.config import SweepConfig
 from train.finetune import checkpoint_steps, train_and_evaluate
-from train.signal import format_signal_table, signal_check
+from train.signal import base_scores, format_signal_table, signal_check
 
 
 def resolve_hardware(cfg: SweepConfig) -> tuple[str, str, list[str]]:
@@ -69,32 +69,87 @@ def _grid_values(grid: dict) -> tuple[list[float], list[int], dict[str, dict], i
     return lrs, steps, {str(k): {s: float(w) for s, w in v.items()} for k, v in mixtures.items()}, repeat
 
 
-def expand_runs(cfg: SweepConfig, device: str, precision: str, task_hash: str) -> list[dict]:
-    """The resolved config of every run of the sweep, in a stable order."""
+DRAWABLE = {"lr": float, "steps": int, "weight_decay": float, "warmup_ratio": float}
+
+
+def draw(dist: dict, rng: random.Random, name: str):
+    """One value of a declared distribution: loguniform, uniform, int_uniform (inclusive) or choice."""
+    if not isinstance(dist, dict) or len(dist) != 1:
+        raise ValueError(f"draws.{name} must be one of {{loguniform|uniform|int_uniform|choice: [...]}}, got {dist!r}")
+    (kind, args), = dist.items()
+    if kind == "choice":
+        if not args:
+            raise ValueError(f"draws.{name}: choice needs at least one value")
+        return rng.choice(list(args))
+    if len(args) != 2 or float(args[0]) > float(args[1]):
+        raise ValueError(f"draws.{name}: {kind} needs [low, high] with low <= high, got {args!r}")
+    lo, hi = float(args[0]), float(args[1])
+    if kind == "loguniform":
+        if lo <= 0:
+            raise ValueError(f"draws.{name}: loguniform needs low > 0")
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    if kind == "uniform":
+        return rng.uniform(lo, hi)
+    if kind == "int_uniform":
+        return rng.randint(int(lo), int(hi))
+    raise ValueError(f"draws.{name}: unknown distribution {kind!r} (loguniform, uniform, int_uniform, choice)")
+
+
+def _drawn_settings(cfg: SweepConfig) -> list[dict]:
+    """Run i's settings, drawn from a stream named by (seed, i): adding runs never changes earlier ones."""
+    unknown = set(cfg.draws) - set(DRAWABLE)
+    if unknown:
+        raise ValueError(f"draws: unknown setting(s) {sorted(unknown)}; drawable: {sorted(DRAWABLE)}")
+    out = []
+    for i in range(cfg.runs):
+        rng = random.Random(f"fracture-draw:{cfg.seed}:{i}")
+        values = {k: DRAWABLE[k](draw(cfg.draws[k], rng, k)) for k in sorted(cfg.draws)}
+        out.append({"lr": values.pop("lr", 1e-3), "steps": values.pop("steps", 100), "mixture_name": "fixed",
+                    "mixture": {str(k): float(w) for k, w in cfg.mixture.items()}, "drawn": sorted(cfg.draws),
+                    **values})
+    return out
+
+
+def _grid_settings(cfg: SweepConfig) -> list[dict]:
     lrs, steps_list, mixtures, repeat = _grid_values(cfg.grid)
     combos = [c for c in itertools.product(lrs, steps_list, mixtures.items()) for _ in range(repeat)]
     if cfg.sample == "random":
-        if cfg.runs < 1:
-            raise ValueError("sample=random needs runs >= 1")
         rng = random.Random(f"fracture-sweep:{cfg.seed}")
         combos = [rng.choice(combos) for _ in range(cfg.runs)]
-    elif cfg.sample != "grid":
-        raise ValueError(f"sample must be 'grid' or 'random', got {cfg.sample!r}")
+    return [{"lr": lr, "steps": steps, "mixture_name": name, "mixture": mixture}
+            for lr, steps, (name, mixture) in combos]
+
+
+def replayed_shifts(mixture: dict[str, float]) -> list[str]:
+    """Eval shifts a training mixture draws items from: each is in-distribution for the run (an ablation)."""
+    return sorted(s for s, w in mixture.items() if s != "id" and float(w) > 0)
+
+
+def expand_runs(cfg: SweepConfig, device: str, precision: str, task_hash: str) -> list[dict]:
+    """The resolved config of every run of the sweep, in a stable order."""
+    settings = _drawn_settings(cfg) if cfg.sample == "draw" else _grid_settings(cfg)
+    width = max(2, len(str(len(settings) - 1)))
     runs = []
-    for i, (lr, steps, (mix_name, mixture)) in enumerate(combos):
+    for i, s in enumerate(settings):
+        lr, steps = s["lr"], s["steps"]
         if cfg.epochs > 0:
             if cfg.train_items < 1:
                 raise ValueError("epochs > 0 needs train_items (the size of the epoch)")
             steps = math.ceil(cfg.epochs * cfg.train_items / (cfg.batch_size * cfg.grad_accum))
         train_items = cfg.train_items or steps * cfg.batch_size * cfg.grad_accum
-        runs.append({
-            "run_id": f"r{i:02d}-lr{lr:g}-s{steps}-{mix_name}", "index": i, "seed": cfg.seed + i,
-            "lr": lr, "steps": steps, "mixture_name": mix_name, "mixture": mixture,
+        name = f"r{i:0{width}d}-lr{lr:.3g}-s{steps}" + ("" if cfg.sample == "draw" else f"-{s['mixture_name']}")
+        run = {
+            "run_id": name, "index": i, "seed": cfg.seed + i,
+            "lr": lr, "steps": steps, "mixture_name": s["mixture_name"], "mixture": s["mixture"],
             "train_items": train_items, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-            "warmup_ratio": cfg.warmup_ratio, "weight_decay": cfg.weight_decay,
+            "warmup_ratio": s.get("warmup_ratio", cfg.warmup_ratio),
+            "weight_decay": s.get("weight_decay", cfg.weight_decay),
             "checkpoint_steps": checkpoint_steps(steps, cfg.checkpoints), "base": cfg.base,
             "device": device, "precision": precision, "task_hash": task_hash,
-        })
+        }
+        if "drawn" in s:
+            run["drawn"] = s["drawn"]  # which settings are draws (the rest are the sweep's constants)
+        runs.append(run)
     return runs
 
 
@@ -125,6 +180,36 @@ def _worker_run(run, data_dir, task_cfg, run_dir, eval_items, eval_batch_size, t
                               in_worker=True)
 
 
+def evaluate_base(cfg: SweepConfig, data_dir: Path, task_cfg: TaskConfig, sweep_dir: Path, device: str) -> list[dict]:
+    """The base model graded on every eval split before fine-tuning (step 0), once per sweep folder.
+
+    A shift's accuracy after fine-tuning is transfer only where the base started low: this
+    is the reference every report shows beside the fine-tuned population.
+    """
+    path = sweep_dir / "base-eval.json"
+    key = {"base": cfg.base, "task_hash": data_dir.name, "eval_items": cfg.eval_items,
+           "eval_batch_size": cfg.eval_batch_size}
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return saved["rows"]
+        except ValueError:
+            pass  # unreadable: evaluate again
+    from train.base import load_base
+    from train.evaluate import evaluate_splits, torch_decoder
+    from train.finetune import VARIANT, load_eval_splits
+
+    base = load_base(cfg.base)
+    model = base.model.cuda() if device == "cuda" else base.model
+    splits, _ = load_eval_splits(data_dir, task_cfg, cfg.eval_items)
+    results = evaluate_splits(torch_decoder(model, base.tokenizer), base.digit_format, splits,
+                              batch_size=cfg.eval_batch_size)
+    rows = [{"run": "base", "step": 0, "variant": VARIANT, "split": split, **r} for split, r in results.items()]
+    atomic_write_json(path, {"key": key, "rows": rows})
+    return rows
+
+
 def _check_sweep_yaml(path: Path, resolved: dict) -> None:
     if path.is_file():
         previous = yaml.safe_load(path.read_text())
@@ -149,6 +234,12 @@ def run_sweep(cfg: SweepConfig) -> dict:
     _check_sweep_yaml(sweep_dir / "sweep.yaml", {
         "config": config_dict(cfg), "task": config_dict(task_cfg), "data": str(data_dir),
         "device": device, "precision": precision, "runs": [r["run_id"] for r in runs]})
+
+    before = base_scores(evaluate_base(cfg, data_dir, task_cfg, sweep_dir, device))
+    ablation = sorted({s for run in runs for s in replayed_shifts(run["mixture"])})
+    if ablation:
+        print(f"note: the training mixture replays eval shift(s) {', '.join(ablation)}: they are in-distribution "
+              "for those runs (an ablation, labelled as such in signal.json)", file=sys.stderr)
 
     todo = []
     for run in runs:
@@ -209,12 +300,13 @@ def run_sweep(cfg: SweepConfig) -> dict:
         for step in run["checkpoint_steps"]:
             rows.extend(json.loads((sweep_dir / run["run_id"] / "eval" / f"step-{step}.json").read_text())["rows"])
     table = upsert_rows(sweep_dir / "accuracy.csv", rows)
-    check = signal_check(table)
+    check = signal_check(table, measure=cfg.measure)
     wall = time.perf_counter() - started
     atomic_write_json(sweep_dir / "signal.json", {
-        "variant": "torch-fp32", "points": "final checkpoint of each run", "splits": check,
+        "variant": "torch-fp32", "points": "final checkpoint of each run", "measure": cfg.measure, "splits": check,
         "shifts_with_signal": [s for s, v in check.items() if s != "id" and v["has_signal"]],
+        "before_finetuning": before, "replayed_shifts": ablation,
         "wall_seconds_this_invocation": round(wall, 1)})
-    print(format_signal_table(check))
+    print(format_signal_table(check, before))
     print(f"wrote {sweep_dir / 'accuracy.csv'} and {sweep_dir / 'signal.json'} in {wall:.0f}s")
     return check

@@ -28,13 +28,13 @@ def test_tiny_sweep_end_to_end_then_rerun_is_a_no_op(tmp_path):
     assert list(rows[0]) == ["run", "step", "variant", "split", "n", "correct", "digit_correct", "digit_total"]
     runs = {r["run"] for r in rows}
     assert len(runs) == 2 and {r["variant"] for r in rows} == {"torch-fp32"}
-    assert {r["split"] for r in rows} == {"id", "length", "operator_order", "base"}
+    assert {r["split"] for r in rows} == {"id", "length", "operator_order", "base", "base9"}
     assert {r["step"] for r in rows} == {"2", "4", "6"}
-    assert len(rows) == 2 * 3 * 4 and all(r["n"] == "40" for r in rows)
+    assert len(rows) == 2 * 3 * 5 and all(r["n"] == "40" for r in rows)
     assert all(0 <= int(r["correct"]) <= 40 and int(r["digit_total"]) >= 40 for r in rows)
 
     signal_json = json.loads((sweep / "signal.json").read_text())
-    assert set(signal_json["splits"]) == {"id", "length", "operator_order", "base"}
+    assert set(signal_json["splits"]) == {"id", "length", "operator_order", "base", "base9"}
     for s in signal_json["splits"].values():
         assert {"mean", "sd_across_runs", "binomial_se", "share_at_0", "share_at_1", "has_signal"} <= set(s)
     assert "sd/SE" in res.stdout and "operator_order" in res.stdout  # the signal table is printed

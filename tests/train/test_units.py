@@ -92,16 +92,46 @@ def test_sweep_presets_load_and_expand(preset):
     json.dumps(runs)  # the resolved config must be saveable
 
 
-def test_demo_population_size():
-    runs = expand_runs(load_config(SweepConfig, "train/configs/demo.yaml"), "cpu", "fp32", "h")
-    assert len(runs) >= 24 and all(len(r["checkpoint_steps"]) >= 3 for r in runs)
+def test_demo_population_is_a_sample_of_at_least_48_runs_without_eval_shifts_in_training():
+    cfg = load_config(SweepConfig, "train/configs/demo.yaml")
+    runs = expand_runs(cfg, "cpu", "fp32", "h")
+    assert len(runs) >= 48 and all(len(r["checkpoint_steps"]) >= 2 for r in runs)
+    assert len({r["lr"] for r in runs}) >= 10 and len({r["seed"] for r in runs}) == len(runs)
+    assert all(r["mixture"] == {"id": 1.0} and r["drawn"] == ["lr", "steps"] for r in runs)
+    lo, hi = cfg.draws["lr"]["loguniform"]
+    assert all(float(lo) <= r["lr"] <= float(hi) for r in runs)
+
+
+@pytest.mark.parametrize("preset", ["demo", "study", "pythia70m", "tiny"])
+def test_no_default_preset_replays_an_eval_shift(preset):
+    from train.sweep import replayed_shifts
+
+    runs = expand_runs(load_config(SweepConfig, f"train/configs/{preset}.yaml"), "cpu", "fp32", "h")
+    assert all(replayed_shifts(r["mixture"]) == [] for r in runs)
+
+
+def test_draws_are_reproducible_and_adding_runs_keeps_the_earlier_ones():
+    small = expand_runs(SweepConfig(runs=5), "cpu", "fp32", "h")
+    large = expand_runs(SweepConfig(runs=12), "cpu", "fp32", "h")
+    assert [r["lr"] for r in small] == [r["lr"] for r in large[:5]]
+    assert expand_runs(SweepConfig(runs=5), "cpu", "fp32", "h") == small
+    assert len({r["lr"] for r in large}) == 12
+
+
+@pytest.mark.parametrize("draws, message", [
+    ({"lr": {"loguniform": [0, 1]}}, "low > 0"), ({"lr": {"normal": [0, 1]}}, "unknown distribution"),
+    ({"momentum": {"uniform": [0, 1]}}, "unknown setting"), ({"steps": {"int_uniform": [9, 3]}}, "low <= high"),
+])
+def test_bad_draws_are_refused(draws, message):
+    with pytest.raises(ValueError, match=message):
+        expand_runs(SweepConfig(draws=draws), "cpu", "fp32", "h")
 
 
 def test_pythia_preset_values_and_cpu_fallback():
     cfg = load_config(SweepConfig, "train/configs/pythia70m.yaml")
     assert (cfg.base, cfg.batch_size, cfg.grad_accum, cfg.weight_decay, cfg.epochs) == \
         ("EleutherAI/pythia-70m", 16, 2, 0.01, 3.0)
-    assert [float(x) for x in cfg.grid["lr"]] == [3e-5]
+    assert cfg.sample == "draw" and cfg.mixture == {"id": 1.0} and "loguniform" in cfg.draws["lr"]
     import torch
 
     if torch.cuda.is_available():
@@ -130,8 +160,8 @@ def test_pretrain_command_smoke(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     meta = json.loads((out / "pretrain.json").read_text())
-    assert meta["config"]["steps"] == 3 and set(meta["accuracy_after_pretraining"]) == {"dev", "length",
-                                                                                      "operator_order", "base"}
+    assert meta["config"]["steps"] == 3 and set(meta["accuracy_after_pretraining"]) == {
+        "dev", "length", "operator_order", "base", "base9"}
     assert meta["sha256"]["model.safetensors"] == sha256_file(out / "model.safetensors")
     assert json.loads((out / "fracture.json").read_text())["digit_format"] == "compact"
     assert not (tmp_path / "base.tmp").exists()
