@@ -2,6 +2,7 @@
 
     python -m export --sweep runs/demo                                  # the default variant set
     python -m export --sweep runs/demo --variants onnx-fp32,ort-int8,sim-w4
+    python -m export --sweep runs/demo --variants ort-int4,noise@ort-int4        # + its noise-matched control
     python -m export --sweep runs/demo --variants all --checkpoints all
     python -m export --list                                             # every registered variant
 
@@ -20,14 +21,15 @@ from tasks.settings import ConfigError, load_config, parse_cli_overrides
 
 
 def _list() -> None:
-    from export.registry import VARIANTS
+    from export.registry import FAMILIES, VARIANTS
 
     print(f"{'variant':14} {'backend':20} {'bits':>4}  quantizes")
     for v in VARIANTS.values():
         why = v.requires()
         print(f"{v.name:14} {v.backend:20} {v.bits:>4}  {','.join(v.quantizes) or '-':28} "
               f"{'(unavailable: ' + why + ')' if why else ''}")
-    print("sim-w2 .. sim-w8: simulated k-bit weights (sim-w3 is registered by default)")
+    for line in FAMILIES.values():
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> int:

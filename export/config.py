@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The demo's default set: full precision, int8, 4-bit and two below 4 bits (real 2-bit
-# MatMulNBits and simulated 3-bit). `python -m export --list` shows every registered variant.
-DEFAULT_VARIANTS = ("onnx-fp32", "ort-int8", "ort-int4", "ort-int2", "sim-w3")
+# The demo's default set: full precision, int8, 4-bit, real 2-bit (MatMulNBits), and the noise-matched
+# control of the lowest-bit variant (`make study` builds every variant's control). `python -m export --list`
+# shows every registered variant.
+DEFAULT_VARIANTS = ("onnx-fp32", "ort-int8", "ort-int4", "ort-int2", "noise@ort-int2")
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     sweep: str = "runs/demo"  # the sweep folder written by `python -m train sweep`
-    variants: tuple[str, ...] = DEFAULT_VARIANTS  # registry names (sim-w2..sim-w8 for any k), or "all"
+    variants: tuple[str, ...] = DEFAULT_VARIANTS  # registry names (sim-w2..sim-w8, noise@<variant>), or "all"
     checkpoints: str = "final"  # "final": each run's last checkpoint; "all": every checkpoint
     runs: tuple[str, ...] = ()  # only these run ids (default: every run of the sweep)
     workers: int = 2  # checkpoints exported in parallel processes

@@ -72,11 +72,19 @@ def round_block_weights_(model, bits: int):
 
 def simulated_checkpoint(checkpoint: Path, dest: Path, bits: int):
     """Save a copy of ``checkpoint`` with block weights rounded to ``bits``; returns the model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model = round_block_weights_(AutoModelForCausalLM.from_pretrained(checkpoint), bits)
+    save_derived_checkpoint(model, checkpoint, dest)
+    return model
+
+
+def save_derived_checkpoint(model, checkpoint: Path, dest: Path) -> None:
+    """Save ``model``, changed from ``checkpoint``, in the layout export_onnx reads, with its tokenizer
+    and fracture.json."""
+    from transformers import AutoTokenizer
+
     model.save_pretrained(dest, safe_serialization=True)
     AutoTokenizer.from_pretrained(checkpoint).save_pretrained(dest)
     if (checkpoint / "fracture.json").is_file():
         shutil.copy2(checkpoint / "fracture.json", dest / "fracture.json")
-    return model

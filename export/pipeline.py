@@ -32,7 +32,7 @@ import yaml
 
 from export.config import ExportConfig
 from export.manifest import publish, read_manifest, tool_versions, verify_variant
-from export.registry import BuildContext, Variant, resolve
+from export.registry import FP32, BuildContext, Variant, resolve
 from tasks.config import TaskConfig
 from tasks.formatting import format_prompt
 from tasks.settings import load_config
@@ -112,13 +112,19 @@ class Reference:
         return greedy_decode(model, self.tokenizer, self.prompts, self.max_new, self.batch_size)
 
 
-def _simulated_reference(ref: Reference, bits: int):
-    """The torch model with the same rounding sim-w{bits} applied, for its export parity."""
+def _simulated_reference(ref: Reference, variant: Variant, folder: Path):
+    """The torch model a fp32-stored variant simulates, for its export parity: the checkpoint
+    with the same rounding (sim-w{k}) or the same noise, rebuilt from the noise record
+    in ``folder`` (noise@{q})."""
     import copy
 
+    if variant.noise_of:
+        from export.noise import noised_reference, read_record
+
+        return noised_reference(ref.model, read_record(folder))
     from export.onnx_export import round_block_weights_
 
-    return round_block_weights_(copy.deepcopy(ref.model), bits)
+    return round_block_weights_(copy.deepcopy(ref.model), variant.simulated_bits)
 
 
 def _check_graph(variant: Variant, folder: Path, fp32_dir: Path | None) -> dict:
@@ -126,7 +132,9 @@ def _check_graph(variant: Variant, folder: Path, fp32_dir: Path | None) -> dict:
     from export import graph
 
     model = graph.load(folder / "model.onnx")
-    reference = graph.load(fp32_dir / "model.onnx") if fp32_dir and variant.needs else model
+    # a noise control is derived from the checkpoint, not from the fp32 graph: nothing in it is replaced
+    derived = bool(fp32_dir and variant.needs and not variant.noise_of)
+    reference = graph.load(fp32_dir / "model.onnx") if derived else model
     summary = graph.quantization_summary(model, reference)
     problems = [f"graph has no {op} (it would silently stay full precision)"
                 for op in variant.expect_ops if not summary["quantized_ops"].get(op)]
@@ -143,8 +151,24 @@ def _check_graph(variant: Variant, folder: Path, fp32_dir: Path | None) -> dict:
         if levels > 2 ** variant.simulated_bits:
             problems.append(f"block weights hold {levels} distinct values per group > 2**{variant.simulated_bits}")
         summary["quantized_tensors"]["blocks"] = sum(1 for r in graph.weight_roles(model).values() if r == "blocks")
+    if variant.noise_of:
+        problems += _check_noise(variant, folder, summary)
     summary["problems"] = problems
     return summary
+
+
+def _check_noise(variant: Variant, folder: Path, summary: dict) -> list[str]:
+    """A noise control's record (targets, realised errors, seeds) goes into its manifest; the
+    tensors it perturbed count as its "quantized" ones, as sim-w{k}'s rounded ones do."""
+    from collections import Counter
+
+    from export.noise import check_record, read_record
+
+    record = read_record(folder)
+    summary["noise"] = record
+    roles = Counter(t["role"] for t in record["tensors"].values())
+    summary["quantized_tensors"] = {role: roles.get(role, 0) for role in ("blocks", "embeddings", "lm_head")}
+    return check_record(record, variant.quantizes)
 
 
 def _torch_summary(folder: Path, ref: Reference) -> dict:
@@ -171,11 +195,11 @@ def _load_runner(variant: Variant, folder: Path, threads: int):
     return OnnxCausalLM(folder, threads=threads, providers=providers)
 
 
-def _parity(variant: Variant, runner, ref: Reference) -> dict:
+def _parity(variant: Variant, runner, ref: Reference, folder: Path) -> dict:
     from export.parity import agreement, judge, max_logit_diff
 
     if variant.tolerance.reference == "simulated":
-        ref_model = _simulated_reference(ref, variant.simulated_bits)
+        ref_model = _simulated_reference(ref, variant, folder)
         ref_logits, mask = ref.logits(ref_model)
         ref_outputs = ref.greedy(ref_model)
     else:
@@ -189,13 +213,13 @@ def _parity(variant: Variant, runner, ref: Reference) -> dict:
         outputs = ref.greedy(runner)
     result = judge(variant.tolerance, max_logit_diff(logits, ref_logits, mask), agreement(outputs, ref_outputs),
                    len(ref_outputs), len(ref.parity_ids))
-    if variant.tolerance.reference == "simulated":  # how far the rounding itself moved the model
+    if variant.tolerance.reference == "simulated":  # how far the rounding (or noise) itself moved the model
         result["agreement_with_checkpoint"] = agreement(outputs, ref.outputs)
     return result
 
 
-def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, ref: Reference, threads: int,
-           dest: Path, device: str) -> tuple[dict, object]:
+def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, needs_dir: Path | None, ref: Reference,
+           threads: int, dest: Path, device: str) -> tuple[dict, object]:
     """Build, check and publish one variant; returns (manifest, runner) or raises ExportCheckFailed."""
     tmp = dest.parent / f".{dest.name}.tmp"
     scratch = dest.parent / f".{dest.name}.scratch"
@@ -205,7 +229,7 @@ def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, ref: 
     scratch.mkdir(parents=True)
     started = time.perf_counter()
     try:
-        built = variant.build(BuildContext(ckpt, fp32_dir, scratch, device), tmp)
+        built = variant.build(BuildContext(ckpt, fp32_dir, scratch, device, needs_dir), tmp)
         build_seconds = time.perf_counter() - started
         if variant.runner == "onnx":
             summary = _check_graph(variant, tmp, fp32_dir)
@@ -213,7 +237,7 @@ def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, ref: 
         else:
             summary = _torch_summary(tmp, ref)
             runner = built
-        parity = _parity(variant, runner, ref)
+        parity = _parity(variant, runner, ref, tmp)
         problems = summary.pop("problems") + parity["failures"]
         if problems:
             raise ExportCheckFailed(f"{job['run']} step {job['step']} {variant.name}: " + "; ".join(problems))
@@ -278,10 +302,11 @@ def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, hav
     for name in variant_names:
         variant = get_variant(name)
         dest = variant_dir(run_dir, name, job["step"], job["final_step"])
-        fp32_dir = published.get(variant.needs) if variant.needs else None
-        if variant.needs and fp32_dir is None:
+        needs_dir = published.get(variant.needs) if variant.needs else None
+        if variant.needs and needs_dir is None:
             failed.append(f"{job['run']} step {job['step']} {name}: needs {variant.needs}, which is not available")
             continue
+        fp32_dir = published.get(FP32) if variant.needs else None  # resolve() built it first where needed
         why = "forced" if cfg_dict["force"] else reusable(dest, ckpt_sha)
         runner = None
         try:
@@ -289,7 +314,7 @@ def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, hav
                 manifest = read_manifest(dest)
                 log.append((name, "reused", manifest))
             else:
-                manifest, runner = _build(variant, job, ckpt, fp32_dir, ref, threads, dest, device)
+                manifest, runner = _build(variant, job, ckpt, fp32_dir, needs_dir, ref, threads, dest, device)
                 log.append((name, "built", manifest))
         except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the others
             detail = str(exc) if isinstance(exc, ExportCheckFailed) else traceback.format_exc(limit=3)

@@ -2,8 +2,9 @@
 
 Each entry declares its backend, weight bits, which tensors it quantizes, the quantized
 operators its graph must contain, its parity tolerance, what it needs installed, and the
-function that builds it. Adding a variant is adding an entry here (and its parity test:
-tests/export/test_registry.py fails for an entry without one).
+function that builds it. Adding a variant is adding an entry here, or a family parsed from
+its name (sim-w{k}, noise@<variant>; listed in FAMILIES), and its test:
+tests/export/test_registry.py fails for an entry or a family without one.
 
 Importing this module needs neither torch nor onnx: builders import what they use, so
 the server can read the registry on an edge box.
@@ -19,8 +20,19 @@ from pathlib import Path
 from export.parity import Tolerance
 
 ROLES = ("blocks", "embeddings", "lm_head")
+FP32 = "onnx-fp32"  # the full-precision export the ONNX Runtime variants are derived from
 SIM_BITS = range(2, 9)
 SIM_PATTERN = re.compile(r"sim-w(\d+)$")
+NOISE_PREFIX = "noise@"
+# a noise control's name is also its folder name and a Prometheus label value: keep to [a-z0-9-]
+# after the one '@' (no path separators, no nesting)
+NOISE_PATTERN = re.compile(r"noise@([a-z0-9][a-z0-9-]*)$")
+# variants named by a pattern rather than listed in VARIANTS (tests/export/test_registry.py wants a test for each)
+FAMILIES = {
+    "sim-w{k}": "sim-w2 .. sim-w8: simulated k-bit weights (sim-w3 is registered by default)",
+    "noise@{variant}": "noise@<ort-* or sim-w{k}>: noise-matched control, fp32 plus Gaussian noise of that "
+                       "variant's per-tensor error energy (e.g. noise@ort-int4)",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,7 @@ class BuildContext:
     fp32_dir: Path | None  # this checkpoint's published onnx-fp32 variant, for variants derived from it
     scratch: Path  # a private folder the builder may use and leave behind
     device: str  # "cpu" or "cuda", for torch-side variants
+    needs_dir: Path | None = None  # the published folder of the variant this one needs (Variant.needs)
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class Variant:
     requires: Callable[[], str | None] = field(default=lambda: None)  # None, or why it cannot be built here
     providers: Callable[[Path], list] | None = None  # ONNX Runtime providers other than the default
     simulated_bits: int | None = None  # sim-w{k}: values rounded to k bits, stored as fp32
+    noise_of: str | None = None  # noise@{q}: fp32 plus noise of q's per-tensor error energy
     load: Callable[[Path, str], object] | None = None  # torch runners: (published folder, device) -> model
 
 
@@ -88,6 +102,14 @@ def _build_sim(bits: int):
         rounded = ctx.scratch / f"sim-w{bits}-checkpoint"
         simulated_checkpoint(ctx.checkpoint, rounded, bits)
         export_onnx(rounded, dest)
+    return build
+
+
+def _build_noise(source: Variant):
+    def build(ctx: BuildContext, dest: Path) -> None:
+        from export.noise import build_noise_control
+
+        build_noise_control(ctx, source.name, source.simulated_bits, dest)
     return build
 
 
@@ -140,6 +162,31 @@ def sim_variant(bits: int) -> Variant:
         build=_build_sim(bits), simulated_bits=bits)
 
 
+def noise_variant(source: str) -> Variant:
+    """``noise@<source>``: the noise-matched control of an ONNX Runtime quantized variant or sim-w{k}."""
+    name = NOISE_PREFIX + source
+    if source.startswith(NOISE_PREFIX):
+        raise KeyError(f"{name}: a noise control is matched to a quantized variant, not to another control")
+    if not NOISE_PATTERN.match(name):
+        raise KeyError(f"{name!r}: after 'noise@' comes a variant name of a-z, 0-9 and '-' (e.g. noise@ort-int4)")
+    try:
+        q = get_variant(source)
+    except KeyError as exc:
+        raise KeyError(f"{name}: {exc.args[0]}") from None
+    # the error energy is read off weights that ONNX Runtime or sim-w{k} store; torch-side
+    # (bitsandbytes) and TensorRT variants keep theirs where this cannot read them
+    if not (q.simulated_bits or (q.backend == "onnxruntime" and q.runner == "onnx" and q.bits < 16)):
+        raise KeyError(f"{name}: the source must be a quantized ONNX Runtime variant (ort-*) or sim-w2..sim-w8; "
+                       f"{q.name} is {q.backend} at {q.bits} bits")
+    return Variant(
+        name=name, backend="onnxruntime", bits=32, quantizes=q.quantizes,
+        method=f"noise-matched control of {q.name}: the fp32 checkpoint plus Gaussian noise with {q.name}'s "
+               "mean squared weight error, tensor by tensor (seeded per tensor), exported as fp32",
+        # the export of the noised model must be exact; the noise itself is what is being studied
+        tolerance=Tolerance(max_logit_diff=1e-4, min_agreement=1.0, reference="simulated"),
+        build=_build_noise(q), needs=q.name, requires=q.requires, noise_of=q.name)
+
+
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("onnx-fp32", "onnxruntime", 32, (), "optimum-onnx text-generation-with-past (KV cache), fp32",
             Tolerance(max_logit_diff=1e-4, min_agreement=1.0), _build_onnx_fp32),
@@ -182,21 +229,28 @@ def get_variant(name: str) -> Variant:
     match = SIM_PATTERN.match(name)
     if match:
         return sim_variant(int(match.group(1)))
+    if name.startswith(NOISE_PREFIX):
+        return noise_variant(name[len(NOISE_PREFIX):])
     import difflib
 
-    close = difflib.get_close_matches(name, [*VARIANTS, "sim-w4"], n=1)
+    close = difflib.get_close_matches(name, [*VARIANTS, "sim-w4", "noise@ort-int4"], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise KeyError(f"unknown variant {name!r}{hint}; known: {', '.join(VARIANTS)}, sim-w2..sim-w8")
+    raise KeyError(f"unknown variant {name!r}{hint}; known: {', '.join(VARIANTS)}, sim-w2..sim-w8, "
+                   "noise@<variant>")
 
 
 def resolve(names: tuple[str, ...] | list[str]) -> list[Variant]:
-    """Variants in build order (each after the variant it needs), ``all`` = every registry entry."""
+    """Variants in build order (each after the variants it needs, transitively: noise@ort-int4
+    needs ort-int4, which needs onnx-fp32), ``all`` = every registry entry."""
     wanted = list(VARIANTS) if "all" in names else list(dict.fromkeys(names))
     out: list[Variant] = []
-    for name in wanted:
-        v = get_variant(name)
-        if v.needs and v.needs not in [o.name for o in out]:
-            out.append(get_variant(v.needs))
+
+    def add(v: Variant) -> None:
+        if v.needs:
+            add(get_variant(v.needs))
         if v.name not in [o.name for o in out]:
             out.append(v)
+
+    for name in wanted:
+        add(get_variant(name))
     return out

@@ -37,12 +37,13 @@ def format_summary(summary: dict, sweep: str | Path) -> str:
     table = read_table(Path(sweep) / "accuracy.csv")
     rows = variant_table(summary["manifests"], table)
     splits = list(rows[0]["accuracy"]) if rows else []
-    head = f"{'variant':14} {'ckpts':>5} {'MB':>7} {'bits/param':>10} " + " ".join(f"{s:>14}" for s in splits)
+    width = max([14, *(len(r["variant"]) for r in rows)])  # noise@ort-int8-all is longer than the rest
+    head = f"{'variant':{width}} {'ckpts':>5} {'MB':>7} {'bits/param':>10} " + " ".join(f"{s:>14}" for s in splits)
     lines = [head, "-" * len(head)]
     for r in rows:
         mb = f"{r['mb']:7.3f}" if r["mb"] is not None else f"{'-':>7}"
         accs = " ".join(f"{a:14.3f}" if a is not None else f"{'-':>14}" for a in r["accuracy"].values())
-        lines.append(f"{r['variant']:14} {r['checkpoints']:5d} {mb} {r['bits']:10.2f} {accs}")
+        lines.append(f"{r['variant']:{width}} {r['checkpoints']:5d} {mb} {r['bits']:10.2f} {accs}")
     lines.append(f"built {summary['built']}, reused {summary['reused']}, evaluated {summary['evaluated']}, "
                  f"skipped {len(summary['skipped'])} variant(s), failed {len(summary['failed'])}, "
                  f"{summary['seconds']:.0f}s")

@@ -1,9 +1,17 @@
-"""The registry itself: every entry has a parity test, names resolve, dependencies come first."""
+"""The registry itself: every entry and family has a test, names resolve, dependencies come first."""
+
+from pathlib import Path
 
 import pytest
 
-from export.registry import VARIANTS, get_variant, resolve
+from export.registry import FAMILIES, VARIANTS, get_variant, resolve
 from tests.export.test_variants import EXPECTED
+
+# the test of each family of variants named by a pattern (registry.FAMILIES)
+FAMILY_TESTS = {
+    "sim-w{k}": ("test_registry.py", "test_sim_widths_resolve_for_2_to_8_bits_only"),
+    "noise@{variant}": ("test_noise.py", "test_noise_matches_the_error_energy_tensor_by_tensor"),
+}
 
 
 def test_every_registry_entry_has_a_parity_test():
@@ -11,6 +19,12 @@ def test_every_registry_entry_has_a_parity_test():
     missing = sorted(set(VARIANTS) - set(EXPECTED))
     assert not missing, f"variants without a parity expectation in tests/export/test_variants.py: {missing}"
     assert not set(EXPECTED) - set(VARIANTS), "expectations for variants that no longer exist"
+
+
+def test_every_family_has_a_test():
+    assert set(FAMILY_TESTS) == set(FAMILIES), "a family in export/registry.py FAMILIES without a test here"
+    for module, test in FAMILY_TESTS.values():
+        assert f"def {test}(" in (Path(__file__).parent / module).read_text()
 
 
 def test_entries_declare_what_they_are():
