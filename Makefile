@@ -11,7 +11,7 @@ DEMO_PER_SPLIT ?= 100  # items of each split replayed to every served model in `
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: help setup demo test test-slow lint data train sweep export report watch pretrain bench bench-export \
-        bench-serving gpu-check up down dashboards clean
+        bench-serving gpu-check up down dashboards clean study
 
 help:             ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -37,6 +37,12 @@ export: setup     ## ONNX / int8 / 4-bit / 2-bit / sim-w3 variants of every fina
 
 report: setup     ## partial correlations of the demo sweep -> reports/demo/{summary.json,report.html}
 	$(PY) -m telemetry analyze --accuracies runs/demo/accuracy.csv --out reports/demo
+
+STUDY_VARIANTS := onnx-fp32,ort-int8,ort-int4,ort-int2,sim-w3,noise@ort-int8,noise@ort-int4,noise@ort-int2,noise@sim-w3
+study: setup data  ## the study population (train/configs/study.yaml, ~300 runs, an hour or more): sweep, every variant and its noise control, report
+	$(PY) -m train sweep --config train/configs/study.yaml
+	$(PY) -m export --sweep runs/study --variants $(STUDY_VARIANTS)
+	$(PY) -m telemetry analyze --accuracies runs/study/accuracy.csv --out reports/study
 
 watch: setup      ## recompute from Prometheus every 30 s; gauges on 127.0.0.1:9108/metrics
 	$(PY) -m telemetry watch --prometheus http://127.0.0.1:9090 --port 9108

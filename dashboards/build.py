@@ -102,6 +102,19 @@ def serving_dashboard() -> dict:
 def fractures_dashboard() -> dict:
     pair = 'variant=~"$variant"'
     p = Panels()
+    p.add("table", "Verdict: does quantization change fragmentation?", "short",
+          [(f"fracture_fragmentation_verdict{{{pair}}} == 1", "{{variant}}: {{verdict}}")], width=8,
+          description="The pre-registered answer per variant (telemetry job): the paired Δ of the fragmentation "
+                      "index against full precision is a change (BH q < alpha, intervals agree), equivalent within "
+                      "the TOST bound, or inconclusive at this number of runs. noise@<variant> is the noise-matched "
+                      "control.")
+    p.add("timeseries", "Δ fragmentation index vs full precision, with its BCa 95% interval", "short",
+          [(f"fracture_fragmentation_delta{{{pair}}}", "{{variant}}"),
+           (f"fracture_fragmentation_delta_ci_low{{{pair}}}", "low {{variant}}"),
+           (f"fracture_fragmentation_delta_ci_high{{{pair}}}", "high {{variant}}")], width=16,
+          defaults={"min": -1, "max": 1},
+          description="Fragmentation index = mean partial correlation over the shift pairs with signal "
+                      "(lower = more fragmented); Δ = variant − full precision on the same runs.")
     p.add("timeseries", "Partial correlation per variant, with its 95% interval", "short",
           [(f"fracture_partial_correlation{{{pair}}}", "{{variant}} {{shift_a}} x {{shift_b}}"),
            (f"fracture_partial_correlation_ci_low{{{pair}}}", "low {{variant}} {{shift_a}} x {{shift_b}}"),

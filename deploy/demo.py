@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from deploy.local import REPO, Services, free_port, start_stack
+from telemetry.report import headline_lines
 
 
 def _run(step: str, cmd: list[str], timings: dict) -> None:
@@ -35,25 +36,18 @@ def _run(step: str, cmd: list[str], timings: dict) -> None:
     timings[step] = round(time.perf_counter() - started, 1)
 
 
-def headline(variant: dict) -> dict | None:
-    """The pair to show: both shifts with signal, most runs; None when no pair qualifies."""
-    pairs = [p for p in variant["pairs"] if p.get("r_partial") is not None and not p.get("low_signal")]
-    return pairs[0] if pairs else None
-
-
 def summary_lines(offline: dict, served: dict | None) -> list[str]:
-    lines = []
+    """The verdict per variant first, then each variant's accuracy per split."""
+    lines = headline_lines(offline)
+    lines.append(f"accuracy per split ({offline.get('measure')} measure, final checkpoints):")
     for name, v in offline["variants"].items():
         acc = "  ".join(f"{s} {a:.3f}" for s, a in v["accuracy"].items())
-        h = headline(v)
-        pc = (f"{h['shift_a']} x {h['shift_b']}: partial r {h['r_partial']:+.3f} "
-              f"[{h['ci_low']:+.3f}, {h['ci_high']:+.3f}]" if h else "no pair with signal in both shifts")
-        lines.append(f"{name:12} ({v['n_runs']} runs)  {acc}  |  {pc}")
+        lines.append(f"{name:16} ({v['n_runs']} runs)  {acc}")
     if served:
-        lines.append("served sample (as counted by the telemetry source):")
+        lines.append(f"served sample ({served.get('measure')} measure, as counted by the telemetry source):")
         for name, v in served["variants"].items():
             accuracy = "  ".join(f"{s} {a:.3f}" for s, a in v["accuracy"].items())
-            lines.append(f"{name:12} ({v['n_runs']} runs)  {accuracy}")
+            lines.append(f"{name:16} ({v['n_runs']} runs)  {accuracy}")
     return lines
 
 

@@ -25,11 +25,25 @@ from pathlib import Path
 from telemetry.analysis import AnalysisOptions, analyze
 from telemetry.report import render_html, terminal_table
 from telemetry.sources import SourceError, from_csv, from_prometheus, from_scrape
+from train.signal import DEFAULT_MEASURE
 
 
 def _options(args) -> AnalysisOptions:
     return AnalysisOptions(control=args.control, points=args.points, method=args.method, n_boot=args.n_boot,
-                           n_perm=args.n_perm, seed=args.seed)
+                           n_perm=args.n_perm, seed=args.seed, measure=args.measure, bound=args.bound,
+                           alpha=args.alpha)
+
+
+def sweep_context(accuracies: str | None) -> dict:
+    """From the sweep folder beside an accuracy.csv: the base's step-0 scores and any replayed shift."""
+    if not accuracies:
+        return {}
+    path = Path(accuracies).parent / "signal.json"
+    try:
+        signal = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"before_finetuning": signal.get("before_finetuning"), "replayed_shifts": signal.get("replayed_shifts")}
 
 
 def cmd_analyze(args) -> int:
@@ -40,6 +54,7 @@ def cmd_analyze(args) -> int:
         warnings.simplefilter("ignore")
         summary = analyze(rows, _options(args))
     summary["source"] = source
+    summary |= sweep_context(args.accuracies)
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -96,6 +111,10 @@ def _add_common(p, required_out: bool) -> None:
     p.add_argument("--n_boot", "--n-boot", type=int, default=2000)
     p.add_argument("--n_perm", "--n-perm", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--measure", choices=["digit", "exact"], default=DEFAULT_MEASURE,
+                   help="digit: share of answer digits right (default); exact: exact-match answers")
+    p.add_argument("--bound", type=float, default=0.05, help="equivalence bound of the Δ fragmentation index (TOST)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of every test")
 
 
 def main(argv: list[str] | None = None) -> int:

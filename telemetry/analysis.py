@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 
-from telemetry import stats
+from telemetry import drops, fragmentation, stats
 from telemetry.config import AnalysisOptions
 from telemetry.population import ID, Population, build_population, variants_in
 from train.signal import signal_check
@@ -21,47 +22,33 @@ from train.signal import signal_check
 BASELINES = ("torch-fp32", "onnx-fp32")
 
 
-def _xy_z(pop: Population, a: str, b: str, opts: AnalysisOptions):
-    x = stats.transform_accuracy(opts.control, pop.correct[a], pop.n[a])
-    y = stats.transform_accuracy(opts.control, pop.correct[b], pop.n[b])
-    z = stats.control_matrix(opts.control, pop.correct[ID], pop.n[ID], opts.spline_df)
-    return x, y, z
-
-
-def _partial(pop: Population, a: str, b: str, opts: AnalysisOptions) -> float:
-    x, y, z = _xy_z(pop, a, b, opts)
-    return stats.partial_corr(x, y, z, opts.method)
-
-
 def _within(pop: Population, a: str, b: str, opts: AnalysisOptions) -> float:
-    """Partial correlation of run-demeaned trajectories (run fixed effects), linear control."""
+    """Partial correlation of run-demeaned trajectories (run fixed effects), with the chosen control.
+
+    x, y and every control column are put on the analysis scale first (probit, ranks, spline
+    basis) and then demeaned within each run, so ``--control`` means the same thing here as
+    between runs.
+    """
+    x, y, z = fragmentation.transformed(pop, a, b, opts)
+    z = np.asarray(z, dtype=float)
+    z = z[:, None] if z.ndim == 1 else z.copy()
     runs = np.array(pop.runs)
-    cols = []
-    for s in (a, b, ID):
-        v = pop.accuracy(s).copy()
-        for r in set(pop.runs):
-            v[runs == r] -= v[runs == r].mean()
-        cols.append(v)
-    return stats.partial_corr(cols[0], cols[1], cols[2], opts.method)
-
-
-def _clusters(pop: Population) -> list[np.ndarray]:
-    runs = np.array(pop.runs)
-    return [np.where(runs == r)[0] for r in pop.run_ids]
-
-
-def _resampled(pop: Population, picks: list[np.ndarray]) -> Population:
-    """A bootstrap population; a run drawn twice enters as two distinct clusters."""
-    idx = np.concatenate(picks)
-    out = pop.take(idx)
-    out.runs = [f"{i}" for i, p in enumerate(picks) for _ in p]
-    return out
+    x, y = x.astype(float).copy(), y.astype(float).copy()
+    for r in set(pop.runs):
+        m = runs == r
+        x[m] -= x[m].mean()
+        y[m] -= y[m].mean()
+        z[m] -= z[m].mean(axis=0)
+    keep = z.std(axis=0) > 1e-12  # a basis column constant within every run carries nothing
+    if not keep.any():
+        raise stats.Undefined("in-domain accuracy does not move within runs: nothing to control for")
+    return stats.partial_corr(x, y, z[:, keep])
 
 
 def _interval(pop: Population, fn, opts: AnalysisOptions, seed_offset: int) -> tuple[float, float]:
-    clusters = _clusters(pop)
-    lo, hi, _ = stats.cluster_bootstrap(clusters, lambda picks: fn(_resampled(pop, picks)), opts.n_boot,
-                                        opts.seed + seed_offset, opts.level)
+    clusters = fragmentation.run_clusters(pop)
+    lo, hi, _ = stats.cluster_bootstrap(clusters, lambda picks: fn(fragmentation.resampled(pop, picks)),
+                                        opts.n_boot, opts.seed + seed_offset, opts.level)
     return lo, hi
 
 
@@ -75,15 +62,17 @@ def analyze_pair(pop: Population, a: str, b: str, opts: AnalysisOptions, k_index
     out: dict = {"shift_a": a, "shift_b": b}
     try:
         out["r"] = stats.pearson(pop.accuracy(a), pop.accuracy(b))
-        x, y, z = _xy_z(pop, a, b, opts)
-        r_p = stats.partial_corr(x, y, z, opts.method)
+        x, y, z = fragmentation.transformed(pop, a, b, opts)
+        r_p = stats.partial_corr(x, y, z)
         k = stats.n_controls(z)
         out["r_partial"] = r_p
-        out["ci_low"], out["ci_high"] = _interval(pop, lambda p: _partial(p, a, b, opts), opts, k_index)
+        out["ci_low"], out["ci_high"] = _interval(pop, lambda p: fragmentation.partial(p, a, b, opts), opts,
+                                                  k_index)
         out["t"], out["p"] = stats.t_test(r_p, n_runs, k)
         out["df"] = n_runs - 2 - k
         out["fisher_low"], out["fisher_high"] = stats.fisher_interval(r_p, n_runs, k, opts.level)
-        out["p_permutation"] = stats.permutation_p(x, y, z, opts.n_perm, opts.seed + k_index, opts.method) \
+        # Freedman-Lane on exactly the statistic reported (ranks already taken for spearman)
+        out["p_permutation"] = stats.permutation_p(x, y, z, opts.n_perm, opts.seed + k_index) \
             if opts.points == "final" else None
         out["undefined"] = None
     except stats.StatsError as exc:
@@ -105,70 +94,114 @@ def analyze_within(pop_all: Population, a: str, b: str, opts: AnalysisOptions, k
     return out
 
 
-def analyze_variant(rows: list[dict], variant: str, opts: AnalysisOptions) -> dict:
-    pop_final = build_population(rows, variant, "final")
-    pop_all = build_population(rows, variant, "all")
+def analyze_variant(rows: list[dict], variant: str, opts: AnalysisOptions, pairs: list[tuple[str, str]],
+                    seed_offset: int) -> dict:
+    pop_final = build_population(rows, variant, "final", opts.measure)
+    pop_all = build_population(rows, variant, "all", opts.measure)
     pop = pop_final if opts.points == "final" else pop_all
     n_runs = len(pop.run_ids)
     result: dict = {
         "n_runs": n_runs, "n_points": len(pop.runs), "points": opts.points,
         "accuracy": {s: float(pop_final.accuracy(s).mean()) for s in pop.splits},
-        "signal": signal_check(rows, variant), "warning": stats.small_sample_warning(n_runs), "pairs": [],
-        "within_run": [],
+        "signal": signal_check(rows, variant, opts.measure), "warning": stats.small_sample_warning(n_runs),
+        "pairs": [], "within_run": [],
     }
     if n_runs < stats.MIN_RUNS:
         result["refused"] = result["warning"]
         return result
-    pairs = list(itertools.combinations(pop.shifts, 2))
-    result["pairs"] = [analyze_pair(pop, a, b, opts, i) for i, (a, b) in enumerate(pairs)]
+    result["fragmentation"] = fragmentation.variant_index(pop, pairs, opts, opts.seed + 31 * seed_offset)
+    all_pairs = list(itertools.combinations(pop.shifts, 2))
+    result["pairs"] = [analyze_pair(pop, a, b, opts, i) for i, (a, b) in enumerate(all_pairs)]
     for p in result["pairs"]:
         # A pair with a signal-less shift is computed but never presented as a finding.
         p["low_signal"] = [s for s in (p["shift_a"], p["shift_b"]) if not result["signal"][s]["has_signal"]]
     qs = stats.bh_qvalues([p["p"] if p["p"] is not None else math.nan for p in result["pairs"]])
     for p, q in zip(result["pairs"], qs):
         p["q"] = None if math.isnan(q) else q
-    result["within_run"] = [analyze_within(pop_all, a, b, opts, i) for i, (a, b) in enumerate(pairs)]
+    result["within_run"] = [analyze_within(pop_all, a, b, opts, i) for i, (a, b) in enumerate(all_pairs)]
     return result
 
 
-def compare(rows: list[dict], variant: str, baseline: str, opts: AnalysisOptions) -> list[dict]:
-    """Paired difference in partial correlation, variant minus baseline, over their common runs."""
-    pv, pb = build_population(rows, variant, opts.points), build_population(rows, baseline, opts.points)
-    common = sorted(set(pv.run_ids) & set(pb.run_ids))
+def compare_pairs(pv: Population, pb: Population, opts: AnalysisOptions) -> list[dict]:
+    """Per shift pair: Δ partial r (variant − baseline) on the same (run, step) points, paired bootstrap."""
+    pv, pb = fragmentation.paired(pv, pb)
+    n_runs = len(pv.run_ids)
+    if n_runs < stats.MIN_RUNS:
+        return []
     out = []
-    if len(common) < stats.MIN_RUNS:
-        return out
-    pv = pv.take([i for i, r in enumerate(pv.runs) if r in common])
-    pb = pb.take([i for i, r in enumerate(pb.runs) if r in common])
+    clusters = fragmentation.run_clusters(pv)
     for i, (a, b) in enumerate(itertools.combinations([s for s in pv.shifts if s in pb.shifts], 2)):
-        item = {"variant": variant, "baseline": baseline, "shift_a": a, "shift_b": b, "n_runs": len(common)}
+        item = {"variant": pv.variant, "baseline": pb.variant, "shift_a": a, "shift_b": b, "n_runs": n_runs,
+                "n_points": len(pv.runs)}
+
+        def delta(picks, a=a, b=b):
+            return fragmentation.partial(fragmentation.resampled(pv, picks), a, b, opts) - \
+                fragmentation.partial(fragmentation.resampled(pb, picks), a, b, opts)
+
         try:
-            item["delta"] = _partial(pv, a, b, opts) - _partial(pb, a, b, opts)
-            cv, cb = _clusters(pv), _clusters(pb)
-            pos_b = {r: j for j, r in enumerate(pb.run_ids)}
-            # One cluster per run, holding that run's points in both variants: resampled together.
-            paired = [(cv[j], cb[pos_b[r]]) for j, r in enumerate(pv.run_ids)]
-
-            def delta(picks, a=a, b=b):
-                return _partial(_resampled(pv, [p[0] for p in picks]), a, b, opts) - \
-                    _partial(_resampled(pb, [p[1] for p in picks]), a, b, opts)
-
-            lo, hi, _ = stats.cluster_bootstrap(paired, delta, opts.n_boot, opts.seed + 104729 + i, opts.level)
-            item |= {"ci_low": lo, "ci_high": hi, "undefined": None}
+            item["delta"] = fragmentation.partial(pv, a, b, opts) - fragmentation.partial(pb, a, b, opts)
+            boot = stats.cluster_bootstrap_values(clusters, delta, opts.n_boot, opts.seed + 104729 + i)
+            jack = stats.jackknife(clusters, delta)
+            alpha = (1 - opts.level) / 2
+            lo, hi = np.quantile(boot, [alpha, 1 - alpha])
+            item |= {"ci_low": float(lo), "ci_high": float(hi),
+                     "ci_bca": list(stats.bca_interval(boot, item["delta"], jack, opts.level)),
+                     "p_bootstrap": stats.bootstrap_p(boot, item["delta"]),
+                     "p": fragmentation.swap_permutation_p(
+                         pv, pb, lambda p, a=a, b=b: fragmentation.partial(p, a, b, opts), opts.n_perm,
+                         opts.seed + 3571 + i),
+                     "undefined": None}
         except stats.StatsError as exc:
-            item |= {"delta": None, "ci_low": None, "ci_high": None, "undefined": str(exc)}
+            item |= {"delta": None, "ci_low": None, "ci_high": None, "p": None, "undefined": str(exc)}
         out.append(item)
     return out
 
 
+def _measure_available(rows: list[dict], measure: str) -> str | None:
+    if measure == "digit" and any(not r.get("digit_total") for r in rows):
+        return ("this table has no per-digit counts (served traffic records exact-match correctness only): "
+                "the exact measure is used")
+    return None
+
+
 def analyze(rows: list[dict], opts: AnalysisOptions) -> dict:
+    note = _measure_available(rows, opts.measure)
+    if note:
+        opts = replace(opts, measure="exact")
     variants = variants_in(rows)
-    summary = {"options": opts.__dict__, "variants": {v: analyze_variant(rows, v, opts) for v in variants},
-               "comparisons": []}
-    baseline = next((b for b in BASELINES if b in variants), None)
-    summary["baseline"] = baseline
-    if baseline:
-        for v in variants:
-            if v != baseline:
-                summary["comparisons"].extend(compare(rows, v, baseline, opts))
+    baseline = next((b for b in BASELINES if b in variants), variants[0] if variants else None)
+    # The pre-registered pairs: shifts with signal on the full-precision baseline, the same for every variant.
+    base_signal = signal_check(rows, baseline, opts.measure) if baseline else {}
+    with_signal = [s for s, v in base_signal.items() if s != ID and v["has_signal"]]
+    pairs = fragmentation.signal_pairs(with_signal)
+    summary = {"options": opts.__dict__, "measure": opts.measure, "measure_note": note, "baseline": baseline,
+               "index_pairs": [list(p) for p in pairs], "shifts_with_signal": with_signal,
+               "variants": {v: analyze_variant(rows, v, opts, pairs, i) for i, v in enumerate(variants)},
+               "comparisons": [], "headline": [], "drops": []}
+    if not baseline:
+        return summary
+    pb = build_population(rows, baseline, opts.points, opts.measure)
+    for i, v in enumerate(x for x in variants if x != baseline):
+        pv = build_population(rows, v, opts.points, opts.measure)
+        d = fragmentation.delta_index(pv, pb, pairs, opts, opts.seed + 7 * i + 3)
+        d |= {"variant": v, "baseline": baseline, "noise_control": noise_control_of(v),
+              "index": summary["variants"][v].get("fragmentation", {}).get("index"),
+              "baseline_index": summary["variants"][baseline].get("fragmentation", {}).get("index")}
+        summary["headline"].append(d)
+        summary["comparisons"].extend(compare_pairs(pv, pb, opts))
+    fragmentation.with_qvalues(summary["headline"], opts)
+    qs = stats.bh_qvalues([c["p"] if c.get("p") is not None else math.nan for c in summary["comparisons"]])
+    for c, q in zip(summary["comparisons"], qs):
+        c["q"] = None if math.isnan(q) else q
+    final_b = build_population(rows, baseline, "final", opts.measure)
+    for v in variants:
+        if v != baseline:
+            summary["drops"].extend(drops.accuracy_drops(build_population(rows, v, "final", opts.measure), final_b,
+                                                         opts))
+    drops.with_qvalues(summary["drops"])
     return summary
+
+
+def noise_control_of(variant: str) -> str | None:
+    """For a noise-matched control ``noise@<q>``, the quantized variant it stands beside."""
+    return variant.split("@", 1)[1] if variant.startswith("noise@") else None

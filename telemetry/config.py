@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from train.signal import DEFAULT_MEASURE, MEASURES
+
 
 @dataclass(frozen=True)
 class AnalysisOptions:
@@ -15,6 +17,9 @@ class AnalysisOptions:
     level: float = 0.95  # interval coverage
     seed: int = 0  # bootstrap and permutation streams
     spline_df: int = 4  # basis size of the spline control
+    measure: str = DEFAULT_MEASURE  # digit: share of answer digits right; exact: exact-match answers
+    alpha: float = 0.05  # significance level of every test (BH q-values, TOST)
+    bound: float = 0.05  # equivalence bound of the Δ fragmentation index (TOST): |Δ| < bound is "equivalent"
 
     def __post_init__(self) -> None:
         problems = []
@@ -26,6 +31,10 @@ class AnalysisOptions:
             problems.append(f"method={self.method!r} (pearson or spearman)")
         if self.n_boot < 100 or self.n_perm < 100:
             problems.append("n_boot and n_perm must be at least 100")
+        if self.measure not in MEASURES:
+            problems.append(f"measure={self.measure!r} ({' or '.join(MEASURES)})")
+        if not 0 < self.alpha < 0.5 or not 0 < self.bound < 1:
+            problems.append(f"alpha={self.alpha}, bound={self.bound} (0 < alpha < 0.5, 0 < bound < 1)")
         if not 0.5 < self.level < 1:
             problems.append(f"level={self.level}")
         if problems:

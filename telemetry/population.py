@@ -1,7 +1,9 @@
 """From the accuracy table to the population of points the statistics run on.
 
 A point is (run, checkpoint). Between-run analyses use each run's final checkpoint;
-within-run analyses use every checkpoint with each run's mean removed.
+within-run analyses use every checkpoint with each run's mean removed. ``correct`` and
+``n`` hold the successes and trials of the chosen measure (train.signal.MEASURES):
+exact-match answers out of items, or right answer digits out of answer digits.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from train.signal import DEFAULT_MEASURE, score
 
 ID = "id"
 
@@ -19,8 +23,9 @@ class Population:
     runs: list[str]  # one entry per point (the cluster each point belongs to)
     steps: list[int]
     splits: list[str]  # "id" first, then the shifts in name order
-    correct: dict[str, np.ndarray]  # split -> correct count per point
-    n: dict[str, np.ndarray]  # split -> items per point
+    correct: dict[str, np.ndarray]  # split -> successes per point on the measure
+    n: dict[str, np.ndarray]  # split -> trials per point on the measure
+    measure: str = DEFAULT_MEASURE  # "exact" or "digit"
 
     def accuracy(self, split: str) -> np.ndarray:
         return self.correct[split] / self.n[split]
@@ -36,14 +41,30 @@ class Population:
     def take(self, idx) -> Population:
         idx = np.asarray(idx, dtype=int)
         return Population(self.variant, [self.runs[i] for i in idx], [self.steps[i] for i in idx], self.splits,
-                          {k: v[idx] for k, v in self.correct.items()}, {k: v[idx] for k, v in self.n.items()})
+                          {k: v[idx] for k, v in self.correct.items()}, {k: v[idx] for k, v in self.n.items()},
+                          self.measure)
+
+    @property
+    def keys(self) -> list[tuple[str, int]]:
+        return list(zip(self.runs, self.steps))
+
+    def restricted_to(self, keys: list[tuple[str, int]]) -> Population:
+        """These (run, step) points, in this order (for pairing two variants point by point)."""
+        where = {k: i for i, k in enumerate(self.keys)}
+        return self.take([where[k] for k in keys])
+
+
+def common_points(a: Population, b: Population) -> list[tuple[str, int]]:
+    """The (run, step) points both populations hold, sorted: a paired comparison uses only these."""
+    return sorted(set(a.keys) & set(b.keys))
 
 
 def variants_in(rows: list[dict]) -> list[str]:
     return sorted({r["variant"] for r in rows})
 
 
-def build_population(rows: list[dict], variant: str, points: str = "final") -> Population:
+def build_population(rows: list[dict], variant: str, points: str = "final",
+                     measure: str = DEFAULT_MEASURE) -> Population:
     """Points of one variant with every split present; ``points`` is "final" or "all"."""
     if points not in ("final", "all"):
         raise ValueError(f"points must be 'final' or 'all', got {points!r}")
@@ -52,7 +73,7 @@ def build_population(rows: list[dict], variant: str, points: str = "final") -> P
         raise ValueError(f"no rows for variant {variant!r}")
     cells: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
     for r in mine:
-        cells.setdefault((r["run"], int(r["step"])), {})[r["split"]] = (int(r["correct"]), int(r["n"]))
+        cells.setdefault((r["run"], int(r["step"])), {})[r["split"]] = score(r, measure)
     splits = sorted({s for c in cells.values() for s in c}, key=lambda s: (s != ID, s))
     if ID not in splits:
         raise ValueError(f"variant {variant!r} has no in-domain ('id') rows to control for")
@@ -67,5 +88,5 @@ def build_population(rows: list[dict], variant: str, points: str = "final") -> P
     return Population(
         variant=variant, runs=[k[0] for k in keys], steps=[k[1] for k in keys], splits=splits,
         correct={s: np.array([complete[k][s][0] for k in keys], dtype=float) for s in splits},
-        n={s: np.array([complete[k][s][1] for k in keys], dtype=float) for s in splits},
+        n={s: np.array([complete[k][s][1] for k in keys], dtype=float) for s in splits}, measure=measure,
     )

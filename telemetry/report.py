@@ -47,7 +47,7 @@ def fig_accuracy(summary: dict) -> str:
         acc = summary["variants"][v]["accuracy"]
         ax.bar(np.arange(len(splits)) + i * width, [acc.get(s, np.nan) for s in splits], width, label=v)
     ax.set_xticks(np.arange(len(splits)) + width * (len(variants) - 1) / 2, splits)
-    ax.set_ylabel("exact-match accuracy (final checkpoints)")
+    ax.set_ylabel(f"{summary.get('measure', 'exact')} accuracy (final checkpoints)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     return _png(fig)
@@ -63,7 +63,7 @@ def fig_on_the_line(rows: list[dict], summary: dict) -> str:
     fig, axes = plt.subplots(1, len(shifts), figsize=(4.2 * len(shifts), 3.8), squeeze=False, layout="constrained")
     for ax, shift in zip(axes[0], shifts):
         for v in summary["variants"]:
-            pop = build_population(rows, v, "final")
+            pop = build_population(rows, v, "final", summary.get("measure", "exact"))
             if shift not in pop.correct:
                 continue
             ax.scatter(pop.accuracy(ID), pop.accuracy(shift), s=14, label=v, alpha=0.75)
@@ -120,6 +120,54 @@ def fig_comparisons(summary: dict) -> str:
     return _png(fig)
 
 
+def _ci(ci) -> str:
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "—"
+
+
+def headline_lines(summary: dict) -> list[str]:
+    """One line per variant: its fragmentation index, the paired Δ against full precision, the verdict."""
+    lines = []
+    base = summary.get("baseline")
+    frag = summary["variants"].get(base, {}).get("fragmentation") if base else None
+    pairs = ", ".join(f"{a}×{b}" for a, b in summary.get("index_pairs", [])) or "none"
+    lines.append(f"fragmentation index = mean partial r over shift pairs with signal ({pairs}); "
+                 f"measure: {summary.get('measure')}; control: {summary['options']['control']}")
+    if frag and frag.get("index") is not None:
+        lines.append(f"  {base}: index {frag['index']:+.3f} {_ci(frag['ci_bca'])} ({frag['n_runs']} runs)")
+    elif frag:
+        lines.append(f"  {base}: index undefined: {frag['undefined']}")
+    for d in summary.get("headline", []):
+        idx = f"index {d['index']:+.3f}" if d.get("index") is not None else "index —"
+        if d.get("noise_control"):
+            idx += f" (noise-matched control of {d['noise_control']})"
+        if d.get("delta") is None:
+            lines.append(f"  {d['variant']}: {idx}; Δ undefined: {d.get('undefined')} -> {d['label']}")
+            continue
+        lines.append(f"  {d['variant']}: {idx}; Δ {d['delta']:+.3f} {_ci(d['ci_bca'])} "
+                     f"(jackknife {_ci(d['ci_jackknife_t'])}), p {d['p']:.3g}, q {d['q']:.3g} "
+                     f"-> {d['label'].upper()}  [{d['why']}]")
+    return lines
+
+
+def fig_headline(summary: dict) -> str:
+    items = [d for d in summary.get("headline", []) if d.get("delta") is not None]
+    if not items:
+        return ""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(items) + 1.6))
+    bound = summary["options"]["bound"]
+    ax.axvspan(-bound, bound, color="#e6f2e6", label=f"equivalence bound ±{bound:g}")
+    for i, d in enumerate(items):
+        lo, hi = d["ci_bca"]
+        color = "C3" if d["verdict"] == "changes fragmentation" else ("C2" if d["verdict"] == "equivalent" else "C7")
+        ax.errorbar(d["delta"], i, xerr=[[d["delta"] - lo], [hi - d["delta"]]], fmt="o", capsize=3, color=color)
+    ax.set_yticks(range(len(items)), [d["variant"] for d in items], fontsize=8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel(f"Δ fragmentation index vs {summary['baseline']} (paired, BCa 95% CI)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def _table(headers: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -165,11 +213,58 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;p
 th{background:#f3f3f3}img{max-width:100%}h2{margin-top:2em;border-bottom:1px solid #ddd}"""
 
 
+def headline_table(summary: dict) -> str:
+    rows = []
+    for d in summary.get("headline", []):
+        rows.append([d["variant"], _fmt(d.get("index")), d["n_runs"], _fmt(d.get("delta")), _ci(d.get("ci_bca")),
+                     _ci(d.get("ci_jackknife_t")), _fmt(d.get("p"), 4), _fmt(d.get("q"), 4),
+                     _fmt(d.get("p_tost"), 4), _fmt(d.get("min_detectable_delta")), d.get("runs_needed_for_0.1") or "—",
+                     d["label"]])
+    return _table(["variant", "index", "runs", "Δ index", "95% BCa", "95% jackknife-t", "p (label swaps)", "q (BH)",
+                   "TOST p", "smallest detectable Δ (80% power)", "runs for Δ = 0.1", "verdict"], rows) if rows else ""
+
+
+def ablation_and_start(summary: dict) -> str:
+    """Where each split started before fine-tuning, and any replayed shift (an ablation)."""
+    parts = []
+    if summary.get("replayed_shifts"):
+        parts.append(f"<p><b>Ablation:</b> the training mixture replays eval shift(s) "
+                     f"{html.escape(', '.join(summary['replayed_shifts']))}; they are in-distribution for those runs, "
+                     "so their correlations are manufactured by the design, not measured transfer.</p>")
+    before = summary.get("before_finetuning")
+    if before:
+        m = summary.get("measure", "exact")
+        acc = next(iter(summary["variants"].values()), {}).get("accuracy", {}) if summary.get("baseline") is None \
+            else summary["variants"][summary["baseline"]]["accuracy"]
+        parts.append("<h2>Before and after fine-tuning</h2><p>The base model on every split before fine-tuning "
+                     "(step 0) beside the fine-tuned population's mean: a shift that starts low and rises measures "
+                     "transfer; one that starts high can only be forgotten.</p>" + _table(
+                         ["split", f"step 0 ({m})", f"after fine-tuning ({m}, mean)", "step 0 (exact)",
+                          "step 0 (digit)"],
+                         [[s, _fmt(v.get(m)), _fmt(acc.get(s)), _fmt(v.get("exact")), _fmt(v.get("digit"))]
+                          for s, v in before.items()]))
+    return "".join(parts)
+
+
 def render_html(summary: dict, rows: list[dict], source: str) -> str:
     opts = summary["options"]
-    sections = [f"<h1>fracture report</h1><p>Source: <code>{html.escape(source)}</code>. Control for in-domain "
-                f"accuracy: <b>{opts['control']}</b>; points: <b>{opts['points']}</b>; {opts['n_boot']} cluster-"
-                f"bootstrap resamples of runs; method: {opts['method']}.</p>"]
+    measure = {"digit": "per-digit accuracy (share of answer digits right)",
+               "exact": "exact-match accuracy"}[summary.get("measure", "exact")]
+    sections = [f"<h1>fracture report</h1><p>Source: <code>{html.escape(source)}</code>. Measure: <b>{measure}</b>"
+                f"{' (' + html.escape(summary['measure_note']) + ')' if summary.get('measure_note') else ''}. "
+                f"Control for in-domain accuracy: <b>{opts['control']}</b>; points: <b>{opts['points']}</b>; "
+                f"{opts['n_boot']} cluster-bootstrap resamples of runs; method: {opts['method']}.</p>"]
+    sections.append("<h2>Does quantization change how generalization fragments?</h2>"
+                    "<p>The pre-registered answer, one per variant: the <b>fragmentation index</b> (mean partial "
+                    "correlation over every pair of shifts that carries signal on the full-precision baseline; "
+                    "lower = more fragmented), and its paired change Δ against full precision on the same "
+                    f"(run, checkpoint) points, with Benjamini–Hochberg q across every variant, a TOST equivalence "
+                    f"test (bound ±{opts['bound']:g}) and the smallest Δ these runs can detect. "
+                    "<code>noise@&lt;variant&gt;</code> is full precision plus random noise of that variant's "
+                    "per-tensor error energy: a Δ that the noise control shares is generic noise, not "
+                    "quantization.</p>" + f"<pre>{html.escape(chr(10).join(headline_lines(summary)))}</pre>"
+                    + fig_headline(summary) + headline_table(summary))
+    sections.append(ablation_and_start(summary))
     sections.append("<h2>What the numbers show</h2>" + plain_language(summary))
     sections.append("<h2>Accuracy per shift, by variant</h2>" + fig_accuracy(summary))
     acc_rows = [[v, res["n_runs"], *(_fmt(a) for a in res["accuracy"].values())]
@@ -184,11 +279,22 @@ def render_html(summary: dict, rows: list[dict], source: str) -> str:
                  for v, res in summary["variants"].items() for p in res["pairs"]]
     sections.append(_table(["variant", "pair", "r", "partial r", "95% CI", "p", "q (BH)", "note"], pair_rows))
     sections.append("<h2>Full precision vs quantized</h2>" + fig_comparisons(summary))
-    comp_rows = [[c["variant"], f"{c['shift_a']} × {c['shift_b']}", _fmt(c.get("delta")),
-                  f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]", c.get("undefined") or ""]
+    comp_rows = [[c["variant"], f"{c['shift_a']} × {c['shift_b']}", c["n_runs"], _fmt(c.get("delta")),
+                  f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]", _ci(c.get("ci_bca")), _fmt(c.get("p"), 4),
+                  _fmt(c.get("q"), 4), c.get("undefined") or ""]
                  for c in summary["comparisons"]]
-    sections.append(_table(["variant", "pair", f"Δ vs {summary.get('baseline')}", "95% CI", "note"], comp_rows)
-                    if comp_rows else "")
+    sections.append("<p>Per pair (detail; BH across these pairs as their own family, never a verdict):</p>"
+                    + _table(["variant", "pair", "runs", f"Δ vs {summary.get('baseline')}", "95% percentile CI",
+                              "95% BCa CI", "p", "q", "note"], comp_rows) if comp_rows else "")
+    sections.append("<h2>Accuracy drops, paired</h2><p>Per run, the full-precision minus quantized accuracy on each "
+                    "shift, less the drop the in-domain drop predicts along the baseline's accuracy-on-the-line "
+                    "slope; averaged over runs. Positive: quantization hurts this shift more than in-domain "
+                    "accuracy explains.</p>" + _table(
+                        ["variant", "shift", "runs", "drop in-domain", "drop on shift", "excess drop", "95% CI", "p",
+                         "q (BH)"],
+                        [[d["variant"], d["shift"], d["n_runs"], _fmt(d["drop_id"]), _fmt(d["drop_shift"]),
+                          _fmt(d.get("excess")), f"[{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]",
+                          _fmt(d.get("p"), 4), _fmt(d.get("q"), 4)] for d in summary.get("drops", [])]))
     sections.append("<h2>Signal check per shift</h2><p>A shift where runs sit at 0 or 1, or whose across-run "
                     "spread is not above the binomial standard error, carries no signal.</p>")
     sig_rows = [[v, s, _fmt(x["mean"]), _fmt(x["sd_across_runs"]), _fmt(x["binomial_se"]),
@@ -215,7 +321,7 @@ def render_html(summary: dict, rows: list[dict], source: str) -> str:
 
 
 def terminal_table(summary: dict) -> str:
-    lines = []
+    lines = [*headline_lines(summary), ""]
     for v, res in summary["variants"].items():
         acc = "  ".join(f"{s} {a:.3f}" for s, a in res["accuracy"].items())
         lines.append(f"{v}  ({res['n_runs']} runs)  {acc}")

@@ -2,7 +2,9 @@
 
 Gauges (one registry, injected): ``fracture_partial_correlation{variant,shift_a,shift_b}``
 with ``_ci_low`` / ``_ci_high``, ``fracture_shift_accuracy{variant,shift}``,
-``fracture_population_runs{variant}``, plus the job's own health:
+``fracture_population_runs{variant}``, the headline ``fracture_fragmentation_index{variant}``,
+``fracture_fragmentation_delta{variant}`` (+ ``_ci_low`` / ``_ci_high``) and
+``fracture_fragmentation_verdict{variant,verdict}``, plus the job's own health:
 ``fracture_telemetry_stale`` (1 while the values shown are from an earlier successful
 round), ``fracture_telemetry_last_success_timestamp_seconds`` and
 ``fracture_telemetry_errors_total``. When the source is unreachable the last good values
@@ -36,6 +38,16 @@ class TelemetryGauges:
         self.accuracy = Gauge("fracture_shift_accuracy", "Mean exact-match accuracy over the population",
                               ["variant", "shift"], registry=registry)
         self.runs = Gauge("fracture_population_runs", "Runs in the population", ["variant"], registry=registry)
+        self.index = Gauge("fracture_fragmentation_index", "Mean partial correlation over the shift pairs with "
+                           "signal (lower = more fragmented)", ["variant"], registry=registry)
+        self.delta = Gauge("fracture_fragmentation_delta", "Paired change of the fragmentation index against full "
+                           "precision", ["variant"], registry=registry)
+        self.delta_low = Gauge("fracture_fragmentation_delta_ci_low", "Lower end of its BCa 95% interval",
+                               ["variant"], registry=registry)
+        self.delta_high = Gauge("fracture_fragmentation_delta_ci_high", "Upper end of its BCa 95% interval",
+                                ["variant"], registry=registry)
+        self.verdict = Gauge("fracture_fragmentation_verdict", "1 for the variant's current verdict (changes "
+                             "fragmentation / equivalent / inconclusive)", ["variant", "verdict"], registry=registry)
         self.stale = Gauge("fracture_telemetry_stale", "1 when the values are from an earlier round (source "
                            "unreachable)", registry=registry)
         self.last_success = Gauge("fracture_telemetry_last_success_timestamp_seconds", "Unix time of the last "
@@ -43,9 +55,18 @@ class TelemetryGauges:
         self.errors = Counter("fracture_telemetry_errors_total", "Failed recomputations", registry=registry)
 
     def publish(self, summary: dict) -> None:
-        for g in (self.partial, self.ci_low, self.ci_high, self.accuracy, self.runs):
+        for g in (self.partial, self.ci_low, self.ci_high, self.accuracy, self.runs, self.index, self.delta,
+                  self.delta_low, self.delta_high, self.verdict):
             g.clear()  # a pair that became undefined must not keep an old value
+        for d in summary.get("headline", []):
+            self.verdict.labels(d["variant"], d["verdict"]).set(1)
+            if d.get("delta") is not None:
+                self.delta.labels(d["variant"]).set(d["delta"])
+                self.delta_low.labels(d["variant"]).set(d["ci_bca"][0])
+                self.delta_high.labels(d["variant"]).set(d["ci_bca"][1])
         for variant, res in summary["variants"].items():
+            if (res.get("fragmentation") or {}).get("index") is not None:
+                self.index.labels(variant).set(res["fragmentation"]["index"])
             self.runs.labels(variant).set(res["n_runs"])
             for split, acc in res["accuracy"].items():
                 self.accuracy.labels(variant, split).set(acc)
