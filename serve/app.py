@@ -306,9 +306,11 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
                            {"Retry-After": "1"}) from None
         except ModelUnavailable as exc:
             raise APIError(404, "model_unavailable", f"model {req.model!r} is refused: {exc}") from None
-        correct = None if req.expected is None else grade(done.text, req.expected).exact
+        graded = None if req.expected is None else grade(done.text, req.expected)
+        correct = None if graded is None else graded.exact
         result = "ungraded" if correct is None else "correct" if correct else "incorrect"
-        metrics.completed(entry.run, entry.variant, shift, result, time.perf_counter() - started, len(done.token_ids))
+        metrics.completed(entry.run, entry.variant, shift, result, time.perf_counter() - started, len(done.token_ids),
+                          None if graded is None else (graded.digit_correct, graded.digit_total))
         # a plain dict in the CompletionResponse shape (the tests validate it against the model):
         # FastAPI would otherwise validate and serialize a pydantic object on every request
         return JSONResponse({

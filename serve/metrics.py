@@ -13,6 +13,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 RESULTS = ("correct", "incorrect", "ungraded")
+GRADED = ("correct", "incorrect")
 UNLABELLED = "none"
 ERROR_REASONS = (
     "body_too_large", "malformed_json", "invalid_request", "unknown_model", "unknown_shift", "prompt_too_long",
@@ -41,7 +42,7 @@ class NullMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry
         nothing = _Nothing()
-        for name in ("requests", "duration", "tokens", "errors", "inflight", "batch_size", "queue_depth",
+        for name in ("requests", "digits", "duration", "tokens", "errors", "inflight", "batch_size", "queue_depth",
                      "model_info", "models_loaded"):
             setattr(self, name, nothing)
 
@@ -63,6 +64,10 @@ class Metrics:
         self.registry = registry
         self.requests = Counter("fracture_requests", "Completed completions by model (run), variant, shift label "
                                 "and grading result", ["model", "variant", "shift", "result"], registry=registry)
+        # the per-digit measure of graded answers (the analysis's default measure): digits right / wrong
+        self.digits = Counter("fracture_answer_digits", "Answer digits of graded completions by model (run), "
+                              "variant, shift label and whether the digit was right", ["model", "variant", "shift",
+                                                                                      "result"], registry=registry)
         self.duration = Histogram("fracture_request_duration_seconds", "Completion latency, queueing included",
                                   ["variant"], buckets=LATENCY_BUCKETS, registry=registry)
         self.tokens = Counter("fracture_generated_tokens", "Tokens generated", ["variant"], registry=registry)
@@ -79,6 +84,7 @@ class Metrics:
         self._errors = {reason: self.errors.labels(reason) for reason in ERROR_REASONS}
         # labelled children, looked up once: ``labels()`` on every request costs more than the update
         self._requests: dict[tuple[str, str, str, str], object] = {}
+        self._digits: dict[tuple[str, str, str, str], object] = {}
         self._per_variant: dict[str, tuple] = {}
 
     def declare_fleet(self, models: list[tuple[str, str, int]], shifts: list[str]) -> None:
@@ -88,12 +94,19 @@ class Metrics:
             for shift in [*shifts, UNLABELLED]:
                 for result in RESULTS:
                     self._requests[(run, variant, shift, result)] = self.requests.labels(run, variant, shift, result)
+                for result in GRADED:
+                    self._digits[(run, variant, shift, result)] = self.digits.labels(run, variant, shift, result)
             if variant not in self._per_variant:
                 self._per_variant[variant] = (self.duration.labels(variant), self.tokens.labels(variant),
                                               self.batch_size.labels(variant))
 
-    def completed(self, run: str, variant: str, shift: str, result: str, seconds: float, tokens: int) -> None:
+    def completed(self, run: str, variant: str, shift: str, result: str, seconds: float, tokens: int,
+                  digits: tuple[int, int] | None = None) -> None:
+        """One completion; ``digits`` = (answer digits right, answer digits in all) when it was graded."""
         self._requests[(run, variant, shift, result)].inc()
+        if digits:
+            self._digits[(run, variant, shift, "correct")].inc(digits[0])
+            self._digits[(run, variant, shift, "incorrect")].inc(digits[1] - digits[0])
         duration, generated, _ = self._per_variant[variant]
         duration.observe(seconds)
         generated.inc(tokens)

@@ -159,8 +159,7 @@ def compare_pairs(pv: Population, pb: Population, opts: AnalysisOptions) -> list
 
 def _measure_available(rows: list[dict], measure: str) -> str | None:
     if measure == "digit" and any(not r.get("digit_total") for r in rows):
-        return ("this table has no per-digit counts (served traffic records exact-match correctness only): "
-                "the exact measure is used")
+        return "this table has no per-digit counts (digit_correct, digit_total): the exact measure is used"
     return None
 
 

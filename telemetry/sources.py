@@ -9,7 +9,9 @@
 Served traffic is counted by ``fracture_requests_total{model,variant,shift,result}``:
 ``n`` is the graded requests (correct + incorrect; ungraded ones carry no answer) and
 ``correct`` the correct ones. The checkpoint step of a served model comes from
-``fracture_model_info{model,variant,step}``; without it the step is recorded as -1.
+``fracture_model_info{model,variant,step}``; without it the step is recorded as -1. The
+per-digit measure comes from ``fracture_answer_digits_total{model,variant,shift,result}``
+(answer digits right / wrong of graded requests).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 REQUESTS = "fracture_requests_total"
+DIGITS = "fracture_answer_digits_total"
 MODEL_INFO = "fracture_model_info"
 GRADED = ("correct", "incorrect")
 NO_STEP = -1
@@ -38,8 +41,13 @@ def from_csv(path) -> list[dict]:
     return rows
 
 
-def rows_from_samples(requests: Iterable[tuple[dict, float]], info: Iterable[dict] = ()) -> list[dict]:
-    """Counter samples (labels, value) -> accuracy rows, one per (model, variant, shift)."""
+def rows_from_samples(requests: Iterable[tuple[dict, float]], info: Iterable[dict] = (),
+                      digits: Iterable[tuple[dict, float]] = ()) -> list[dict]:
+    """Counter samples (labels, value) -> accuracy rows, one per (model, variant, shift).
+
+    ``digits`` (samples of the answer-digit counter) add ``digit_correct`` and ``digit_total``,
+    the per-digit measure, where the server recorded them.
+    """
     steps = {(i["model"], i["variant"]): int(float(i["step"])) for i in info if "step" in i}
     cells: dict[tuple[str, str, str], list[int]] = {}
     for labels, value in requests:
@@ -51,8 +59,21 @@ def rows_from_samples(requests: Iterable[tuple[dict, float]], info: Iterable[dic
         cell[0] += count
         if labels["result"] == "correct":
             cell[1] += count
-    rows = [{"run": m, "step": steps.get((m, v), NO_STEP), "variant": v, "split": s, "n": n, "correct": c}
-            for (m, v, s), (n, c) in sorted(cells.items()) if n > 0]
+    digit_cells: dict[tuple[str, str, str], list[int]] = {}
+    for labels, value in digits:
+        if labels.get("result") in GRADED:
+            cell = digit_cells.setdefault((labels["model"], labels["variant"], labels["shift"]), [0, 0])
+            count = int(round(float(value)))
+            cell[0] += count
+            cell[1] += count if labels["result"] == "correct" else 0
+    rows = []
+    for (m, v, s), (n, c) in sorted(cells.items()):
+        if n > 0:
+            row = {"run": m, "step": steps.get((m, v), NO_STEP), "variant": v, "split": s, "n": n, "correct": c}
+            total, right = digit_cells.get((m, v, s), (0, 0))
+            if total > 0:
+                row |= {"digit_correct": right, "digit_total": total}
+            rows.append(row)
     if not rows:
         raise SourceError(f"no graded {REQUESTS} samples found (send requests with `expected` set)")
     return rows
@@ -69,14 +90,16 @@ def from_scrape(url: str, timeout: float = 10.0) -> list[dict]:
         resp.raise_for_status()
     except requests.RequestException as exc:
         raise SourceError(f"cannot scrape {target}: {exc}") from exc
-    req, info = [], []
+    req, info, digits = [], [], []
     for family in text_string_to_metric_families(resp.text):
         for sample in family.samples:
             if sample.name == REQUESTS:
                 req.append((dict(sample.labels), sample.value))
+            elif sample.name == DIGITS:
+                digits.append((dict(sample.labels), sample.value))
             elif sample.name == MODEL_INFO:
                 info.append(dict(sample.labels))
-    return rows_from_samples(req, info)
+    return rows_from_samples(req, info, digits)
 
 
 def from_prometheus(url: str, window: str | None = None, timeout: float = 10.0) -> list[dict]:
@@ -87,12 +110,15 @@ def from_prometheus(url: str, window: str | None = None, timeout: float = 10.0) 
 
     by = "model, variant, shift, result"
     counter = f"increase({REQUESTS}[{window}])" if window else REQUESTS
+    digit_counter = f"increase({DIGITS}[{window}])" if window else DIGITS
     try:
         # One quick retry: the watch job has its own backoff, and `analyze` should fail fast.
         prom = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=Retry(total=1, backoff_factor=0.2))
         result = prom.custom_query(f"sum by ({by}) ({counter})")
         info = prom.custom_query(f"max by (model, variant, step) ({MODEL_INFO})")
+        digits = prom.custom_query(f"sum by ({by}) ({digit_counter})")
     except (requests.RequestException, PrometheusApiClientException) as exc:
         raise SourceError(f"Prometheus at {url} did not answer: {exc}") from exc
-    return rows_from_samples(((r["metric"], float(r["value"][1])) for r in result), (r["metric"] for r in info))
+    return rows_from_samples(((r["metric"], float(r["value"][1])) for r in result), (r["metric"] for r in info),
+                             ((r["metric"], float(r["value"][1])) for r in digits))
 

@@ -26,7 +26,7 @@ def test_replay_equals_offline_and_metrics_equal_both(exported, tmp_path):
         assert res.returncode == 0, res.stderr
         scraped = {_key(r): r for r in from_scrape(url)}
     served = {_key(r): r for r in read_table(out)}
-    assert len(served) == 2 * len(SERVED) * 4 and set(served) == set(offline)
+    assert len(served) == 2 * len(SERVED) * 5 and set(served) == set(offline)
     for key, row in served.items():
         assert (row["n"], row["correct"]) == (offline[key]["n"], offline[key]["correct"]), key
         assert (row["digit_correct"], row["digit_total"]) == (offline[key]["digit_correct"],
@@ -34,4 +34,6 @@ def test_replay_equals_offline_and_metrics_equal_both(exported, tmp_path):
     assert set(scraped) == set(served)
     for key, row in scraped.items():
         assert (row["n"], row["correct"]) == (served[key]["n"], served[key]["correct"]), key
-    assert "replayed 960 requests to 6 model(s)" in res.stdout
+        assert (row["digit_correct"], row["digit_total"]) == (served[key]["digit_correct"],
+                                                              served[key]["digit_total"]), key
+    assert "replayed 1200 requests to 6 model(s)" in res.stdout

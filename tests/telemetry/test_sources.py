@@ -20,12 +20,15 @@ from train.accuracy_table import upsert_rows
 
 
 def served_rows():
-    """What a served population looks like: one step per (run, variant)."""
-    return [r for r in synthetic_rows(n_runs=8, n_items=50) if r["step"] == 30]
+    """What a served population looks like: one step per (run, variant), with per-digit counts."""
+    rows = [r for r in synthetic_rows(n_runs=8, n_items=50) if r["step"] == 30]
+    return [r | {"digit_total": 4 * r["n"], "digit_correct": 3 * r["correct"] + (r["n"] - r["correct"])}
+            for r in rows]
 
 
 def key(rows):
-    return sorted((r["run"], int(r["step"]), r["variant"], r["split"], int(r["n"]), int(r["correct"])) for r in rows)
+    return sorted((r["run"], int(r["step"]), r["variant"], r["split"], int(r["n"]), int(r["correct"]),
+                   int(r["digit_correct"]), int(r["digit_total"])) for r in rows)
 
 
 @pytest.fixture
@@ -34,7 +37,10 @@ def exporter():
     registry = CollectorRegistry()
     req = Counter("fracture_requests", "requests", ["model", "variant", "shift", "result"], registry=registry)
     info = Gauge("fracture_model_info", "served models", ["model", "variant", "step"], registry=registry)
+    digits = Counter("fracture_answer_digits", "digits", ["model", "variant", "shift", "result"], registry=registry)
     for r in served_rows():
+        digits.labels(r["run"], r["variant"], r["split"], "correct").inc(r["digit_correct"])
+        digits.labels(r["run"], r["variant"], r["split"], "incorrect").inc(r["digit_total"] - r["digit_correct"])
         req.labels(r["run"], r["variant"], r["split"], "correct").inc(r["correct"])
         req.labels(r["run"], r["variant"], r["split"], "incorrect").inc(r["n"] - r["correct"])
         req.labels(r["run"], r["variant"], r["split"], "ungraded").inc(3)  # never counted in n
