@@ -168,7 +168,7 @@ def analyze(rows: list[dict], opts: AnalysisOptions) -> dict:
     if note:
         opts = replace(opts, measure="exact")
     variants = variants_in(rows)
-    baseline = next((b for b in BASELINES if b in variants), variants[0] if variants else None)
+    baseline = next((b for b in BASELINES if b in variants), None)
     # The pre-registered pairs: shifts with signal on the full-precision baseline, the same for every variant.
     base_signal = signal_check(rows, baseline, opts.measure) if baseline else {}
     with_signal = [s for s, v in base_signal.items() if s != ID and v["has_signal"]]
