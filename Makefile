@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEMO_PER_SPLIT ?= 100  # items of each split replayed to every served model in `make demo`
+DEMO_PER_SPLIT ?= 40  # items of each split replayed to every served model in `make demo`
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: help setup demo test test-slow lint data train sweep export report watch pretrain bench bench-export \
