@@ -22,34 +22,55 @@ from train.signal import signal_check
 BASELINES = ("torch-fp32", "onnx-fp32")
 
 
-def _within(pop: Population, a: str, b: str, opts: AnalysisOptions) -> float:
-    """Partial correlation of run-demeaned trajectories (run fixed effects), with the chosen control.
+def _within_scaled(pop: Population, shifts: list[str], opts: AnalysisOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Shift columns and controls of run-demeaned trajectories (run fixed effects), with the chosen control.
 
-    x, y and every control column are put on the analysis scale first (probit, ranks, spline
-    basis) and then demeaned within each run, so ``--control`` means the same thing here as
-    between runs.
+    Every column is put on the analysis scale first (probit, ranks, spline basis) and then
+    demeaned within each run, so ``--control`` means the same thing here as between runs.
     """
-    x, y, z = fragmentation.transformed(pop, a, b, opts)
+    cols, z = fragmentation.scaled(pop, shifts, opts)
     z = np.asarray(z, dtype=float)
     z = z[:, None] if z.ndim == 1 else z.copy()
+    cols = cols.astype(float).copy()
     runs = np.array(pop.runs)
-    x, y = x.astype(float).copy(), y.astype(float).copy()
     for r in set(pop.runs):
         m = runs == r
-        x[m] -= x[m].mean()
-        y[m] -= y[m].mean()
+        cols[m] -= cols[m].mean(axis=0)
         z[m] -= z[m].mean(axis=0)
     keep = z.std(axis=0) > 1e-12  # a basis column constant within every run carries nothing
     if not keep.any():
         raise stats.Undefined("in-domain accuracy does not move within runs: nothing to control for")
-    return stats.partial_corr(x, y, z[:, keep])
+    return cols, z[:, keep]
 
 
-def _interval(pop: Population, fn, opts: AnalysisOptions, seed_offset: int) -> tuple[float, float]:
-    clusters = fragmentation.run_clusters(pop)
-    lo, hi, _ = stats.cluster_bootstrap(clusters, lambda picks: fn(fragmentation.resampled(pop, picks)),
-                                        opts.n_boot, opts.seed + seed_offset, opts.level)
-    return lo, hi
+def between_matrix(pop: Population, shifts: list[str], opts: AnalysisOptions) -> np.ndarray:
+    return stats.partial_corr_matrix(*fragmentation.scaled(pop, shifts, opts))
+
+
+def within_matrix(pop: Population, shifts: list[str], opts: AnalysisOptions) -> np.ndarray:
+    return stats.partial_corr_matrix(*_within_scaled(pop, shifts, opts))
+
+
+def boot_matrices(pops: list[Population], matrix, opts: AnalysisOptions, seed: int) -> np.ndarray:
+    """(kept resamples) x len(pops) x m x m: every shift pair's statistic on the same resamples of runs.
+
+    One resample gives every pair at once (one least-squares fit per population), so a
+    report with many pairs costs little more than one with a single pair. ``pops`` hold the
+    same points in the same order (a paired comparison resamples them together).
+    """
+    clusters = fragmentation.run_clusters(pops[0])
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(opts.n_boot):
+        picks = [clusters[i] for i in rng.integers(0, len(clusters), len(clusters))]
+        try:
+            out.append([matrix(fragmentation.resampled(p, picks)) for p in pops])
+        except stats.StatsError:
+            continue
+    if len(out) < opts.n_boot // 2:
+        raise stats.Undefined(f"the statistic was undefined on {opts.n_boot - len(out)} of {opts.n_boot} "
+                              "bootstrap resamples")
+    return np.array(out)
 
 
 def _undefined(exc: Exception) -> dict:
@@ -57,7 +78,47 @@ def _undefined(exc: Exception) -> dict:
             "undefined": str(exc)}
 
 
+def _percentile(values: np.ndarray, opts: AnalysisOptions) -> tuple[float, float]:
+    alpha = (1 - opts.level) / 2
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def analyze_pairs(pop: Population, opts: AnalysisOptions, seed: int) -> list[dict]:
+    """Every shift pair between runs: r, partial r, cluster-bootstrap CI, t, Fisher-z, Freedman-Lane p."""
+    shifts = pop.shifts
+    pairs = list(itertools.combinations(range(len(shifts)), 2))
+    n_runs = len(pop.run_ids)
+    try:
+        est = between_matrix(pop, shifts, opts)
+        boot = boot_matrices([pop], lambda p: between_matrix(p, shifts, opts), opts, seed)[:, 0]
+    except stats.StatsError:  # a split without variance: each pair on its own says which
+        return [analyze_pair(pop, shifts[i], shifts[j], opts, k) for k, (i, j) in enumerate(pairs)]
+    out = []
+    for k, (i, j) in enumerate(pairs):
+        a, b = shifts[i], shifts[j]
+        item: dict = {"shift_a": a, "shift_b": b}
+        try:
+            x, y, z = fragmentation.transformed(pop, a, b, opts)
+            kz = stats.n_controls(z)
+            item["r"] = stats.pearson(pop.accuracy(a), pop.accuracy(b))
+            item["r_partial"] = float(est[i, j])
+            item["ci_low"], item["ci_high"] = _percentile(boot[:, i, j], opts)
+            item["t"], item["p"] = stats.t_test(item["r_partial"], n_runs, kz)
+            item["df"] = n_runs - 2 - kz
+            item["fisher_low"], item["fisher_high"] = stats.fisher_interval(item["r_partial"], n_runs, kz, opts.level)
+            # Freedman-Lane on exactly the statistic reported (ranks already taken for spearman)
+            item["p_permutation"] = stats.permutation_p(x, y, z, opts.n_perm, opts.seed + k) \
+                if opts.points == "final" else None
+            item["undefined"] = None
+        except stats.StatsError as exc:
+            item |= _undefined(exc)
+        out.append(item)
+    return out
+
+
 def analyze_pair(pop: Population, a: str, b: str, opts: AnalysisOptions, k_index: int) -> dict:
+    """One pair on its own (the path for populations where some split has no variance)."""
     n_runs = len(pop.run_ids)
     out: dict = {"shift_a": a, "shift_b": b}
     try:
@@ -66,12 +127,14 @@ def analyze_pair(pop: Population, a: str, b: str, opts: AnalysisOptions, k_index
         r_p = stats.partial_corr(x, y, z)
         k = stats.n_controls(z)
         out["r_partial"] = r_p
-        out["ci_low"], out["ci_high"] = _interval(pop, lambda p: fragmentation.partial(p, a, b, opts), opts,
-                                                  k_index)
+        lo, hi, _ = stats.cluster_bootstrap(
+            fragmentation.run_clusters(pop),
+            lambda picks: fragmentation.partial(fragmentation.resampled(pop, picks), a, b, opts),
+            opts.n_boot, opts.seed + k_index, opts.level)
+        out["ci_low"], out["ci_high"] = lo, hi
         out["t"], out["p"] = stats.t_test(r_p, n_runs, k)
         out["df"] = n_runs - 2 - k
         out["fisher_low"], out["fisher_high"] = stats.fisher_interval(r_p, n_runs, k, opts.level)
-        # Freedman-Lane on exactly the statistic reported (ranks already taken for spearman)
         out["p_permutation"] = stats.permutation_p(x, y, z, opts.n_perm, opts.seed + k_index) \
             if opts.points == "final" else None
         out["undefined"] = None
@@ -80,18 +143,21 @@ def analyze_pair(pop: Population, a: str, b: str, opts: AnalysisOptions, k_index
     return out
 
 
-def analyze_within(pop_all: Population, a: str, b: str, opts: AnalysisOptions, k_index: int) -> dict:
-    out: dict = {"shift_a": a, "shift_b": b}
+def analyze_within(pop_all: Population, opts: AnalysisOptions, seed: int) -> list[dict]:
+    """Every shift pair within runs (trajectories), with a cluster-bootstrap interval."""
+    shifts = pop_all.shifts
+    pairs = [(shifts[i], shifts[j], i, j) for i, j in itertools.combinations(range(len(shifts)), 2)]
     per_run = {r: pop_all.runs.count(r) for r in pop_all.run_ids}
-    if min(per_run.values(), default=0) < 2:
-        return out | _undefined(stats.Undefined("fewer than 2 checkpoints per run: no trajectory"))
     try:
-        out["r_partial"] = _within(pop_all, a, b, opts)
-        out["ci_low"], out["ci_high"] = _interval(pop_all, lambda p: _within(p, a, b, opts), opts, 7919 + k_index)
-        out["undefined"] = None
+        if min(per_run.values(), default=0) < 2:
+            raise stats.Undefined("fewer than 2 checkpoints per run: no trajectory")
+        est = within_matrix(pop_all, shifts, opts)
+        boot = boot_matrices([pop_all], lambda p: within_matrix(p, shifts, opts), opts, seed)[:, 0]
     except stats.StatsError as exc:
-        out |= _undefined(exc)
-    return out
+        return [{"shift_a": a, "shift_b": b} | _undefined(exc) for a, b, _, _ in pairs]
+    return [{"shift_a": a, "shift_b": b, "r_partial": float(est[i, j]),
+             **dict(zip(("ci_low", "ci_high"), _percentile(boot[:, i, j], opts))), "undefined": None}
+            for a, b, i, j in pairs]
 
 
 def analyze_variant(rows: list[dict], variant: str, opts: AnalysisOptions, pairs: list[tuple[str, str]],
@@ -110,51 +176,77 @@ def analyze_variant(rows: list[dict], variant: str, opts: AnalysisOptions, pairs
         result["refused"] = result["warning"]
         return result
     result["fragmentation"] = fragmentation.variant_index(pop, pairs, opts, opts.seed + 31 * seed_offset)
-    all_pairs = list(itertools.combinations(pop.shifts, 2))
-    result["pairs"] = [analyze_pair(pop, a, b, opts, i) for i, (a, b) in enumerate(all_pairs)]
+    result["pairs"] = analyze_pairs(pop, opts, opts.seed + 101 * seed_offset)
     for p in result["pairs"]:
         # A pair with a signal-less shift is computed but never presented as a finding.
         p["low_signal"] = [s for s in (p["shift_a"], p["shift_b"]) if not result["signal"][s]["has_signal"]]
     qs = stats.bh_qvalues([p["p"] if p["p"] is not None else math.nan for p in result["pairs"]])
     for p, q in zip(result["pairs"], qs):
         p["q"] = None if math.isnan(q) else q
-    result["within_run"] = [analyze_within(pop_all, a, b, opts, i) for i, (a, b) in enumerate(all_pairs)]
+    result["within_run"] = analyze_within(pop_all, opts, opts.seed + 7919 + 101 * seed_offset)
     return result
 
 
-def compare_pairs(pv: Population, pb: Population, opts: AnalysisOptions) -> list[dict]:
-    """Per shift pair: Δ partial r (variant − baseline) on the same (run, step) points, paired bootstrap."""
+def compare_pairs(pv: Population, pb: Population, opts: AnalysisOptions, seed: int) -> list[dict]:
+    """Per shift pair: Δ partial r (variant − baseline) on the same (run, step) points, resampled in pairs.
+
+    Detail beside the pre-registered index: percentile and BCa intervals, and a p-value from
+    swapping the two variants' labels within runs; BH runs across these pairs as their own family.
+    """
     pv, pb = fragmentation.paired(pv, pb)
     n_runs = len(pv.run_ids)
+    shifts = [s for s in pv.shifts if s in pb.shifts]
     if n_runs < stats.MIN_RUNS:
         return []
+    pairs = [(shifts[i], shifts[j], i, j) for i, j in itertools.combinations(range(len(shifts)), 2)]
+    base = {"variant": pv.variant, "baseline": pb.variant, "n_runs": n_runs, "n_points": len(pv.runs)}
+
+    def delta(pops):
+        return between_matrix(pops[0], shifts, opts) - between_matrix(pops[1], shifts, opts)
+
+    try:
+        est = delta((pv, pb))
+        boot = boot_matrices([pv, pb], lambda p: between_matrix(p, shifts, opts), opts, seed)
+        boot = boot[:, 0] - boot[:, 1]
+        clusters = fragmentation.run_clusters(pv)
+        jack = np.array([delta((pv.take(keep), pb.take(keep))) for keep in
+                         (np.concatenate([c for k, c in enumerate(clusters) if k != i]) for i in range(n_runs))])
+        p = swap_p_matrix(pv, pb, delta, est, opts.n_perm, seed + 1)
+    except stats.StatsError as exc:
+        return [base | {"shift_a": a, "shift_b": b, "delta": None, "ci_low": None, "ci_high": None, "p": None,
+                        "undefined": str(exc)} for a, b, _, _ in pairs]
     out = []
-    clusters = fragmentation.run_clusters(pv)
-    for i, (a, b) in enumerate(itertools.combinations([s for s in pv.shifts if s in pb.shifts], 2)):
-        item = {"variant": pv.variant, "baseline": pb.variant, "shift_a": a, "shift_b": b, "n_runs": n_runs,
-                "n_points": len(pv.runs)}
-
-        def delta(picks, a=a, b=b):
-            return fragmentation.partial(fragmentation.resampled(pv, picks), a, b, opts) - \
-                fragmentation.partial(fragmentation.resampled(pb, picks), a, b, opts)
-
+    for a, b, i, j in pairs:
+        item = base | {"shift_a": a, "shift_b": b, "delta": float(est[i, j])}
+        item["ci_low"], item["ci_high"] = _percentile(boot[:, i, j], opts)
         try:
-            item["delta"] = fragmentation.partial(pv, a, b, opts) - fragmentation.partial(pb, a, b, opts)
-            boot = stats.cluster_bootstrap_values(clusters, delta, opts.n_boot, opts.seed + 104729 + i)
-            jack = stats.jackknife(clusters, delta)
-            alpha = (1 - opts.level) / 2
-            lo, hi = np.quantile(boot, [alpha, 1 - alpha])
-            item |= {"ci_low": float(lo), "ci_high": float(hi),
-                     "ci_bca": list(stats.bca_interval(boot, item["delta"], jack, opts.level)),
-                     "p_bootstrap": stats.bootstrap_p(boot, item["delta"]),
-                     "p": fragmentation.swap_permutation_p(
-                         pv, pb, lambda p, a=a, b=b: fragmentation.partial(p, a, b, opts), opts.n_perm,
-                         opts.seed + 3571 + i),
-                     "undefined": None}
-        except stats.StatsError as exc:
-            item |= {"delta": None, "ci_low": None, "ci_high": None, "p": None, "undefined": str(exc)}
+            item["ci_bca"] = list(stats.bca_interval(boot[:, i, j], item["delta"], jack[:, i, j], opts.level))
+        except stats.StatsError:
+            item["ci_bca"] = None
+        item |= {"p_bootstrap": stats.bootstrap_p(boot[:, i, j], item["delta"]), "p": float(p[i, j]),
+                 "undefined": None}
         out.append(item)
     return out
+
+
+def swap_p_matrix(pv: Population, pb: Population, delta, observed: np.ndarray, n_perm: int,
+                  seed: int) -> np.ndarray:
+    """Label-swap permutation p of every pair's Δ at once (see fragmentation.swap_permutation_p)."""
+    rng = np.random.default_rng(seed)
+    runs = np.array(pv.runs)
+    run_ids = np.asarray(pv.run_ids)
+    hits, valid = np.zeros_like(observed), 0
+    for _ in range(n_perm):
+        mask = np.isin(runs, run_ids[rng.random(len(run_ids)) < 0.5])
+        try:
+            d = delta((fragmentation.swapped(pv, pb, mask), fragmentation.swapped(pb, pv, mask)))
+        except stats.StatsError:
+            continue
+        hits += np.abs(d) >= np.abs(observed) - 1e-12
+        valid += 1
+    if valid < n_perm // 2:
+        raise stats.Undefined(f"the Δ was undefined on {n_perm - valid} of {n_perm} label swaps")
+    return (1 + hits) / (valid + 1)
 
 
 def _measure_available(rows: list[dict], measure: str) -> str | None:
@@ -187,7 +279,7 @@ def analyze(rows: list[dict], opts: AnalysisOptions) -> dict:
               "index": summary["variants"][v].get("fragmentation", {}).get("index"),
               "baseline_index": summary["variants"][baseline].get("fragmentation", {}).get("index")}
         summary["headline"].append(d)
-        summary["comparisons"].extend(compare_pairs(pv, pb, opts))
+        summary["comparisons"].extend(compare_pairs(pv, pb, opts, opts.seed + 104729 + 13 * i))
     fragmentation.with_qvalues(summary["headline"], opts)
     qs = stats.bh_qvalues([c["p"] if c.get("p") is not None else math.nan for c in summary["comparisons"]])
     for c, q in zip(summary["comparisons"], qs):

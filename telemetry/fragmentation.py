@@ -183,7 +183,7 @@ def swap_permutation_p(pv: Population, pb: Population, statistic: Callable[[Popu
     for _ in range(n_perm):
         flip = set(np.asarray(run_ids)[rng.random(len(run_ids)) < 0.5])
         mask = np.isin(runs, list(flip))
-        a, b = _swapped(pv, pb, mask), _swapped(pb, pv, mask)
+        a, b = swapped(pv, pb, mask), swapped(pb, pv, mask)
         try:
             hits += abs(statistic(a) - statistic(b)) >= observed - 1e-12
             valid += 1
@@ -194,7 +194,7 @@ def swap_permutation_p(pv: Population, pb: Population, statistic: Callable[[Popu
     return (1 + hits) / (valid + 1)
 
 
-def _swapped(keep: Population, other: Population, mask: np.ndarray) -> Population:
+def swapped(keep: Population, other: Population, mask: np.ndarray) -> Population:
     """``keep`` with the masked points taken from ``other`` (the same points, in the same order)."""
     out = keep.take(np.arange(len(keep.runs)))
     for s in out.splits:
