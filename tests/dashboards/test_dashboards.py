@@ -77,8 +77,11 @@ def exported_series() -> set[str]:
     m.batch("onnx-fp32", 1)
     m.completed("r0", "onnx-fp32", "id", "correct", 0.01, 3)
     gauges = TelemetryGauges(registry)
-    gauges.publish({"variants": {"onnx-fp32": {"n_runs": 5, "accuracy": {"id": 0.5}, "pairs": [
-        {"shift_a": "a", "shift_b": "b", "r_partial": 0.1, "ci_low": 0.0, "ci_high": 0.2}]}}})
+    gauges.publish({"variants": {"onnx-fp32": {"n_runs": 5, "accuracy": {"id": 0.5}, "fragmentation": {"index": 0.3},
+                                               "pairs": [{"shift_a": "a", "shift_b": "b", "r_partial": 0.1,
+                                                          "ci_low": 0.0, "ci_high": 0.2}]}},
+                    "headline": [{"variant": "ort-int8", "verdict": "inconclusive", "delta": 0.01,
+                                  "ci_bca": [-0.1, 0.1]}]})
     return {s.name for fam in registry.collect() for s in fam.samples}
 
 

@@ -31,7 +31,7 @@ def test_sweep_from_a_local_hub_style_base(tmp_path, pythia_like_dir):
     sweep = tmp_path / "runs" / "tiny"
     with open(sweep / "accuracy.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 24
+    assert len(rows) == 30
     run_dir = next(p for p in sweep.iterdir() if p.is_dir())
     meta = json.loads((run_dir / "checkpoints" / "step-6" / "fracture.json").read_text())
     assert meta["digit_format"] == "spaced"

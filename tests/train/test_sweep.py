@@ -66,7 +66,7 @@ def test_corrupt_checkpoint_is_detected_and_its_run_redone(tmp_path):
     assert res.returncode == 0, res.stderr
     assert f"redoing {victim.name}" in res.stderr and "sha256" in res.stderr
     assert "(1 already done)" in res.stdout
-    assert len(read_csv(sweep / "accuracy.csv")) == 24
+    assert len(read_csv(sweep / "accuracy.csv")) == 30
 
 
 def test_killed_worker_pool_leaves_nothing_half_done(tmp_path):
@@ -83,7 +83,7 @@ def test_killed_worker_pool_leaves_nothing_half_done(tmp_path):
     res = run(args)
     assert res.returncode == 0, res.stderr
     rows = read_csv(sweep / "accuracy.csv")
-    assert len(rows) == 24 and len({(r["run"], r["step"], r["split"]) for r in rows}) == 24
+    assert len(rows) == 30 and len({(r["run"], r["step"], r["split"]) for r in rows}) == 30
 
 
 def test_killed_sweep_resumes_and_redoes_only_unfinished_runs(tmp_path):
@@ -107,7 +107,7 @@ def test_killed_sweep_resumes_and_redoes_only_unfinished_runs(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "(1 already done)" in res.stdout
     rows = read_csv(sweep / "accuracy.csv")
-    assert len(rows) == 24 and len({(r["run"], r["step"], r["split"]) for r in rows}) == 24
+    assert len(rows) == 30 and len({(r["run"], r["step"], r["split"]) for r in rows}) == 30
     assert not list(sweep.glob("*/checkpoints/.*"))  # no temporary checkpoint left behind
 
 

@@ -70,12 +70,15 @@ def test_signal_check_numbers():
                          "correct": round(a * 1000), "digit_correct": 1, "digit_total": 2})
             rows.append({"run": f"r{i}", "step": 5, "variant": "torch-fp32", "split": split, "n": 1000,
                          "correct": 0})  # earlier checkpoints are not final: ignored
-    check = signal_check(rows)
+    check = signal_check(rows, measure="exact")
     assert math.isclose(check["base"]["mean"], 0.5)
     assert math.isclose(check["base"]["binomial_se"], math.sqrt(0.25 / 1000))
     assert check["base"]["has_signal"] and check["base"]["spread_over_se"] > 2
     assert not check["id"]["has_signal"] and check["id"]["sd_across_runs"] == 0
     assert not check["length"]["has_signal"] and check["length"]["share_at_0"] == 0.75
+    digit = signal_check(rows, measure="digit")  # every run 1 of 2 digits right: no spread on this measure
+    assert digit["base"]["mean"] == 0.5 and not digit["base"]["has_signal"] and digit["base"]["measure"] == "digit"
+    assert math.isclose(digit["base"]["binomial_se"], math.sqrt(0.25 / 1000))  # SE over items, not digits
 
 
 def test_checkpoint_steps_are_evenly_spaced_and_end_at_the_last_step():
