@@ -9,21 +9,29 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEMO_PER_SPLIT ?= 40  # items of each split replayed to every served model in `make demo`
 STAMP  := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.dev-installed-stamp
 
-.PHONY: help setup demo test test-slow lint data train sweep export report watch pretrain bench bench-export \
+.PHONY: help setup setup-dev demo test test-slow lint data train sweep export report watch pretrain bench bench-export \
         bench-serving gpu-check up down dashboards clean study
 
 help:             ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-setup: $(STAMP)   ## create .venv and install fracture with its pinned dependencies
+setup: $(STAMP)   ## create .venv and install fracture with its pinned runtime dependencies
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -e .
 	touch $(STAMP)
+
+# the test and lint tools (pytest, ruff, the reference implementations tests compare against) come on top, only
+# for the targets that use them: `make demo` on a fresh machine does not wait for them
+setup-dev: $(DEV_STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
 
 data: setup       ## write the task splits (JSONL) to data/<config-hash>/
 	$(PY) -m tasks --config tasks/configs/default.yaml --out data/
@@ -71,16 +79,16 @@ bench-serving: setup  ## req/s, p50/p99 at concurrency 1/8/32: fracture vs naive
 bench-export: setup  ## decode tokens/s: export/runtime.py vs transformers generate vs ORTModelForCausalLM
 	$(PY) -m bench decode --sweep runs/demo
 
-gpu-check: setup  ## on a CUDA machine: bf16 fine-tuning of pythia-70m's architecture, bnb variants, TensorRT
+gpu-check: setup-dev  ## on a CUDA machine: bf16 fine-tuning of pythia-70m's architecture, bnb variants, TensorRT
 	$(PY) -m bench.gpu_check
 
-test: setup       ## CPU-only, offline tests (slow and gpu markers deselected)
+test: setup-dev      ## CPU-only, offline tests (slow and gpu markers deselected)
 	$(PY) -m pytest -q
 
-test-slow: setup  ## also the slow tests
+test-slow: setup-dev ## also the slow tests
 	$(PY) -m pytest -q -m 'not gpu'
 
-lint: setup       ## ruff
+lint: setup-dev      ## ruff
 	$(VENV)/bin/ruff check .
 
 clean:            ## remove generated data and runs (keeps .venv and models/)

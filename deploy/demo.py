@@ -6,8 +6,8 @@ Runs after the task splits, the sweep and the export (the Makefile does those fi
    watcher (on Prometheus, or straight on the server when Prometheus is missing);
 2. the replay of the first ``--per-split`` items of every split to every model (the same
    items for every model), written to runs/<sweep>/served-accuracy.csv;
-3. the telemetry analysis of the offline table (reports/<sweep>/) and of the served one
-   as Prometheus (or the server's /metrics) counted it (reports/<sweep>-served/);
+3. the telemetry analysis of the offline table (reports/<sweep>/) and, side by side, of the
+   served one as Prometheus (or the server's /metrics) counted it (reports/<sweep>-served/);
 4. a short summary per variant, the path of report.html; every process it started is
    stopped, also on failure or Ctrl-C.
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +30,32 @@ from deploy.local import REPO, Services, free_port, start_stack
 from telemetry.report import headline_lines
 
 
-def _run(step: str, cmd: list[str], timings: dict) -> None:
+def _run(step: str, cmds: list[list[str]], timings: dict) -> None:
+    """Run the commands side by side (each is single-threaded work), then show their output one after the
+    other; a failure stops the demo with that command's output."""
     started = time.perf_counter()
-    print(f"== {step}: {' '.join(cmd[1:])}", flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    procs = []
+    try:
+        for cmd in cmds:
+            print(f"== {step}: {' '.join(cmd[1:])}", flush=True)
+            out = tempfile.TemporaryFile() if len(cmds) > 1 else None  # noqa: SIM115 - closed below
+            procs.append((cmd, out, subprocess.Popen(cmd, cwd=REPO, stdout=out,
+                                                     stderr=subprocess.STDOUT if out else None)))
+        for cmd, out, proc in procs:
+            code = proc.wait()
+            if out:
+                out.seek(0)
+                sys.stdout.write(out.read().decode(errors="replace"))
+                sys.stdout.flush()
+            if code:
+                raise subprocess.CalledProcessError(code, cmd)
+    finally:
+        for _, out, proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+            if out:
+                out.close()
     timings[step] = round(time.perf_counter() - started, 1)
 
 
@@ -78,16 +101,16 @@ def main(argv: list[str] | None = None) -> int:
                   "telemetry job scrapes the server directly")
         served_csv = sweep / "served-accuracy.csv"
         served_csv.unlink(missing_ok=True)
-        _run("replay", [py, "-m", "serve", "replay", "--url", where["server"], "--data", data,
-                        "--per-split", str(a.per_split), "--concurrency", str(a.concurrency),
-                        "--out", str(served_csv)], timings)
+        _run("replay", [[py, "-m", "serve", "replay", "--url", where["server"], "--data", data,
+                         "--per-split", str(a.per_split), "--concurrency", str(a.concurrency),
+                         "--out", str(served_csv)]], timings)
         if where["prometheus"]:
             time.sleep(3)  # three scrapes at 1 s: the last counters are in Prometheus
-        _run("analyze offline", [py, "-m", "telemetry", "analyze", "--accuracies", str(sweep / "accuracy.csv"),
-                                 "--out", str(reports / name)], timings)
         source = ["--prometheus", where["prometheus"]] if where["prometheus"] else ["--scrape", where["server"]]
-        _run("analyze served", [py, "-m", "telemetry", "analyze", *source, "--out", str(reports / f"{name}-served")],
-             timings)
+        _run("analyze offline and served", [
+            [py, "-m", "telemetry", "analyze", "--accuracies", str(sweep / "accuracy.csv"),
+             "--out", str(reports / name)],
+            [py, "-m", "telemetry", "analyze", *source, "--out", str(reports / f"{name}-served")]], timings)
     finally:
         services.stop()
     offline = json.loads((reports / name / "summary.json").read_text())

@@ -66,9 +66,11 @@ class Services:
         self.state.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], niceness: int = 0) -> subprocess.Popen:
+        """Start ``cmd`` in its own session, logging to .run/<name>.log; ``niceness`` > 0 lowers its CPU priority."""
         log = open(self.state / f"{name}.log", "w")  # noqa: SIM115 - the child keeps writing to it
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=(lambda: os.nice(niceness)) if niceness > 0 else None)
         self.procs[name] = proc
         self.save()
         return proc
@@ -130,8 +132,9 @@ def start_stack(services: Services, sweep: str, server_port: int = 8000, watch_p
     else:
         where["prometheus"] = None
         source = ["--scrape", where["server"]]
+    # below the server's priority: a recomputation must never slow down the traffic it measures
     watcher = services.start("watch", [py, "-m", "telemetry", "watch", *source, f"--port={watch_port}",
-                                       f"--interval={interval:g}", "--n_boot=500", "--n_perm=500"])
+                                       f"--interval={interval:g}", "--n_boot=500", "--n_perm=500"], niceness=10)
     wait_http(f"http://127.0.0.1:{watch_port}/metrics", proc=watcher)
     where["telemetry"] = f"http://127.0.0.1:{watch_port}/metrics"
     return where

@@ -10,7 +10,9 @@ Per checkpoint (one worker process each, in parallel):
    with its manifest in one rename. A variant that fails a check is not published;
 3. evaluate every published variant on ``id`` and every shift through
    ``train.evaluate.evaluate_splits`` (the grading path torch evaluation uses) at the
-   sweep's fixed eval batch size, unless accuracy.csv already holds its rows.
+   sweep's fixed eval batch size, unless accuracy.csv already holds its rows. A variant
+   built in this job has already decoded the id split for its parity check: those
+   outputs are graded rather than decoded twice.
 
 The parent process alone writes accuracy.csv (an idempotent upsert).
 """
@@ -195,7 +197,8 @@ def _load_runner(variant: Variant, folder: Path, threads: int):
     return OnnxCausalLM(folder, threads=threads, providers=providers)
 
 
-def _parity(variant: Variant, runner, ref: Reference, folder: Path) -> dict:
+def _parity(variant: Variant, runner, ref: Reference, folder: Path) -> tuple[dict, list[str]]:
+    """The parity verdict, and the variant's greedy outputs on the id split (its evaluation grades them)."""
     from export.parity import agreement, judge, max_logit_diff
 
     if variant.tolerance.reference == "simulated":
@@ -215,12 +218,13 @@ def _parity(variant: Variant, runner, ref: Reference, folder: Path) -> dict:
                    len(ref_outputs), len(ref.parity_ids))
     if variant.tolerance.reference == "simulated":  # how far the rounding (or noise) itself moved the model
         result["agreement_with_checkpoint"] = agreement(outputs, ref.outputs)
-    return result
+    return result, outputs
 
 
 def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, needs_dir: Path | None, ref: Reference,
-           threads: int, dest: Path, device: str) -> tuple[dict, object]:
-    """Build, check and publish one variant; returns (manifest, runner) or raises ExportCheckFailed."""
+           threads: int, dest: Path, device: str) -> tuple[dict, object, list[str]]:
+    """Build, check and publish one variant; returns (manifest, runner, its outputs on the id split) or
+    raises ExportCheckFailed."""
     tmp = dest.parent / f".{dest.name}.tmp"
     scratch = dest.parent / f".{dest.name}.scratch"
     for p in (tmp, scratch):
@@ -237,7 +241,7 @@ def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, needs
         else:
             summary = _torch_summary(tmp, ref)
             runner = built
-        parity = _parity(variant, runner, ref, tmp)
+        parity, id_outputs = _parity(variant, runner, ref, tmp)
         problems = summary.pop("problems") + parity["failures"]
         if problems:
             raise ExportCheckFailed(f"{job['run']} step {job['step']} {variant.name}: " + "; ".join(problems))
@@ -252,7 +256,7 @@ def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, needs
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         # the session read the graph into memory when it was created: it stays valid after the move
-        return publish(tmp, dest, manifest), runner
+        return publish(tmp, dest, manifest), runner, id_outputs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -308,13 +312,14 @@ def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, hav
             continue
         fp32_dir = published.get(FP32) if variant.needs else None  # resolve() built it first where needed
         why = "forced" if cfg_dict["force"] else reusable(dest, ckpt_sha)
-        runner = None
+        runner, decoded = None, {}
         try:
             if why is None:
                 manifest = read_manifest(dest)
                 log.append((name, "reused", manifest))
             else:
-                manifest, runner = _build(variant, job, ckpt, fp32_dir, needs_dir, ref, threads, dest, device)
+                manifest, runner, decoded["id"] = _build(variant, job, ckpt, fp32_dir, needs_dir, ref, threads, dest,
+                                                         device)
                 log.append((name, "built", manifest))
         except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the others
             detail = str(exc) if isinstance(exc, ExportCheckFailed) else traceback.format_exc(limit=3)
@@ -330,7 +335,7 @@ def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, hav
                 runner = variant.load(dest, device)
         decode = runner.decoder() if variant.runner == "onnx" else torch_decoder(runner, ref.tokenizer)
         started = time.perf_counter()
-        results = evaluate_splits(decode, ref.digit_format, splits, batch_size=batch)
+        results = evaluate_splits(decode, ref.digit_format, splits, batch_size=batch, decoded=decoded)
         log.append((name, "evaluated", {"seconds": round(time.perf_counter() - started, 2)}))
         rows += [{"run": job["run"], "step": job["step"], "variant": name, "split": split, **r}
                  for split, r in results.items()]

@@ -13,6 +13,8 @@ stay, marked stale, and the job retries with exponential backoff.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -89,10 +91,17 @@ class Watcher:
         self.gauges = TelemetryGauges(registry)
         self.failures = 0
         self.stop = threading.Event()
+        self._published: str | None = None  # fingerprint of the table behind the gauges now shown
 
     def tick(self) -> bool:
+        """One round: fetch the table and, when it changed since the last published round, recompute."""
         try:
             rows = self.fetch()
+            fingerprint = hashlib.sha256("\n".join(sorted(json.dumps(r, sort_keys=True, default=str)
+                                                          for r in rows)).encode()).hexdigest()
+            if fingerprint == self._published:  # same counts: the same analysis, no CPU spent
+                self._succeeded()
+                return True
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 summary = analyze(rows, self.options)
@@ -103,10 +112,14 @@ class Watcher:
             log.error("telemetry round failed (%d in a row): %s", self.failures, exc)
             return False
         self.gauges.publish(summary)
+        self._published = fingerprint
+        self._succeeded()
+        return True
+
+    def _succeeded(self) -> None:
         self.gauges.stale.set(0)
         self.gauges.last_success.set(time.time())
         self.failures = 0
-        return True
 
     def next_delay(self) -> float:
         if self.failures == 0:

@@ -220,7 +220,7 @@ def test_pipeline_rebuild_is_reproducible_and_records_the_noise(built, tmp_path)
     splits = {"id": [{"prompt": f"{a}+{b}=", "answer": str(a + b)[::-1]} for a, b in pairs]}
     ref = Reference(CHECKPOINT, splits, batch_size=12, parity_batch=12)
     dest = tmp_path / "variants" / "noise@ort-int4"
-    manifest, _ = _build(get_variant("noise@ort-int4"), {"run": "embedded", "step": 0}, CHECKPOINT,
+    manifest, _, _ = _build(get_variant("noise@ort-int4"), {"run": "embedded", "step": 0}, CHECKPOINT,
                          built / "onnx-fp32", built / "ort-int4", ref, 1, dest, "cpu")
     assert verify_variant(dest) is None
     assert manifest["files"]["model.onnx"]["sha256"] == sha256_file(built / "noise@ort-int4" / "model.onnx")

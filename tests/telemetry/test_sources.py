@@ -136,6 +136,25 @@ def test_watch_keeps_last_good_values_marks_them_stale_and_backs_off():
     assert w.tick() and w.next_delay() == 30 and gauge_values(registry)[("fracture_telemetry_stale", ())] == 0
 
 
+def test_watch_recomputes_only_when_the_table_changes(monkeypatch):
+    """An unchanged table (same rows, in any order) costs no analysis; a changed count does."""
+    import telemetry.watch as watch
+
+    rows = synthetic_rows(n_runs=12, variants=("torch-fp32",))
+    served = {"rows": rows}
+    calls = []
+    real = watch.analyze
+    monkeypatch.setattr(watch, "analyze", lambda r, o: calls.append(1) or real(r, o))
+    registry = CollectorRegistry()
+    w = Watcher(lambda: served["rows"], registry, AnalysisOptions(n_boot=100, n_perm=100), interval=30)
+    assert w.tick() and len(calls) == 1
+    served["rows"] = list(reversed(rows))
+    assert w.tick() and len(calls) == 1  # same table: skipped, still fresh
+    assert gauge_values(registry)[("fracture_telemetry_stale", ())] == 0
+    served["rows"] = [dict(rows[0], correct=rows[0]["correct"] + 1), *rows[1:]]
+    assert w.tick() and len(calls) == 2
+
+
 def test_watch_command_serves_gauges_and_stops_on_sigterm(tmp_path):
     csv = tmp_path / "accuracy.csv"
     upsert_rows(csv, synthetic_rows(n_runs=10, variants=("torch-fp32",)))

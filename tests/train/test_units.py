@@ -188,3 +188,23 @@ def test_train_cli_rejects_unknown_flags_with_a_suggestion():
     res = subprocess.run([sys.executable, "-m", "train", "sweep", "--config", "train/configs/demo.yaml",
                           "--workerz=3"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "did you mean 'workers'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_evaluate_splits_grades_outputs_already_decoded_without_decoding_again():
+    """The export's parity check decodes the id split; evaluation grades those outputs instead of decoding twice."""
+    from train.evaluate import evaluate_splits
+
+    splits = {"id": [{"prompt": "1+2=", "answer": "3"}, {"prompt": "2+2=", "answer": "4"}],
+              "base": [{"prompt": "5+5=", "answer": "12"}]}
+    calls = []
+
+    def decode(prompts, max_new, batch):
+        calls.append(len(prompts))
+        return ["3", "5"] if len(prompts) == 2 else ["12"]
+
+    fresh = evaluate_splits(decode, "compact", splits, batch_size=4)
+    assert calls == [2, 1]
+    reused = evaluate_splits(decode, "compact", splits, batch_size=4, decoded={"id": ["3", "5"]})
+    assert calls == [2, 1, 1] and reused == fresh and fresh["id"]["correct"] == 1
+    with pytest.raises(ValueError, match="decoded continuations"):
+        evaluate_splits(decode, "compact", splits, decoded={"id": ["3"]})
