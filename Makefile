@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEMO_PER_SPLIT ?= 40  # items of each split replayed to every served model in `make demo`
+DEMO_PER_SPLIT ?= 20  # items of each split replayed to every served model in `make demo`
 STAMP  := $(VENV)/.installed-stamp
 DEV_STAMP := $(VENV)/.dev-installed-stamp
 
@@ -20,7 +20,6 @@ help:             ## list the targets
 setup: $(STAMP)   ## create .venv and install fracture with its pinned runtime dependencies
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(VENV)/bin/pip install --quiet torch==2.13.0
 	$(VENV)/bin/pip install --quiet -e .

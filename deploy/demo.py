@@ -6,8 +6,9 @@ Runs after the task splits, the sweep and the export (the Makefile does those fi
    watcher (on Prometheus, or straight on the server when Prometheus is missing);
 2. the replay of the first ``--per-split`` items of every split to every model (the same
    items for every model), written to runs/<sweep>/served-accuracy.csv;
-3. the telemetry analysis of the offline table (reports/<sweep>/) and, side by side, of the
-   served one as Prometheus (or the server's /metrics) counted it (reports/<sweep>-served/);
+3. the telemetry analysis of the offline table (reports/<sweep>/), in the background from
+   the start, and of the served one as Prometheus (or the server's /metrics) counted it
+   (reports/<sweep>-served/);
 4. a short summary per variant, the path of report.html; every process it started is
    stopped, also on failure or Ctrl-C.
 
@@ -30,32 +31,38 @@ from deploy.local import REPO, Services, free_port, start_stack
 from telemetry.report import headline_lines
 
 
-def _run(step: str, cmds: list[list[str]], timings: dict) -> None:
-    """Run the commands side by side (each is single-threaded work), then show their output one after the
-    other; a failure stops the demo with that command's output."""
+class Background:
+    """A command run beside the demo's other steps, its output kept and shown when it is collected."""
+
+    def __init__(self, step: str, cmd: list[str]):
+        print(f"== {step} (in the background): {' '.join(cmd[1:])}", flush=True)
+        self.step, self.cmd, self.started = step, cmd, time.perf_counter()
+        self.out = tempfile.TemporaryFile()  # noqa: SIM115 - closed in collect() or stop()
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.out, stderr=subprocess.STDOUT)
+
+    def collect(self, timings: dict) -> None:
+        """Wait for it, show its output; a failure stops the demo."""
+        code = self.proc.wait()
+        self.out.seek(0)
+        print(f"== {self.step}:", flush=True)
+        sys.stdout.write(self.out.read().decode(errors="replace"))
+        sys.stdout.flush()
+        self.out.close()
+        timings[self.step] = round(time.perf_counter() - self.started, 1)
+        if code:
+            raise subprocess.CalledProcessError(code, self.cmd)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+        self.out.close()
+
+
+def _run(step: str, cmd: list[str], timings: dict) -> None:
     started = time.perf_counter()
-    procs = []
-    try:
-        for cmd in cmds:
-            print(f"== {step}: {' '.join(cmd[1:])}", flush=True)
-            out = tempfile.TemporaryFile() if len(cmds) > 1 else None  # noqa: SIM115 - closed below
-            procs.append((cmd, out, subprocess.Popen(cmd, cwd=REPO, stdout=out,
-                                                     stderr=subprocess.STDOUT if out else None)))
-        for cmd, out, proc in procs:
-            code = proc.wait()
-            if out:
-                out.seek(0)
-                sys.stdout.write(out.read().decode(errors="replace"))
-                sys.stdout.flush()
-            if code:
-                raise subprocess.CalledProcessError(code, cmd)
-    finally:
-        for _, out, proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
-            if out:
-                out.close()
+    print(f"== {step}: {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
     timings[step] = round(time.perf_counter() - started, 1)
 
 
@@ -89,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     services = Services(REPO / ".run" / f"demo-{name}")
     started = time.perf_counter()
+    # the offline analysis needs only accuracy.csv: it runs while the fleet starts and serves the replay, whose
+    # pace is set by the server's one Python thread (the other core is free)
+    offline_job = Background("analyze offline", [py, "-m", "telemetry", "analyze", "--accuracies",
+                                                 str(sweep / "accuracy.csv"), "--out", str(reports / name)])
     try:
         t = time.perf_counter()
         where = start_stack(services, str(sweep), server_port=free_port(), watch_port=free_port(),
@@ -101,17 +112,17 @@ def main(argv: list[str] | None = None) -> int:
                   "telemetry job scrapes the server directly")
         served_csv = sweep / "served-accuracy.csv"
         served_csv.unlink(missing_ok=True)
-        _run("replay", [[py, "-m", "serve", "replay", "--url", where["server"], "--data", data,
-                         "--per-split", str(a.per_split), "--concurrency", str(a.concurrency),
-                         "--out", str(served_csv)]], timings)
+        _run("replay", [py, "-m", "serve", "replay", "--url", where["server"], "--data", data,
+                        "--per-split", str(a.per_split), "--concurrency", str(a.concurrency),
+                        "--out", str(served_csv)], timings)
         if where["prometheus"]:
             time.sleep(3)  # three scrapes at 1 s: the last counters are in Prometheus
         source = ["--prometheus", where["prometheus"]] if where["prometheus"] else ["--scrape", where["server"]]
-        _run("analyze offline and served", [
-            [py, "-m", "telemetry", "analyze", "--accuracies", str(sweep / "accuracy.csv"),
-             "--out", str(reports / name)],
-            [py, "-m", "telemetry", "analyze", *source, "--out", str(reports / f"{name}-served")]], timings)
+        _run("analyze served", [py, "-m", "telemetry", "analyze", *source, "--out", str(reports / f"{name}-served")],
+             timings)
+        offline_job.collect(timings)
     finally:
+        offline_job.stop()
         services.stop()
     offline = json.loads((reports / name / "summary.json").read_text())
     served = json.loads((reports / f"{name}-served" / "summary.json").read_text())

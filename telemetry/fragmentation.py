@@ -91,10 +91,14 @@ def run_clusters(pop: Population) -> list[np.ndarray]:
     return [np.where(runs == r)[0] for r in pop.run_ids]
 
 
+_LABELS = [str(i) for i in range(4096)]  # cluster labels of resamples, made once (a resample is cheap)
+
+
 def resampled(pop: Population, picks: list[np.ndarray]) -> Population:
     """A bootstrap population; a run drawn twice enters as two distinct clusters."""
     out = pop.take(np.concatenate(picks))
-    out.runs = [f"{i}" for i, p in enumerate(picks) for _ in p]
+    labels = _LABELS if len(picks) <= len(_LABELS) else [str(i) for i in range(len(picks))]
+    out.runs = [labels[i] for i, p in enumerate(picks) for _ in range(len(p))]
     return out
 
 
