@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tasks.settings import ConfigError, load_config, parse_cli_overrides
+from tasks.settings import ConfigError, FolderBusy, load_config, parse_cli_overrides
 
 
 def _list() -> None:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(ExportConfig, args.config, parse_cli_overrides(rest))
         summary = export_sweep(cfg)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, FolderBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary, cfg.sweep))

@@ -9,6 +9,7 @@ verifies, and the server refuses one that does not. Standard library only.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -79,3 +80,16 @@ def verify_variant(folder: str | Path) -> str | None:
         if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
             return f"{folder}: {name} does not match its sha256 (modified or corrupt)"
     return None
+
+
+def read_verified(folder: str | Path, name: str) -> bytes:
+    """The bytes of one listed file of a published variant, read once and checked against the manifest:
+    what the caller uses is what was verified (no window for the file to change in between)."""
+    folder = Path(folder)
+    entry = read_manifest(folder).get("files", {}).get(name)
+    if not entry:
+        raise ValueError(f"{folder}: {MANIFEST} does not list {name}")
+    data = (folder / name).read_bytes()
+    if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise ValueError(f"{folder}: {name} does not match its sha256 (modified or corrupt)")
+    return data

@@ -22,22 +22,23 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import os
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
 from export.config import ExportConfig
 from export.manifest import publish, read_manifest, tool_versions, verify_variant
 from export.registry import FP32, BuildContext, Variant, resolve
 from tasks.config import TaskConfig
 from tasks.formatting import format_prompt
-from tasks.settings import load_config
+from tasks.settings import check_name, folder_lock, load_config, read_yaml
+from tasks.workers import init_worker
 from train.accuracy_table import read_table, upsert_rows
 from train.checkpoints import sha256_file, verify_checkpoint
 
@@ -54,7 +55,7 @@ def load_sweep(sweep_dir: Path) -> dict:
     path = sweep_dir / "sweep.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python -m train sweep` first")
-    return yaml.safe_load(path.read_text())
+    return read_yaml(path)
 
 
 def plan_jobs(cfg: ExportConfig, sweep_dir: Path, sweep: dict) -> list[dict]:
@@ -67,7 +68,7 @@ def plan_jobs(cfg: ExportConfig, sweep_dir: Path, sweep: dict) -> list[dict]:
         runs = [r for r in runs if r in cfg.runs]
     jobs = []
     for run_id in runs:
-        run_dir = sweep_dir / run_id
+        run_dir = sweep_dir / check_name("run", run_id)  # sweep.yaml is read from disk: never trusted as a path
         if not (run_dir / "done.json").is_file():
             print(f"skipping {run_id}: the sweep has not finished it", file=sys.stderr)
             continue
@@ -224,13 +225,14 @@ def _parity(variant: Variant, runner, ref: Reference, folder: Path) -> tuple[dic
 def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, needs_dir: Path | None, ref: Reference,
            threads: int, dest: Path, device: str) -> tuple[dict, object, list[str]]:
     """Build, check and publish one variant; returns (manifest, runner, its outputs on the id split) or
-    raises ExportCheckFailed."""
-    tmp = dest.parent / f".{dest.name}.tmp"
-    scratch = dest.parent / f".{dest.name}.scratch"
-    for p in (tmp, scratch):
-        shutil.rmtree(p, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    scratch.mkdir(parents=True)
+    raises ExportCheckFailed. Its scratch folders have names of their own (a worker of a killed export can
+    never share one with a resumed export); the sweep's lock means any older ones are leftovers."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp.chmod(0o755)  # it becomes the published folder: the usual permissions, not mkdtemp's 0700
+    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.scratch-", suffix=".tmp", dir=dest.parent))
     started = time.perf_counter()
     try:
         built = variant.build(BuildContext(ckpt, fp32_dir, scratch, device, needs_dir), tmp)
@@ -357,7 +359,14 @@ def _rows_present(table: list[dict], splits: list[str]) -> dict[tuple[str, int],
 
 
 def export_sweep(cfg: ExportConfig) -> dict:
-    """Export the sweep at ``cfg.sweep``; returns {built, reused, evaluated, skipped, failed, seconds}."""
+    """Export the sweep at ``cfg.sweep``; returns {built, reused, evaluated, skipped, failed, seconds}.
+    One sweep or export at a time per sweep folder."""
+    load_sweep(Path(cfg.sweep))  # a missing sweep is said before any lock file is made
+    with folder_lock(Path(cfg.sweep), f"an export ({' '.join(sys.argv)})"):
+        return _export_sweep(cfg)
+
+
+def _export_sweep(cfg: ExportConfig) -> dict:
     from tqdm import tqdm
 
     from tasks.dataset import resolve_specs
@@ -407,7 +416,7 @@ def export_sweep(cfg: ExportConfig) -> dict:
             done(export_checkpoint(*args(job)))
     else:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(os.getpid(),)) as pool:
             pending = {pool.submit(export_checkpoint, *args(job)) for job in jobs}
             try:
                 while pending:

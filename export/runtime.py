@@ -95,17 +95,21 @@ def _unk_id(model_dir: Path, tokenizer: Tokenizer) -> int | None:
 class OnnxCausalLM:
     """One exported causal LM: an InferenceSession plus its tokenizer."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None, providers: list | None = None):
+    def __init__(self, model_dir: str | Path, threads: int | None = None, providers: list | None = None,
+                 model_bytes: bytes | None = None):
+        """``model_bytes``: the graph as already read (and checked) by the caller, so the session runs exactly
+        those bytes whatever happens to the file afterwards."""
         self.model_dir = Path(model_dir)
         path = self.model_dir / MODEL_FILE
-        if not path.is_file():
+        if model_bytes is None and not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (not an exported variant?)")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(str(path), opts, providers=providers or default_providers())
+        self.session = ort.InferenceSession(model_bytes if model_bytes is not None else str(path), opts,
+                                            providers=providers or default_providers())
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()

@@ -20,8 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.manifest import read_manifest, verify_variant
-from export.runtime import OnnxCausalLM, default_providers
+from export.manifest import read_manifest, read_verified, verify_variant
+from export.runtime import MODEL_FILE, OnnxCausalLM, default_providers
 from serve.config import ServeConfig
 
 log = logging.getLogger("fracture.serve")
@@ -43,7 +43,7 @@ class ModelEntry:
     bytes: int
     digit_format: str
     providers: list = field(default_factory=list)
-    just_verified: bool = True  # discovery hashed it; the first load need not hash it again
+    files: tuple[str, ...] = ()  # the files its manifest lists
 
 
 def _providers(cfg: ServeConfig) -> list:
@@ -90,7 +90,8 @@ def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
         digit_format = (json.loads(fracture.read_text()).get("digit_format", "compact") if fracture.is_file()
                         else "compact")
         entries.append(ModelEntry(model_id, run, variant, int(m["step"]), int(m["weight_bits"]), m["backend"],
-                                  folder, int(m.get("total_bytes", 0)), digit_format, entry_providers))
+                                  folder, int(m.get("total_bytes", 0)), digit_format, entry_providers,
+                                  tuple(m.get("files", {}))))
     return entries, refused
 
 
@@ -158,14 +159,20 @@ class Fleet:
             return runner
 
     def _open(self, entry: ModelEntry) -> OnnxCausalLM:
-        """Verify the variant's files (unless discovery just did) and open its session; refuses it on failure."""
-        problem = None if entry.just_verified else verify_variant(entry.folder)
-        entry.just_verified = False  # a reload after release re-checks the files
+        """Verify the variant's files and open its session on the very graph bytes that were hashed (a file
+        changed after discovery, or between the check and the load, is never served); refuses it on failure."""
+        started = time.perf_counter()
+        problem = verify_variant(entry.folder)
         if problem:
             self._refuse(entry.id, problem)
-        started = time.perf_counter()
+        external = any(n != MODEL_FILE and n.endswith((".onnx_data", ".data")) for n in entry.files)
         try:
-            runner = OnnxCausalLM(entry.folder, threads=self.cfg.threads, providers=entry.providers)
+            graph = None if external else read_verified(entry.folder, MODEL_FILE)  # external weights: by path
+        except (OSError, ValueError) as exc:
+            self._refuse(entry.id, str(exc))
+        try:
+            runner = OnnxCausalLM(entry.folder, threads=self.cfg.threads, providers=entry.providers,
+                                  model_bytes=graph)
         except Exception as exc:  # noqa: BLE001 - a broken variant must not take the server down
             self._refuse(entry.id, f"cannot open session: {type(exc).__name__}: {exc}")
         log.info("loaded %s in %.2fs", entry.id, time.perf_counter() - started)

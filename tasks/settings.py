@@ -7,11 +7,14 @@ every later stage may import this module (DESIGN.md, import direction).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
 import os
+import re
 import tempfile
+import time
 import types
 import typing
 from pathlib import Path
@@ -105,6 +108,18 @@ def parse_cli_overrides(argv: list[str]) -> dict[str, str]:
     return out
 
 
+def read_yaml(path: str | os.PathLike) -> Any:
+    """``yaml.safe_load`` of a file; a syntax error is one ConfigError line with the file, line and column."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
 def load_config(cls: type[T], preset: str | os.PathLike | None = None,
                 overrides: dict[str, Any] | None = None) -> T:
     """Build ``cls`` from defaults, then a YAML preset, then overrides (CLI)."""
@@ -116,7 +131,7 @@ def load_config(cls: type[T], preset: str | os.PathLike | None = None,
         path = Path(preset)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         layers.append((str(path), data))
@@ -162,3 +177,45 @@ def _umask() -> int:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` when it is one folder name (it becomes runs/<name>/ or similar), else a ConfigError: a name
+    such as ``../../somewhere`` or ``a/b`` would write outside its root."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"{kind} name {name!r} must be a single folder name (letters, digits and . _ - @ +, "
+                          "not starting with a dot), not a path")
+    return name
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str):
+    """Hold ``folder/.lock`` (an advisory ``flock``) while writing into ``folder``: a second sweep or export
+    on the same folder stops at once and says who holds it. The kernel drops the lock when its holder
+    exits, also on kill -9, so a resumed job never finds a stale lock."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    fh = open(path, "a+")  # noqa: SIM115 - held open for the duration of the lock
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise FolderBusy(f"{folder} is in use by {holder}; wait for it to finish or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{what} (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        fh.flush()
+        yield
+    finally:
+        fh.close()

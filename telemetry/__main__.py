@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
+from tasks.settings import atomic_write_text
 from telemetry.analysis import AnalysisOptions, analyze
+from telemetry.population import DataWarning
 from telemetry.report import render_html, terminal_table
 from telemetry.sources import SourceError, from_csv, from_prometheus, from_scrape
 from train.signal import DEFAULT_MEASURE
@@ -49,23 +50,41 @@ def sweep_context(accuracies: str | None) -> dict:
 def cmd_analyze(args) -> int:
     started = time.perf_counter()
     source, fetch = _fetcher(args)
-    rows = fetch()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = analyze(rows, _options(args))
-    summary["source"] = source
-    summary |= sweep_context(args.accuracies)
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    (tmp / "report.html").write_text(render_html(summary, rows, source))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    _check_out(out, args.force)
+    rows = fetch()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = analyze(rows, _options(args))
+    left_out = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, DataWarning)))
+    for msg in left_out:
+        print(f"warning: {msg}", file=sys.stderr)
+    summary["source"] = source
+    summary["left_out"] = left_out
+    summary |= sweep_context(args.accuracies)
+    # only its own two files, each replaced atomically: whatever else the folder holds is never touched
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    atomic_write_text(out / "report.html", render_html(summary, rows, source))
     print(terminal_table(summary))
     print(f"wrote {out / 'summary.json'} and {out / 'report.html'} in {time.perf_counter() - started:.1f}s")
     return 0
+
+
+REPORT_FILES = {"summary.json", "report.html"}
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """A report folder holds the report's files only: refuse to write into one that holds anything else
+    (a typo such as --out . or --out runs/demo), unless --force."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    other = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if other and not force:
+        raise ValueError(f"--out {out} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
+                         "pick an empty or report folder, or pass --force to write summary.json and report.html "
+                         "beside them")
 
 
 def _fetcher(args):
@@ -103,7 +122,9 @@ def _add_common(p, required_out: bool) -> None:
     src.add_argument("--prometheus", help="Prometheus base URL (http://127.0.0.1:9090)")
     src.add_argument("--scrape", help="a fracture server's base URL or /metrics URL")
     if required_out:
-        p.add_argument("--out", required=True, help="report folder, e.g. reports/demo")
+        p.add_argument("--out", required=True, help="report folder, e.g. reports/demo (only summary.json and "
+                       "report.html are written there)")
+        p.add_argument("--force", action="store_true", help="write into --out even when it holds other files")
     p.add_argument("--window", default=None, help="with --prometheus: count requests over this range (e.g. 1h)")
     p.add_argument("--control", choices=["linear", "probit", "spline"], default="linear")
     p.add_argument("--points", choices=["final", "all"], default="final")

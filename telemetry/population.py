@@ -8,6 +8,7 @@ exact-match answers out of items, or right answer digits out of answer digits.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,10 @@ import numpy as np
 from train.signal import DEFAULT_MEASURE, score
 
 ID = "id"
+
+
+class DataWarning(UserWarning):
+    """Rows left out of a population (the CLI prints these; numerical warnings it silences)."""
 
 
 @dataclass
@@ -59,6 +64,20 @@ def common_points(a: Population, b: Population) -> list[tuple[str, int]]:
     return sorted(set(a.keys) & set(b.keys))
 
 
+def _population_splits(variant: str, cells: dict) -> list[str]:
+    """The splits most points hold ("id" first): a split only a few points carry (a stray row, a split
+    added to some runs) is left out with a warning instead of emptying the population."""
+    counts: dict[str, int] = {}
+    for c in cells.values():
+        for s in c:
+            counts[s] = counts.get(s, 0) + 1
+    stray = sorted(s for s, k in counts.items() if 2 * k < len(cells))
+    if stray:
+        warnings.warn(f"{variant}: split(s) {', '.join(f'{s} ({counts[s]} of {len(cells)} points)' for s in stray)}"
+                      " held by fewer than half of the points: left out", DataWarning, stacklevel=3)
+    return sorted((s for s in counts if s not in stray), key=lambda s: (s != ID, s))
+
+
 def variants_in(rows: list[dict]) -> list[str]:
     return sorted({r["variant"] for r in rows})
 
@@ -74,10 +93,14 @@ def build_population(rows: list[dict], variant: str, points: str = "final",
     cells: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
     for r in mine:
         cells.setdefault((r["run"], int(r["step"])), {})[r["split"]] = score(r, measure)
-    splits = sorted({s for c in cells.values() for s in c}, key=lambda s: (s != ID, s))
+    splits = _population_splits(variant, cells)
     if ID not in splits:
         raise ValueError(f"variant {variant!r} has no in-domain ('id') rows to control for")
     complete = {k: v for k, v in cells.items() if all(s in v for s in splits)}
+    if len(complete) < len(cells):
+        left = sorted(set(cells) - set(complete))
+        warnings.warn(f"{variant}: {len(left)} of {len(cells)} (run, step) point(s) lack a split and are left out "
+                      f"(e.g. {left[0][0]} step {left[0][1]} has {sorted(cells[left[0]])})", DataWarning, stacklevel=2)
     if points == "final":
         last: dict[str, int] = {}
         for run, step in complete:

@@ -85,9 +85,12 @@ class Watcher:
     """One recomputation per ``tick``; ``run`` loops with backoff until ``stop`` is set."""
 
     def __init__(self, fetch: Callable[[], list[dict]], registry: CollectorRegistry, options: AnalysisOptions,
-                 interval: float = 30.0, max_backoff: float = 300.0):
+                 interval: float = 30.0, max_backoff: float | None = None):
         self.fetch, self.options = fetch, options
-        self.interval, self.max_backoff = interval, max_backoff
+        # the retries back off, but never to more than twice the interval: a source that comes back is read
+        # again within that, not minutes later
+        self.interval = interval
+        self.max_backoff = max_backoff if max_backoff is not None else max(2 * interval, 1.0)
         self.gauges = TelemetryGauges(registry)
         self.failures = 0
         self.stop = threading.Event()

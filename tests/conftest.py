@@ -1,7 +1,12 @@
 """Fixtures shared across stages: a tiny sweep exported to every variant (export, serve, bench)."""
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -9,6 +14,46 @@ import pytest
 from tests.train.conftest import REPO, write_tiny_sweep
 
 ALL_BUT_GPU = "onnx-fp32,ort-int8,ort-int8-all,ort-int4,ort-int2,sim-w3,bnb-int8,bnb-nf4,trt-fp16"
+
+
+SESSION_MARK = "FRACTURE_TEST_SESSION"
+
+
+def _marked_processes(mark: str) -> dict[int, str]:
+    """{pid: command line} of the live processes whose environment carries this session's mark."""
+    needle = f"{SESSION_MARK}={mark}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """Every process the tests start (servers, sweeps and their worker pools, Prometheus, watchers) is gone
+    when the suite ends. Each inherits a mark in its environment; any still alive 10 s after the last test
+    is listed, killed, and fails the run (a killed sweep's Manager used to outlive `make test`)."""
+    if not Path("/proc/self/environ").exists():
+        yield  # no /proc to look in (not Linux)
+        return
+    mark = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.environ[SESSION_MARK] = mark
+    yield
+    deadline = time.monotonic() + 10
+    left = _marked_processes(mark)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = _marked_processes(mark)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, "processes left behind by the tests:\n" + "\n".join(f"{p}: {c}" for p, c in left.items())
 
 
 def export_cli(sweep: Path, *args: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tasks.settings import ConfigError, load_config, parse_cli_overrides
+from tasks.settings import ConfigError, FolderBusy, load_config, parse_cli_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             from train.sweep import run_sweep
 
             run_sweep(load_config(SweepConfig, args.config, overrides))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, FolderBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -20,16 +20,59 @@ EXTRA = ("digit_correct", "digit_total")
 INT_COLUMNS = {"step", "n", "correct", "digit_correct", "digit_total"}
 
 
+def _int(value):
+    """The integer a cell holds; the text itself when it holds none (check_row names it)."""
+    try:
+        return int(value) if value not in ("", None) else value
+    except ValueError:
+        return value
+
+
+def check_row(row: dict) -> str | None:
+    """Why a row cannot be a count of graded items (None when it can): n > 0, 0 <= correct <= n, and the
+    same for the digit counts when present."""
+    for k in INT_COLUMNS & set(row):
+        if row[k] != "" and not isinstance(row[k], int):
+            return f"{k} is {row[k]!r}, not an integer"
+    for k in KEY:
+        if row.get(k) in (None, ""):
+            return f"{k} is empty"
+    if row["n"] <= 0:
+        return f"n = {row['n']} (a row counts at least one item)"
+    if not 0 <= row["correct"] <= row["n"]:
+        return f"correct = {row['correct']} outside 0..n = {row['n']}"
+    if row.get("digit_total", "") != "" or row.get("digit_correct", "") != "":
+        total, right = row.get("digit_total"), row.get("digit_correct")
+        if not isinstance(total, int) or not isinstance(right, int) or total <= 0 or not 0 <= right <= total:
+            return f"digit_correct = {right!r} outside 0..digit_total = {total!r}"
+    return None
+
+
 def read_table(path: str | Path) -> list[dict]:
+    """Every row, checked: a row that is not a valid count or repeats another row's key stops the read
+    with one line naming the file and line (a silent wrong mean is worse than no table)."""
     path = Path(path)
     if not path.is_file():
         return []
+    rows, seen = [], {}
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         missing = set(COLUMNS) - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-        return [{k: (int(v) if k in INT_COLUMNS and v != "" else v) for k, v in row.items()} for row in reader]
+        for row in reader:
+            line = reader.line_num
+            row = {k: (_int(v) if k in INT_COLUMNS else v) for k, v in row.items()}
+            problem = check_row(row)
+            if problem:
+                raise ValueError(f"{path} line {line}: {problem}")
+            key = tuple(str(row[k]) for k in KEY)
+            if key in seen:
+                raise ValueError(f"{path} line {line}: the same (run, step, variant, split) as line {seen[key]}: "
+                                 f"{', '.join(key)}")
+            seen[key] = line
+            rows.append(row)
+    return rows
 
 
 def upsert_rows(path: str | Path, rows: Iterable[dict]) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.settings import check_name
 from train.signal import DEFAULT_MEASURE
 
 
@@ -93,5 +94,9 @@ class SweepConfig:
             bad.append(f"measure={self.measure!r} (exact or digit)")
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(f"device={self.device!r} (auto, cpu or cuda)")
+        try:
+            check_name("sweep", self.name)
+        except ValueError as exc:
+            bad.append(str(exc))
         if bad:
             raise ValueError("invalid sweep config: " + ", ".join(bad))

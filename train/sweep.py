@@ -8,10 +8,13 @@ checkpoint re-verifies; anything else is redone from scratch by the next invocat
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import multiprocessing
+import os
+import queue as queue_module
 import random
 import sys
 import time
@@ -22,7 +25,8 @@ import yaml
 
 from tasks.config import TaskConfig
 from tasks.dataset import task_hash, write_splits
-from tasks.settings import atomic_write_json, atomic_write_text, config_dict, load_config
+from tasks.settings import atomic_write_json, atomic_write_text, config_dict, folder_lock, load_config, read_yaml
+from tasks.workers import init_worker, progress_queue
 from train.accuracy_table import upsert_rows
 from train.checkpoints import verify_checkpoint
 from train.config import SweepConfig
@@ -172,7 +176,9 @@ def run_is_finished(run_dir: Path, run: dict) -> str | None:
     return None
 
 
-def _worker_run(run, data_dir, task_cfg, run_dir, eval_items, eval_batch_size, threads, queue):
+def _worker_run(run, data_dir, task_cfg, run_dir, eval_items, eval_batch_size, threads):
+    queue = progress_queue()
+
     def progress(run_id, step, total):
         queue.put((run_id, step, total))
 
@@ -212,25 +218,53 @@ def evaluate_base(cfg: SweepConfig, data_dir: Path, task_cfg: TaskConfig, sweep_
 
 def _check_sweep_yaml(path: Path, resolved: dict) -> None:
     if path.is_file():
-        previous = yaml.safe_load(path.read_text())
+        previous = read_yaml(path)
         if previous.get("config") != resolved["config"]:
             raise ValueError(f"{path.parent} was made by a different sweep config; pass another --name "
                              f"or remove the folder (nothing was changed)")
     atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
 
 
+def check_runs(runs: list[dict], task_cfg: TaskConfig) -> None:
+    """Every run's settings, checked before anything is written (a corrected config must not then be refused
+    as "made by a different sweep config")."""
+    from tasks.dataset import resolve_specs
+
+    splits = set(resolve_specs(task_cfg))
+    for run in runs:
+        where = f"run {run['run_id']}"
+        if not run["lr"] > 0:
+            raise ValueError(f"{where}: lr must be > 0, got {run['lr']}")
+        if run["steps"] < 1:
+            raise ValueError(f"{where}: steps must be >= 1, got {run['steps']}")
+        unknown = sorted(set(run["mixture"]) - splits)
+        if unknown:
+            raise ValueError(f"{where}: mixture names unknown split(s) {unknown}; the task has {sorted(splits)}")
+        weights = list(run["mixture"].values())
+        if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"{where}: mixture weights must be >= 0 with a positive sum, got {run['mixture']}")
+
+
 def run_sweep(cfg: SweepConfig) -> dict:
+    """Train and evaluate every unfinished run of the sweep; one sweep at a time per folder. Every setting is
+    checked before anything is written."""
+    task_cfg = load_config(TaskConfig, cfg.task_config)
+    device, precision, notes = resolve_hardware(cfg)
+    runs = expand_runs(cfg, device, precision, task_hash(task_cfg))
+    check_runs(runs, task_cfg)
+    with folder_lock(Path(cfg.out_root) / cfg.name, f"a sweep ({' '.join(sys.argv)})"):
+        return _run_sweep(cfg, task_cfg, runs, device, precision, notes)
+
+
+def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device: str, precision: str,
+               notes: list[str]) -> dict:
     from tqdm import tqdm
 
     started = time.perf_counter()
     sweep_dir = Path(cfg.out_root) / cfg.name
-    task_cfg = load_config(TaskConfig, cfg.task_config)
     data_dir = write_splits(task_cfg, cfg.data_root)
-    device, precision, notes = resolve_hardware(cfg)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    runs = expand_runs(cfg, device, precision, task_hash(task_cfg))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     _check_sweep_yaml(sweep_dir / "sweep.yaml", {
         "config": config_dict(cfg), "task": config_dict(task_cfg), "data": str(data_dir),
         "device": device, "precision": precision, "runs": [r["run_id"] for r in runs]})
@@ -275,15 +309,19 @@ def run_sweep(cfg: SweepConfig) -> dict:
             bar.update(1)
     else:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            queue = manager.Queue()
+        # a plain queue handed to each worker as it starts (no Manager process to outlive a killed sweep);
+        # the workers die with the sweep (tasks/workers.py)
+        queue = ctx.Queue()
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
+                                 initargs=(os.getpid(), queue)) as pool:
             pending = {pool.submit(_worker_run, run, *args, str(sweep_dir / run["run_id"]), cfg.eval_items,
-                                   cfg.eval_batch_size, cfg.threads_per_worker, queue): run for run in todo}
+                                   cfg.eval_batch_size, cfg.threads_per_worker): run for run in todo}
             try:
                 while pending:
                     finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    while not queue.empty():
-                        show(*queue.get_nowait())
+                    with contextlib.suppress(queue_module.Empty):
+                        while True:
+                            show(*queue.get_nowait())
                     for fut in finished:
                         run = pending.pop(fut)
                         fut.result()  # a failed run stops the sweep with its error; finished runs stay

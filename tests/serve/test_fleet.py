@@ -49,6 +49,40 @@ def test_variant_tampered_after_start_is_refused_at_reload(sweep_copy):
     assert a in fleet.refused and a not in fleet.entries
 
 
+def test_variant_changed_after_discovery_is_refused_at_its_first_load(sweep_copy):
+    """Lazy loading: discovery hashes at start-up; a model.onnx swapped before the first request used to be
+    loaded unchecked and its wrong answers graded into the metrics."""
+    cfg = ServeConfig(sweep=str(sweep_copy), variants=("onnx-fp32", "ort-int4"), memory_budget_mb=100)
+    fleet = Fleet.from_config(cfg)
+    victim = sorted(i for i in fleet.entries if i.endswith("onnx-fp32"))[0]
+    other = victim.replace("onnx-fp32", "ort-int4")
+    shutil.copy(fleet.entries[other].folder / "model.onnx", fleet.entries[victim].folder / "model.onnx")
+    with pytest.raises(ModelUnavailable, match="sha256"):
+        fleet.runner(victim)
+    assert victim in fleet.refused and fleet.runner(other) is not None
+
+
+def test_the_session_runs_the_bytes_that_were_verified(sweep_copy, monkeypatch):
+    """The graph is read once, hashed, and the session is built from those bytes: a swap of the file after
+    the check cannot reach the session."""
+    import serve.fleet as fleet_module
+
+    cfg = ServeConfig(sweep=str(sweep_copy), variants=("onnx-fp32",), memory_budget_mb=100)
+    fleet = Fleet.from_config(cfg)
+    model_id = sorted(fleet.entries)[0]
+    opened = []
+    real = fleet_module.OnnxCausalLM
+
+    def spy(folder, **kw):
+        (folder / "model.onnx").write_bytes(b"swapped after the check")  # the file changes after verification
+        opened.append(kw["model_bytes"])
+        return real(folder, **kw)
+
+    monkeypatch.setattr(fleet_module, "OnnxCausalLM", spy)
+    runner = fleet.runner(model_id)
+    assert opened[0][:4] != b"swap" and runner.session.get_inputs()
+
+
 def test_lazy_loading_releases_the_least_recently_used(exported):
     cfg = ServeConfig(sweep=str(exported["sweep"]), variants=("onnx-fp32", "ort-int8", "ort-int4"),
                       memory_budget_mb=4.5)

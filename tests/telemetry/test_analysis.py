@@ -104,3 +104,71 @@ def test_cli_unreachable_source_fails_clearly_and_writes_nothing(tmp_path):
     res = subprocess.run([sys.executable, "-m", "telemetry", "analyze", "--accuracies", str(tmp_path / "nope.csv"),
                           "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "missing or empty" in res.stderr
+
+
+def _analyze_cli(*args):
+    return subprocess.run([sys.executable, "-m", "telemetry", "analyze", *map(str, args), "--n_boot=100",
+                           "--n_perm=100"], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_out_writes_only_its_own_files_and_refuses_a_folder_holding_others(tmp_path, rows):
+    """--out used to rmtree the folder (a typo such as --out runs/demo lost the sweep)."""
+    csv = tmp_path / "accuracy.csv"
+    upsert_rows(csv, rows)
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    res = _analyze_cli("--accuracies", csv, "--out", tmp_path)
+    assert res.returncode == 2 and "holds other files" in res.stderr and "accuracy.csv" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.csv", "notes.txt"]
+    assert _analyze_cli("--accuracies", csv, "--out", tmp_path, "--force").returncode == 0
+    assert keep.read_text() == "mine" and (tmp_path / "summary.json").is_file()
+    report = tmp_path / "report"
+    assert _analyze_cli("--accuracies", csv, "--out", report).returncode == 0
+    first = (report / "summary.json").read_text()
+    assert _analyze_cli("--accuracies", csv, "--out", report).returncode == 0  # a report folder is rewritten in place
+    assert (report / "summary.json").read_text() == first
+    assert sorted(p.name for p in report.iterdir()) == ["report.html", "summary.json"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.update(n=-5, correct=-3), "n = -5"),
+    (lambda r: r.update(correct=r["n"] + 1), "outside 0..n"),
+    (lambda r: r.update(n=0, correct=0), "n = 0"),
+    (lambda r: r.update(correct="many"), "not an integer"),
+])
+def test_an_impossible_count_in_accuracy_csv_is_one_line_naming_the_row(tmp_path, edit, message):
+    table = synthetic_rows(n_runs=6, variants=("torch-fp32",))
+    edit(table[7])
+    csv = tmp_path / "accuracy.csv"
+    header = list(table[0])
+    csv.write_text(",".join(header) + "\n" + "".join(",".join(str(r[k]) for k in header) + "\n" for r in table))
+    res = _analyze_cli("--accuracies", csv, "--out", tmp_path / "report")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{csv} line 9: " in res.stderr and message in res.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_duplicated_row_is_refused_not_silently_replaced(tmp_path):
+    table = synthetic_rows(n_runs=6, variants=("torch-fp32",))
+    csv = tmp_path / "accuracy.csv"
+    header = list(table[0])
+    lines = [",".join(str(r[k]) for k in header) for r in table]
+    csv.write_text("\n".join([",".join(header), *lines, lines[3]]) + "\n")
+    res = _analyze_cli("--accuracies", csv, "--out", tmp_path / "report")
+    assert res.returncode == 2
+    assert f"line {len(lines) + 2}: the same (run, step, variant, split) as line 5" in res.stderr
+
+
+def test_a_stray_split_or_an_incomplete_run_is_left_out_with_a_warning(tmp_path):
+    """One stray row used to refuse a whole variant ("1 runs"); a run missing splits vanished without a word."""
+    table = synthetic_rows(n_runs=12, variants=("torch-fp32",))
+    table.append({"run": "r00", "step": 30, "variant": "torch-fp32", "split": "typo_split", "n": 100, "correct": 5})
+    table = [r for r in table if not (r["run"] == "r03" and r["split"] in ("base", "length"))]
+    csv = tmp_path / "accuracy.csv"
+    upsert_rows(csv, table)
+    res = _analyze_cli("--accuracies", csv, "--out", tmp_path / "report")
+    assert res.returncode == 0, res.stderr
+    assert "typo_split (1 of 36 points) held by fewer than half" in res.stderr
+    assert "3 of 36 (run, step) point(s) lack a split" in res.stderr
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["variants"]["torch-fp32"]["n_runs"] == 11 and len(summary["left_out"]) == 2

@@ -136,6 +136,19 @@ def test_watch_keeps_last_good_values_marks_them_stale_and_backs_off():
     assert w.tick() and w.next_delay() == 30 and gauge_values(registry)[("fracture_telemetry_stale", ())] == 0
 
 
+def test_watch_backoff_is_capped_relative_to_the_interval():
+    """After a long outage at --interval 5 the source is read again within 10 s, not up to 300 s later."""
+    def down():
+        raise SourceError("Prometheus did not answer")
+
+    w = Watcher(down, CollectorRegistry(), AnalysisOptions(n_boot=100, n_perm=100), interval=5)
+    delays = []
+    for _ in range(12):  # a minute and more of failures
+        w.tick()
+        delays.append(w.next_delay())
+    assert delays[0] == 1 and max(delays) == 10 and delays == sorted(delays)
+
+
 def test_watch_recomputes_only_when_the_table_changes(monkeypatch):
     """An unchanged table (same rows, in any order) costs no analysis; a changed count does."""
     import telemetry.watch as watch

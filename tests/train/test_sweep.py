@@ -4,7 +4,9 @@ import csv
 import json
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -14,6 +16,26 @@ from tests.train.conftest import REPO, write_tiny_sweep
 def read_csv(path):
     with open(path) as fh:
         return list(csv.DictReader(fh))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            kids = [int(c) for c in (task / "children").read_text().split()] if (task / "children").exists() else []
+            out += kids
+            todo += kids
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie awaiting its reaper counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def run(args, **kw):
@@ -78,8 +100,14 @@ def test_killed_worker_pool_leaves_nothing_half_done(tmp_path):
     while time.monotonic() < deadline and proc.poll() is None and not list(sweep.glob("*/checkpoints/step-*")):
         time.sleep(0.05)
     assert proc.poll() is None, "the sweep ended before it could be killed"
+    children = descendants(proc.pid)
+    assert len(children) >= 2  # the two pool workers (and multiprocessing's resource tracker)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(alive(p) for p in children):
+        time.sleep(0.1)
+    assert not [p for p in children if alive(p)], "worker processes outlived the killed sweep"
     res = run(args)
     assert res.returncode == 0, res.stderr
     rows = read_csv(sweep / "accuracy.csv")
@@ -115,3 +143,44 @@ def test_a_changed_config_does_not_overwrite_an_existing_sweep(tmp_path):
     assert run(write_tiny_sweep(tmp_path)).returncode == 0
     res = run(write_tiny_sweep(tmp_path, batch_size=8))
     assert res.returncode == 2 and "different sweep config" in res.stderr
+
+
+def test_a_sweep_name_that_is_a_path_is_refused_before_anything_is_written(tmp_path):
+    """`--name ../../somewhere` would put the sweep outside out_root."""
+    res = run(write_tiny_sweep(tmp_path, name="../../somewhere"))
+    assert res.returncode == 2 and "single folder name" in res.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "somewhere").exists()
+
+
+def test_a_second_sweep_on_a_busy_folder_stops_and_names_the_holder(tmp_path):
+    """Two sweeps on one folder used to train everything twice and crash each other's run folders."""
+    from tasks.settings import folder_lock
+
+    with folder_lock(tmp_path / "runs" / "tiny", "a sweep (the test's)"):
+        res = run(write_tiny_sweep(tmp_path))
+        assert res.returncode == 2, res.stderr
+        assert "in use by a sweep (the test's) (pid" in res.stderr
+        assert not (tmp_path / "runs" / "tiny" / "sweep.yaml").exists()
+    with folder_lock(tmp_path / "runs" / "tiny", "a sweep"):
+        pass  # released with its holder
+
+
+def test_malformed_yaml_is_one_line_with_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: tiny\ngrid:\n  lr: [1e-3\n  steps: [4]\n")
+    for cmd in (["train", "sweep", "--config"], ["export", "--sweep", str(tmp_path), "--config"],
+                ["serve", "--config"]):
+        res = run([sys.executable, "-m", *cmd, str(bad)])
+        assert res.returncode == 2, (cmd, res.stderr)
+        assert f"{bad}:4:" in res.stderr and "invalid YAML" in res.stderr and "Traceback" not in res.stderr, cmd
+
+
+def test_bad_run_settings_are_refused_before_anything_is_written_and_the_fix_is_accepted(tmp_path):
+    """grid.steps <= 0 ended in an IndexError; an unknown mixture split was found after sweep.yaml was written,
+    so the corrected config was then refused as "made by a different sweep config"."""
+    for override, message in (("--grid={lr: [1e-3], steps: [0]}", "steps must be >= 1"),
+                              ("--grid={lr: [-1e-3], steps: [4]}", "lr must be > 0"),
+                              ("--grid={lr: [1e-3], steps: [4], mixture: {m: {nope: 1.0}}}", "unknown split")):
+        res = run([*write_tiny_sweep(tmp_path), override])
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()

@@ -1,0 +1,47 @@
+"""Worker processes that never outlive the job that started them.
+
+The sweep and the export run their work in ``ProcessPoolExecutor`` pools. When the parent is
+killed (kill -9, an OOM kill, a closed terminal), a pool worker would otherwise go on: an
+export worker kept publishing variants that a resumed export was rebuilding, then hung on
+its dead parent forever. Every pool worker therefore starts with ``die_with_parent``: on
+Linux the kernel sends it SIGKILL when its parent dies (``PR_SET_PDEATHSIG``); elsewhere the
+stage's own checks between steps (``train.finetune.OrphanGuard``) stop it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Ask the kernel to SIGKILL this process when its parent exits (Linux; a no-op elsewhere). With
+    ``parent_pid``, exit at once if that parent is already gone (it died before the request was made)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the stage's own orphan checks remain
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+_queue = None
+
+
+def init_worker(parent_pid: int, queue=None) -> None:
+    """``ProcessPoolExecutor`` initializer: die with the parent, and keep the progress queue (a queue can
+    reach a worker only when it starts, so it is passed here rather than with each task)."""
+    global _queue
+    die_with_parent(parent_pid)
+    _queue = queue
+
+
+def progress_queue():
+    """The progress queue given to this worker at start (None in the parent or without one)."""
+    return _queue
