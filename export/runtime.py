@@ -110,7 +110,10 @@ class OnnxCausalLM:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(model_bytes if model_bytes is not None else str(path), opts,
                                             providers=providers or default_providers())
-        self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        tokenizer_file = self.model_dir / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise FileNotFoundError(f"{tokenizer_file} is missing (the variant's tokenizer)")
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.eos_id, self.pad_id = _special_ids(self.model_dir, self.tokenizer)

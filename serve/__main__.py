@@ -3,7 +3,7 @@
     python -m serve --sweep runs/demo                         # every (run, variant), on 127.0.0.1:8000
     python -m serve --sweep runs/demo --variants onnx-fp32,ort-int8 --port 8001
     python -m serve --sweep runs/demo --memory_budget_mb=50    # lazy loading, LRU release
-    FRACTURE_API_TOKEN=secret python -m serve --sweep runs/demo   # bearer auth on /v1/*
+    FRACTURE_API_TOKEN=secret python -m serve --sweep runs/demo   # bearer auth on all but /healthz, /readyz
     python -m serve replay --url http://127.0.0.1:8000 --data data/<task-hash> --per-split 100 \\
         --out runs/demo/served-accuracy.csv
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from serve.app import build_app
         from serve.config import ServeConfig
+        from serve.http import raise_fd_limit, uvicorn_config
 
         cfg = load_config(ServeConfig, args.config, parse_cli_overrides(rest))
         app = build_app(cfg, CollectorRegistry())
@@ -73,9 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"fracture serve: http://{cfg.host}:{cfg.port}  ({len(app.state.fleet.entries)} models, "
           f"{len(app.state.fleet.refused)} refused)  metrics: /metrics  docs: /docs", flush=True)
-    # one worker: the batcher and the Prometheus registry live in this process
-    uvicorn.run(app, host=cfg.host, port=cfg.port, workers=1, access_log=False, log_level="info",
-                timeout_graceful_shutdown=cfg.drain_timeout_s)
+    raise_fd_limit()  # connections are file descriptors: the soft limit (often 1024) must not be the cap
+    uvicorn.Server(uvicorn_config(app, cfg)).run()
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -116,7 +116,8 @@ class APIError(Exception):
 
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 503: "overloaded_error",
+               405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+               503: "overloaded_error",
                500: "server_error"}
 
 
@@ -132,14 +133,15 @@ def _responses(*codes: int) -> dict:
 # -- body size limit (before any parsing) ---------------------------------------------
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 for a declared or streamed body over ``limit`` bytes.
+    """Pure ASGI middleware: 413 for a declared or streamed body over ``limit`` bytes, 408 for one not
+    complete ``timeout_s`` after the headers.
 
     The body is read (at most ``limit`` + 1 bytes) before the app sees it, then replayed:
     requests are small, and this way no framework layer can turn the refusal into a 400.
     """
 
-    def __init__(self, app, limit: int, on_reject):
-        self.app, self.limit, self.on_reject = app, limit, on_reject
+    def __init__(self, app, limit: int, on_reject, timeout_s: float = 10.0):
+        self.app, self.limit, self.on_reject, self.timeout_s = app, limit, on_reject, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -148,8 +150,14 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._reject(scope, receive, send)
         chunks, size, more = [], 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while more:
-            message = await receive()
+            try:  # a client that sends its body slowly, or never, holds nothing beyond the deadline
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                self.on_reject("body_timeout")
+                return await error_response(408, f"request body not received within {self.timeout_s:g} s",
+                                            {"Connection": "close"})(scope, receive, send)
             if message["type"] != "http.request":  # the client went away
                 return
             chunks.append(message.get("body", b""))
@@ -169,8 +177,62 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, scope, receive, send):
-        self.on_reject()
+        self.on_reject("body_too_large")
         await error_response(413, f"request body larger than {self.limit} bytes")(scope, receive, send)
+
+
+# -- requests cut off by a shutdown ------------------------------------------------------
+
+class Drain:
+    """Pure ASGI middleware: on SIGTERM uvicorn lets in-flight requests finish for ``drain_timeout_s``, then
+    cancels the rest, which would answer a plain-text 500 with a traceback each. A request cancelled before
+    its response started gets the JSON 503 + Retry-After that an overloaded server gives instead."""
+
+    def __init__(self, app, on_reject):
+        self.app, self.on_reject = app, on_reject
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            self.on_reject()
+            await error_response(503, "the server is shutting down; retry against another instance or later",
+                                 {"Retry-After": "1", "Connection": "close"})(scope, receive, send)
+
+
+# -- bearer auth (before anything else) -------------------------------------------------
+
+class BearerAuth:
+    """Pure ASGI middleware: with a token set, every path but ``public_paths`` needs
+    ``Authorization: Bearer <token>`` (the scheme case-insensitive, RFC 7235; the token compared as UTF-8
+    bytes in constant time); 401 otherwise, before the body is read. Without a token, nothing is checked."""
+
+    def __init__(self, app, token: str, public_paths: tuple[str, ...], on_reject):
+        self.app, self.on_reject = app, on_reject
+        self.token = token.encode("utf-8") if token else b""
+        self.public = frozenset(public_paths)
+
+    async def __call__(self, scope, receive, send):
+        if not self.token or scope["type"] != "http" or scope["path"] in self.public:
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, credentials = given.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token):
+            return await self.app(scope, receive, send)
+        self.on_reject()
+        await error_response(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})(
+            scope, receive, send)
 
 
 # -- the app ----------------------------------------------------------------------------
@@ -218,7 +280,12 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
                   description="Greedy completions from a fleet of exported variants, graded per shift. "
                               "Errors are {\"error\": {\"type\", \"message\"}}.")
     app.state.fleet, app.state.metrics, app.state.batcher = fleet, metrics, batcher
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes, on_reject=lambda: metrics.error("body_too_large"))
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes, on_reject=metrics.error,
+                       timeout_s=config.body_timeout_s)
+    # a request without the token is refused before its body is read or parsed
+    app.add_middleware(BearerAuth, token=config.token, public_paths=config.public_paths,
+                       on_reject=lambda: metrics.error("unauthorized"))
+    app.add_middleware(Drain, on_reject=lambda: metrics.error("overloaded"))  # outermost
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -248,15 +315,7 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
         metrics.error("internal")
         return error_response(500, f"internal error ({type(exc).__name__})")
 
-    async def authorize(request: Request) -> None:  # async: a sync dependency costs a thread hop
-        token = config.token
-        if not token:
-            return
-        given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
-            raise APIError(401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-
-    @app.post("/v1/completions", response_model=CompletionResponse, dependencies=[Depends(authorize)],
+    @app.post("/v1/completions", response_model=CompletionResponse,
               responses=_responses(400, 401, 404, 413, 503))
     async def completions(req: CompletionRequest) -> JSONResponse:
         metrics.inflight.inc()
@@ -321,7 +380,7 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
                       "total_tokens": done.prompt_tokens + len(done.token_ids)},
             "variant": entry.variant, "shift": shift, "correct": correct})
 
-    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(authorize)],
+    @app.get("/v1/models", response_model=ModelList,
              responses=_responses(401))
     async def models() -> ModelList:
         loaded = set(fleet.loaded_ids())

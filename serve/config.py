@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 TOKEN_ENV = "FRACTURE_API_TOKEN"
 
@@ -27,15 +28,26 @@ class ServeConfig:
     max_tokens_limit: int = 32  # max_tokens must lie in 1..max_tokens_limit
     memory_budget_mb: float = 0.0  # > 0: load models lazily, release the least recently used beyond it
     drain_timeout_s: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
-    api_token: str = ""  # bearer token required on /v1/* (default: $FRACTURE_API_TOKEN; empty = no auth)
+    max_header_bytes: int = 16384  # request line + headers beyond this get 431 and the connection closed
+    max_headers: int = 100  # more request headers get 431
+    header_timeout_s: float = 10.0  # request line + headers not complete by then: 408, connection closed
+    body_timeout_s: float = 10.0  # a body not complete this long after its headers: 408
+    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 1000  # beyond this many connections (or requests in flight), 503
+    api_token: str = ""  # bearer token (default: $FRACTURE_API_TOKEN or api_token_file; empty = no auth); a flag
+    # shows in `ps`: prefer the environment variable or the file
+    api_token_file: str = ""  # a file holding the token (its first line)
+    # with a token set, every other path (the API, /metrics, /docs, /openapi.json) needs it
+    public_paths: tuple[str, ...] = ("/healthz", "/readyz")
     record_metrics: bool = True  # False: metrics go to objects that record nothing (the benchmark's baseline)
 
     def __post_init__(self) -> None:
         positive = ("port", "threads", "decode_workers", "max_batch_size", "queue_size", "max_body_bytes",
-                    "max_prompt_chars", "max_tokens_limit")
+                    "max_prompt_chars", "max_tokens_limit", "max_header_bytes", "max_headers", "max_connections")
         bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         bad += [f"{k}={getattr(self, k)}" for k in ("max_wait_ms", "memory_budget_mb") if getattr(self, k) < 0]
-        bad += [f"{k}={getattr(self, k)}" for k in ("request_timeout_s", "drain_timeout_s") if getattr(self, k) <= 0]
+        bad += [f"{k}={getattr(self, k)}" for k in ("request_timeout_s", "drain_timeout_s", "header_timeout_s",
+                                                    "body_timeout_s", "keep_alive_s") if getattr(self, k) <= 0]
         if self.provider not in ("auto", "cpu", "cuda"):
             bad.append(f"provider={self.provider!r} (auto, cpu or cuda)")
         if bad:
@@ -43,4 +55,14 @@ class ServeConfig:
 
     @property
     def token(self) -> str:
-        return self.api_token or os.environ.get(TOKEN_ENV, "")
+        if self.api_token:
+            return self.api_token
+        if self.api_token_file:
+            try:
+                lines = Path(self.api_token_file).read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ValueError(f"api_token_file: cannot read {self.api_token_file} ({exc.strerror})") from None
+            if not lines or not lines[0].strip():
+                raise ValueError(f"api_token_file: {self.api_token_file} is empty")
+            return lines[0].strip()
+        return os.environ.get(TOKEN_ENV, "")

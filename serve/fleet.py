@@ -74,7 +74,7 @@ def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
             continue
         problem = verify_variant(folder)
         if problem:
-            refused[model_id] = problem
+            refused[model_id] = problem.replace(str(folder), model_id)  # no server paths in what clients see
             log.warning("refusing %s: %s", model_id, problem)
             continue
         m = read_manifest(folder)
@@ -179,6 +179,9 @@ class Fleet:
         return runner
 
     def _refuse(self, model_id: str, reason: str):
+        entry = self.entries.get(model_id)
+        if entry is not None:  # clients see the model id, never the server's file paths
+            reason = reason.replace(str(entry.folder), model_id)
         self.entries.pop(model_id, None)
         self.refused[model_id] = reason
         log.warning("refusing %s: %s", model_id, reason)

@@ -16,8 +16,8 @@ RESULTS = ("correct", "incorrect", "ungraded")
 GRADED = ("correct", "incorrect")
 UNLABELLED = "none"
 ERROR_REASONS = (
-    "body_too_large", "malformed_json", "invalid_request", "unknown_model", "unknown_shift", "prompt_too_long",
-    "unencodable_prompt", "max_tokens_out_of_range", "temperature", "unauthorized", "not_found",
+    "body_too_large", "body_timeout", "malformed_json", "invalid_request", "unknown_model", "unknown_shift",
+    "prompt_too_long", "unencodable_prompt", "max_tokens_out_of_range", "temperature", "unauthorized", "not_found",
     "method_not_allowed", "overloaded", "timeout", "model_unavailable", "internal",
 )
 # 0.1 ms to 10 s: a tiny model answers in about a millisecond, a busy batch in tens

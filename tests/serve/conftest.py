@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from deploy.local import free_port  # noqa: F401 - the tests import it from here
 from serve.app import build_app
 from serve.config import ServeConfig
+from serve.http import uvicorn_config
 
 SERVED = ("onnx-fp32", "ort-int8", "ort-int4")
 
@@ -21,8 +22,7 @@ def running(cfg: ServeConfig, registry: CollectorRegistry | None = None):
     """Serve ``build_app(cfg, registry)`` on loopback until the block ends; yields (url, app, registry)."""
     registry = registry or CollectorRegistry()
     app = build_app(cfg, registry)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.port, log_level="warning",
-                                           access_log=False))
+    server = uvicorn.Server(uvicorn_config(app, cfg, log_level="warning"))  # the server's own settings
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{cfg.port}"

@@ -139,7 +139,7 @@ def test_unknown_route_and_method(server):
     assert server["client"].get("/v2/nothing").json()["error"]["type"] == "not_found_error"
 
 
-def test_bearer_auth_guards_v1_but_not_metrics_or_health(exported, monkeypatch):
+def test_bearer_auth_guards_the_api_and_metrics_but_not_health(exported, monkeypatch):
     monkeypatch.setenv("FRACTURE_API_TOKEN", "s3cret")
     with running(serve_config(exported["sweep"])) as (url, _, registry), httpx.Client(base_url=url) as c:
         assert c.get("/v1/models").status_code == 401
@@ -147,8 +147,8 @@ def test_bearer_auth_guards_v1_but_not_metrics_or_health(exported, monkeypatch):
                       headers={"Authorization": "Bearer wrong"})
         assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
         assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert c.get("/metrics").status_code == 200 and c.get("/healthz").status_code == 200
-        assert sample(registry, "fracture_request_errors_total", reason="unauthorized") == 2
+        assert c.get("/metrics").status_code == 401 and c.get("/healthz").status_code == 200
+        assert sample(registry, "fracture_request_errors_total", reason="unauthorized") == 3
 
 
 @pytest.mark.parametrize("field, value", [("max_batch_size", 0), ("provider", "tpu"), ("request_timeout_s", 0)])

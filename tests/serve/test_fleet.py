@@ -28,6 +28,7 @@ def test_tampered_and_incomplete_variants_are_refused_and_the_rest_served(sweep_
         served = {m["id"] for m in body["data"]}
         assert f"{first.name}/ort-int8" not in served and len(served) == 4
         assert "does not match its sha256" in body["refused"][f"{first.name}/ort-int8"]
+        assert str(sweep_copy) not in str(body["refused"])  # clients never see the server's file paths
         assert f"{second.name}/ort-int4" not in served  # no manifest: not a published variant
         resp = c.post("/v1/completions", json={"model": f"{first.name}/ort-int8", "prompt": "1+1="})
         assert resp.status_code == 404 and "refused" in resp.json()["error"]["message"]
@@ -81,6 +82,16 @@ def test_the_session_runs_the_bytes_that_were_verified(sweep_copy, monkeypatch):
     monkeypatch.setattr(fleet_module, "OnnxCausalLM", spy)
     runner = fleet.runner(model_id)
     assert opened[0][:4] != b"swap" and runner.session.get_inputs()
+
+
+def test_a_missing_tokenizer_is_named(sweep_copy):
+    cfg = ServeConfig(sweep=str(sweep_copy), variants=("onnx-fp32",), memory_budget_mb=100)
+    fleet = Fleet.from_config(cfg)
+    model_id = sorted(fleet.entries)[0]
+    (fleet.entries[model_id].folder / "tokenizer.json").unlink()
+    with pytest.raises(ModelUnavailable, match="tokenizer.json is missing"):
+        fleet.runner(model_id)
+    assert str(sweep_copy) not in fleet.refused[model_id]
 
 
 def test_lazy_loading_releases_the_least_recently_used(exported):

@@ -1,0 +1,113 @@
+"""Limits of the HTTP layer and the auth rules, over real HTTP on loopback (serve/http.py, serve/app.py).
+
+Raw sockets where a well-behaved client cannot misbehave the way an attacker does (oversized or
+endless headers, a body that never comes).
+"""
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.serve.conftest import running, serve_config
+
+
+def raw(url: str, payload: bytes, wait_s: float = 5.0) -> tuple[bytes, float]:
+    """Send ``payload`` on a fresh connection; (everything the server sent until it closed, seconds taken)."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=wait_s) as sock:
+        if payload:
+            sock.sendall(payload)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks), time.monotonic() - started
+
+
+def status_and_body(response: bytes) -> tuple[int, dict]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def guarded(exported):
+    cfg = serve_config(exported["sweep"], header_timeout_s=1.0, body_timeout_s=1.0, max_header_bytes=4096,
+                       max_headers=20)
+    with running(cfg) as (url, _, registry), httpx.Client(base_url=url) as client:
+        yield url, client, registry
+
+
+def well_formed(client) -> int:
+    model = client.get("/v1/models").json()["data"][0]["id"]
+    return client.post("/v1/completions", json={"model": model, "prompt": "1+1="}).status_code
+
+
+def test_oversized_or_too_many_headers_get_431_and_the_server_keeps_answering(guarded):
+    url, client, _ = guarded
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n"
+    status, body = status_and_body(raw(url, big)[0])
+    assert status == 431 and "larger than 4096 bytes" in body["error"]["message"]
+    many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(50)) + b"\r\n"
+    status, body = status_and_body(raw(url, many)[0])
+    assert status == 431 and "more than 20 request headers" in body["error"]["message"]
+    assert well_formed(client) == 200
+
+
+def test_headers_never_finished_or_an_idle_connection_get_408_at_the_deadline(guarded):
+    url, client, _ = guarded
+    response, took = raw(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # slowloris: never ends
+    status, body = status_and_body(response)
+    assert status == 408 and "not received within 1 s" in body["error"]["message"] and took < 4
+    response, took = raw(url, b"")  # connects and says nothing
+    assert status_and_body(response)[0] == 408 and took < 4
+    assert well_formed(client) == 200
+
+
+def test_a_body_that_never_arrives_gets_408(guarded):
+    url, client, registry = guarded
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"model\": ")
+    response, took = raw(url, head)
+    status, body = status_and_body(response)
+    assert status == 408 and "body not received" in body["error"]["message"] and took < 4
+    assert registry.get_sample_value("fracture_request_errors_total", {"reason": "body_timeout"}) >= 1
+    assert well_formed(client) == 200
+
+
+def test_malformed_http_is_a_json_400(guarded):
+    url, _, _ = guarded
+    status, body = status_and_body(raw(url, b"NOT HTTP AT ALL\r\n\r\n")[0])
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+
+
+def test_token_guards_everything_but_health_and_is_checked_before_the_body(exported, monkeypatch, tmp_path):
+    token = "s3cret-é"  # non-ASCII: compared as UTF-8
+    (tmp_path / "token").write_text(token + "\n", encoding="utf-8")
+    monkeypatch.delenv("FRACTURE_API_TOKEN", raising=False)
+    cfg = serve_config(exported["sweep"], api_token_file=str(tmp_path / "token"))
+    with running(cfg) as (url, _, registry), httpx.Client(base_url=url) as c:
+        for path in ("/v1/models", "/metrics", "/docs", "/openapi.json", "/redoc"):
+            resp = c.get(path)
+            assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer", path
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        # malformed JSON without the token: 401, not 400 (the body is never parsed)
+        resp = c.post("/v1/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert resp.status_code == 401
+        good = {"Authorization": b"bearer " + token.encode("utf-8")}  # the scheme is case-insensitive
+        assert c.get("/v1/models", headers=good).status_code == 200
+        assert c.get("/metrics", headers=good).status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 401
+        assert registry.get_sample_value("fracture_request_errors_total", {"reason": "unauthorized"}) == 7
+
+
+def test_public_paths_is_a_stated_choice(exported, monkeypatch):
+    monkeypatch.setenv("FRACTURE_API_TOKEN", "s3cret")
+    cfg = serve_config(exported["sweep"], public_paths=("/healthz", "/metrics"))
+    with running(cfg) as (url, _, _), httpx.Client(base_url=url) as c:
+        assert c.get("/metrics").status_code == 200 and c.get("/readyz").status_code == 401
