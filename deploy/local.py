@@ -34,8 +34,11 @@ def prometheus_config(server: str, watcher: str, interval: str = "5s") -> str:
     cfg = yaml.safe_load(TEMPLATE.read_text())
     cfg["global"]["scrape_interval"] = cfg["global"]["evaluation_interval"] = interval
     targets = {"fracture-serve": server, "fracture-telemetry": watcher}
+    token = os.environ.get("FRACTURE_API_TOKEN", "")
     for job in cfg["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        if token and job["job_name"] == "fracture-serve":  # the server's /metrics needs the token when one is set
+            job["authorization"] = {"type": "Bearer", "credentials": token}
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
@@ -121,6 +124,8 @@ def start_stack(services: Services, sweep: str, server_port: int = 8000, watch_p
     prometheus = shutil.which("prometheus")
     if prometheus:
         config = services.state / "prometheus.yml"
+        config.touch()
+        config.chmod(0o600)  # it may hold the API token
         config.write_text(prometheus_config(f"127.0.0.1:{server_port}", f"127.0.0.1:{watch_port}", scrape))
         data = services.state / "prometheus-data"
         shutil.rmtree(data, ignore_errors=True)

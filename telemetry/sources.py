@@ -16,6 +16,7 @@ per-digit measure comes from ``fracture_answer_digits_total{model,variant,shift,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 REQUESTS = "fracture_requests_total"
@@ -86,7 +87,8 @@ def from_scrape(url: str, timeout: float = 10.0) -> list[dict]:
 
     target = url if url.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
     try:
-        resp = requests.get(target, timeout=timeout)
+        token = os.environ.get("FRACTURE_API_TOKEN", "")  # the server's /metrics needs it when one is set
+        resp = requests.get(target, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None)
         resp.raise_for_status()
     except requests.RequestException as exc:
         raise SourceError(f"cannot scrape {target}: {exc}") from exc
