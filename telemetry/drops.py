@@ -35,6 +35,22 @@ def excess_drop(pq: Population, pb: Population, shift: str) -> float:
     return float(np.mean(d_s - slope * d_id))
 
 
+def excess_drop_resamples(pq: Population, pb: Population, shift: str, picks: np.ndarray) -> np.ndarray:
+    """``excess_drop`` on every row of point indices in ``picks`` (B, n) at once; rows where in-domain
+    accuracy does not vary are dropped, as the loop drops undefined resamples."""
+    a_id, a_s = pb.accuracy(ID)[picks], pb.accuracy(shift)[picks]
+    d_id, d_s = a_id - pq.accuracy(ID)[picks], a_s - pq.accuracy(shift)[picks]
+    ok = np.ptp(a_id, axis=1) > 0
+    x = a_id[ok] - a_id[ok].mean(axis=1, keepdims=True)
+    slope = (x * (a_s[ok] - a_s[ok].mean(axis=1, keepdims=True))).sum(axis=1) / (x * x).sum(axis=1)
+    values = np.mean(d_s[ok] - slope[:, None] * d_id[ok], axis=1)
+    values = values[np.isfinite(values)]
+    if len(values) < len(picks) // 2:
+        raise stats.Undefined(f"the statistic was undefined on {len(picks) - len(values)} of {len(picks)} "
+                              "bootstrap resamples")
+    return values
+
+
 def accuracy_drops(pq: Population, pb: Population, opts: AnalysisOptions) -> list[dict]:
     """One entry per shift: mean drops, the excess drop with its interval and p."""
     pq, pb = fragmentation.paired(pq, pb)
@@ -53,7 +69,11 @@ def accuracy_drops(pq: Population, pb: Population, opts: AnalysisOptions) -> lis
 
         try:
             est = excess_drop(pq, pb, shift)
-            boot = stats.cluster_bootstrap_values(clusters, stat, opts.n_boot, opts.seed + 271 + i)
+            seed = opts.seed + 271 + i
+            if all(len(c) == 1 for c in clusters):  # one point per run (the default): all resamples at once
+                boot = excess_drop_resamples(pq, pb, shift, stats.cluster_picks(len(clusters), opts.n_boot, seed))
+            else:
+                boot = stats.cluster_bootstrap_values(clusters, stat, opts.n_boot, seed)
             alpha = (1 - opts.level) / 2
             lo, hi = np.quantile(boot, [alpha, 1 - alpha])
             item |= {"excess": est, "ci_low": float(lo), "ci_high": float(hi), "p": stats.bootstrap_p(boot, est),

@@ -326,6 +326,13 @@ def bh_qvalues(pvalues: Sequence[float]) -> list[float]:
     return out.tolist()
 
 
+def cluster_picks(m: int, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """The (n_boot, m) cluster indices ``cluster_bootstrap_values`` draws for this seed, row b being
+    resample b: a vectorized statistic over these rows gives the same values as the loop."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, m, m) for _ in range(n_boot)]) if n_boot else np.empty((0, m), dtype=int)
+
+
 def cluster_bootstrap_values(clusters: Sequence, statistic: Callable[[list], float], n_boot: int = 2000,
                              seed: int = 0) -> np.ndarray:
     """The statistic on n_boot resamples of whole clusters (runs), undefined resamples dropped.

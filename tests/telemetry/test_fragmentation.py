@@ -188,3 +188,19 @@ def test_paired_drops_known_answer():
     by = {d["shift"]: d for d in summary["drops"]}
     assert by["base"]["excess"] == pytest.approx(0.05, abs=0.005) and by["base"]["q"] < 0.05
     assert abs(by["length"]["excess"]) < 0.005 and by["length"]["ci_low"] <= 0 <= by["length"]["ci_high"]
+
+
+def test_vectorized_drop_resamples_equal_the_resampling_loop():
+    """The paired drops' bootstrap draws the same resamples as stats.cluster_bootstrap_values, all at once."""
+    from telemetry.drops import excess_drop, excess_drop_resamples
+
+    rows = structured_rows(n_runs=12)
+    noisy = [dict(r, variant="ort-int4", correct=max(0, r["correct"] - (7 * i) % 40)) for i, r in enumerate(rows)]
+    pb, pq = build_population(rows, "torch-fp32", measure="exact"), build_population(noisy, "ort-int4", measure="exact")
+    pq, pb = fragmentation.paired(pq, pb)
+    clusters = fragmentation.run_clusters(pq)
+    loop = stats.cluster_bootstrap_values(
+        clusters, lambda picks: excess_drop(fragmentation.resampled(pq, picks), fragmentation.resampled(pb, picks),
+                                            "base"), 300, 5)
+    fast = excess_drop_resamples(pq, pb, "base", stats.cluster_picks(len(clusters), 300, 5))
+    np.testing.assert_allclose(fast, loop, rtol=1e-9, atol=1e-12)
