@@ -20,17 +20,16 @@ help:             ## list the targets
 setup: $(STAMP)   ## create .venv and install fracture with its pinned runtime dependencies
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build. --no-compile: Python compiles
-	# what is imported on first use instead of every file at install (torch alone: 40 s -> 10 s here)
-	$(VENV)/bin/pip install --quiet --no-compile torch==2.13.0
-	$(VENV)/bin/pip install --quiet --no-compile -e .
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e .
 	touch $(STAMP)
 
 # the test and lint tools (pytest, ruff, the reference implementations tests compare against) come on top, only
 # for the targets that use them: `make demo` on a fresh machine does not wait for them
 setup-dev: $(DEV_STAMP)
 $(DEV_STAMP): $(STAMP)
-	$(VENV)/bin/pip install --quiet --no-compile -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $(DEV_STAMP)
 
 data: setup       ## write the task splits (JSONL) to data/<config-hash>/
