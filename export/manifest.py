@@ -61,8 +61,9 @@ def read_manifest(folder: str | Path) -> dict:
     return json.loads((Path(folder) / MANIFEST).read_text())
 
 
-def verify_variant(folder: str | Path) -> str | None:
-    """``None`` when the variant is whole and untouched, else the reason it is not."""
+def verify_variant(folder: str | Path, skip: frozenset[str] = frozenset()) -> str | None:
+    """``None`` when the variant is whole and untouched, else the reason it is not. Files in ``skip`` are
+    left to the caller (which reads and checks them itself, see ``read_verified``)."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         return f"{folder}: no {MANIFEST} (partial or failed build)"
@@ -74,6 +75,8 @@ def verify_variant(folder: str | Path) -> str | None:
     if not files:
         return f"{folder}: {MANIFEST} lists no files"
     for name, entry in files.items():
+        if name in skip:
+            continue
         path = folder / name
         if not path.is_file():
             return f"{folder}: {name} is missing"

@@ -162,10 +162,11 @@ class Fleet:
         """Verify the variant's files and open its session on the very graph bytes that were hashed (a file
         changed after discovery, or between the check and the load, is never served); refuses it on failure."""
         started = time.perf_counter()
-        problem = verify_variant(entry.folder)
+        external = any(n != MODEL_FILE and n.endswith((".onnx_data", ".data")) for n in entry.files)
+        # the graph is hashed once, below, from the bytes the session is built from
+        problem = verify_variant(entry.folder, skip=frozenset() if external else frozenset({MODEL_FILE}))
         if problem:
             self._refuse(entry.id, problem)
-        external = any(n != MODEL_FILE and n.endswith((".onnx_data", ".data")) for n in entry.files)
         try:
             graph = None if external else read_verified(entry.folder, MODEL_FILE)  # external weights: by path
         except (OSError, ValueError) as exc:
