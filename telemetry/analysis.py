@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from telemetry import drops, fragmentation, stats
+from telemetry import drops, fragmentation, resampling, stats
 from telemetry.config import AnalysisOptions
 from telemetry.population import ID, Population, build_population, variants_in
 from train.signal import signal_check
@@ -51,26 +51,34 @@ def within_matrix(pop: Population, shifts: list[str], opts: AnalysisOptions) -> 
     return stats.partial_corr_matrix(*_within_scaled(pop, shifts, opts))
 
 
-def boot_matrices(pops: list[Population], matrix, opts: AnalysisOptions, seed: int) -> np.ndarray:
+def boot_matrices(pops: list[Population], shifts: list[str], opts: AnalysisOptions, seed: int,
+                  within: bool = False) -> np.ndarray:
     """(kept resamples) x len(pops) x m x m: every shift pair's statistic on the same resamples of runs.
 
-    One resample gives every pair at once (one least-squares fit per population), so a
-    report with many pairs costs little more than one with a single pair. ``pops`` hold the
-    same points in the same order (a paired comparison resamples them together).
+    One resample gives every pair at once, so a report with many pairs costs little more
+    than one with a single pair; where the populations allow it (fragmentation.stack) all
+    resamples are one batched fit. ``pops`` hold the same points in the same order (a
+    paired comparison resamples them together). ``within``: the run-demeaned statistic.
     """
     clusters = fragmentation.run_clusters(pops[0])
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(opts.n_boot):
-        picks = [clusters[i] for i in rng.integers(0, len(clusters), len(clusters))]
-        try:
-            out.append([matrix(fragmentation.resampled(p, picks)) for p in pops])
-        except stats.StatsError:
-            continue
+    picks = stats.cluster_picks(len(clusters), opts.n_boot, seed)
+    stacks = [fragmentation.stack(p, shifts, opts) for p in pops]
+    if all(s is not None for s in stacks):
+        out = resampling.resample_matrices(stacks, picks, within)
+    else:
+        matrix = within_matrix if within else between_matrix
+        out = np.full((len(picks), len(pops), len(shifts), len(shifts)), np.nan)
+        for b, pick in enumerate(picks):
+            chosen = [clusters[i] for i in pick]
+            try:
+                out[b] = [matrix(fragmentation.resampled(p, chosen), shifts, opts) for p in pops]
+            except stats.StatsError:
+                continue
+    out = out[~np.isnan(out).any(axis=(1, 2, 3))]
     if len(out) < opts.n_boot // 2:
         raise stats.Undefined(f"the statistic was undefined on {opts.n_boot - len(out)} of {opts.n_boot} "
                               "bootstrap resamples")
-    return np.array(out)
+    return out
 
 
 def _undefined(exc: Exception) -> dict:
@@ -91,7 +99,7 @@ def analyze_pairs(pop: Population, opts: AnalysisOptions, seed: int) -> list[dic
     n_runs = len(pop.run_ids)
     try:
         est = between_matrix(pop, shifts, opts)
-        boot = boot_matrices([pop], lambda p: between_matrix(p, shifts, opts), opts, seed)[:, 0]
+        boot = boot_matrices([pop], shifts, opts, seed)[:, 0]
     except stats.StatsError:  # a split without variance: each pair on its own says which
         return [analyze_pair(pop, shifts[i], shifts[j], opts, k) for k, (i, j) in enumerate(pairs)]
     out = []
@@ -152,7 +160,7 @@ def analyze_within(pop_all: Population, opts: AnalysisOptions, seed: int) -> lis
         if min(per_run.values(), default=0) < 2:
             raise stats.Undefined("fewer than 2 checkpoints per run: no trajectory")
         est = within_matrix(pop_all, shifts, opts)
-        boot = boot_matrices([pop_all], lambda p: within_matrix(p, shifts, opts), opts, seed)[:, 0]
+        boot = boot_matrices([pop_all], shifts, opts, seed, within=True)[:, 0]
     except stats.StatsError as exc:
         return [{"shift_a": a, "shift_b": b} | _undefined(exc) for a, b, _, _ in pairs]
     return [{"shift_a": a, "shift_b": b, "r_partial": float(est[i, j]),
@@ -206,12 +214,12 @@ def compare_pairs(pv: Population, pb: Population, opts: AnalysisOptions, seed: i
 
     try:
         est = delta((pv, pb))
-        boot = boot_matrices([pv, pb], lambda p: between_matrix(p, shifts, opts), opts, seed)
+        boot = boot_matrices([pv, pb], shifts, opts, seed)
         boot = boot[:, 0] - boot[:, 1]
         clusters = fragmentation.run_clusters(pv)
         jack = np.array([delta((pv.take(keep), pb.take(keep))) for keep in
                          (np.concatenate([c for k, c in enumerate(clusters) if k != i]) for i in range(n_runs))])
-        p = swap_p_matrix(pv, pb, delta, est, opts.n_perm, seed + 1)
+        p = fragmentation.swap_p(fragmentation.swap_deltas(pv, pb, shifts, opts, opts.n_perm, seed + 1), est)
     except stats.StatsError as exc:
         return [base | {"shift_a": a, "shift_b": b, "delta": None, "ci_low": None, "ci_high": None, "p": None,
                         "undefined": str(exc)} for a, b, _, _ in pairs]
@@ -227,26 +235,6 @@ def compare_pairs(pv: Population, pb: Population, opts: AnalysisOptions, seed: i
                  "undefined": None}
         out.append(item)
     return out
-
-
-def swap_p_matrix(pv: Population, pb: Population, delta, observed: np.ndarray, n_perm: int,
-                  seed: int) -> np.ndarray:
-    """Label-swap permutation p of every pair's Δ at once (see fragmentation.swap_permutation_p)."""
-    rng = np.random.default_rng(seed)
-    runs = np.array(pv.runs)
-    run_ids = np.asarray(pv.run_ids)
-    hits, valid = np.zeros_like(observed), 0
-    for _ in range(n_perm):
-        mask = np.isin(runs, run_ids[rng.random(len(run_ids)) < 0.5])
-        try:
-            d = delta((fragmentation.swapped(pv, pb, mask), fragmentation.swapped(pb, pv, mask)))
-        except stats.StatsError:
-            continue
-        hits += np.abs(d) >= np.abs(observed) - 1e-12
-        valid += 1
-    if valid < n_perm // 2:
-        raise stats.Undefined(f"the Δ was undefined on {n_perm - valid} of {n_perm} label swaps")
-    return (1 + hits) / (valid + 1)
 
 
 def _measure_available(rows: list[dict], measure: str) -> str | None:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from telemetry import stats
+from telemetry import resampling, stats
 from telemetry.config import AnalysisOptions
 from telemetry.population import ID, Population
 
@@ -78,12 +78,8 @@ def scaled(pop: Population, shifts: list[str], opts: AnalysisOptions) -> tuple[n
 
 def index(pop: Population, pairs: list[tuple[str, str]], opts: AnalysisOptions) -> float:
     """Mean partial correlation over the pairs (StatsError if any pair is undefined)."""
-    if not pairs:
-        raise stats.Undefined("fewer than 2 shifts carry signal: no pair to average")
-    shifts = sorted({s for p in pairs for s in p})
-    where = {s: i for i, s in enumerate(shifts)}
-    r = stats.partial_corr_matrix(*scaled(pop, shifts, opts))
-    return float(np.mean([r[where[a], where[b]] for a, b in pairs]))
+    shifts, rows, cols = _positions(pairs)
+    return float(stats.partial_corr_matrix(*scaled(pop, shifts, opts))[rows, cols].mean())
 
 
 def run_clusters(pop: Population) -> list[np.ndarray]:
@@ -102,12 +98,51 @@ def resampled(pop: Population, picks: list[np.ndarray]) -> Population:
     return out
 
 
+def stack(pop: Population, shifts: list[str], opts: AnalysisOptions) -> resampling.Stack | None:
+    """``pop`` laid out for batched resampling, or None where a resample must be re-scaled as a whole
+    (spearman ranks, spline knots) or runs hold different numbers of points: then callers loop."""
+    if opts.method != "pearson" or opts.control == "spline":
+        return None
+    groups = run_clusters(pop)
+    if len({len(g) for g in groups}) != 1:
+        return None
+    cols, z = scaled(pop, shifts, opts)
+    return resampling.Stack(cols.astype(float), np.asarray(z, dtype=float).reshape(-1), np.stack(groups))
+
+
+def _positions(pairs: list[tuple[str, str]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The shifts ``index`` computes a matrix over, and each pair's (row, column) in it."""
+    if not pairs:
+        raise stats.Undefined("fewer than 2 shifts carry signal: no pair to average")
+    shifts = sorted({s for p in pairs for s in p})
+    where = {s: i for i, s in enumerate(shifts)}
+    return shifts, np.array([where[a] for a, _ in pairs]), np.array([where[b] for _, b in pairs])
+
+
+def index_batch(pops: list[Population], pairs: list[tuple[str, str]], opts: AnalysisOptions):
+    """picks (B, k) -> (B, len(pops)) index values on those resamples of runs (NaN: undefined), or None
+    where the populations need the loop (see ``stack``)."""
+    shifts, rows, cols = _positions(pairs)
+    stacks = [stack(p, shifts, opts) for p in pops]
+    if any(s is None for s in stacks):
+        return None
+    return lambda picks: resampling.resample_matrices(stacks, picks)[..., rows, cols].mean(axis=-1)
+
+
 def uncertainty(clusters: list, statistic: Callable[[list], float], estimate: float, opts: AnalysisOptions,
-                seed: int) -> dict:
-    """Cluster-bootstrap (percentile and BCa) and jackknife-t intervals of one statistic."""
-    boot = stats.cluster_bootstrap_values(clusters, statistic, opts.n_boot, seed)
-    jack = stats.jackknife(clusters, statistic)
+                seed: int, batch: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+    """Cluster-bootstrap (percentile and BCa) and jackknife-t intervals of one statistic.
+
+    ``batch``, where given, computes the statistic on a (B, k) array of cluster picks at once
+    (NaN where undefined); it sees the same resamples as the loop over ``statistic``.
+    """
     n = len(clusters)
+    if batch is not None:
+        boot = stats.kept_resamples(batch(stats.cluster_picks(n, opts.n_boot, seed)), opts.n_boot)
+        jack = stats.jackknife_checked(batch(stats.jackknife_picks(n)))
+    else:
+        boot = stats.cluster_bootstrap_values(clusters, statistic, opts.n_boot, seed)
+        jack = stats.jackknife(clusters, statistic)
     se = stats.jackknife_se(jack)
     alpha = (1 - opts.level) / 2
     lo, hi = np.quantile(boot, [alpha, 1 - alpha])
@@ -131,8 +166,9 @@ def uncertainty(clusters: list, statistic: Callable[[list], float], estimate: fl
 def variant_index(pop: Population, pairs: list[tuple[str, str]], opts: AnalysisOptions, seed: int) -> dict:
     try:
         est = index(pop, pairs, opts)
+        batch = index_batch([pop], pairs, opts)
         res = uncertainty(run_clusters(pop), lambda picks: index(resampled(pop, picks), pairs, opts), est, opts,
-                          seed)
+                          seed, batch and (lambda picks: batch(picks)[:, 0]))
         return {"index": est, "pairs": [list(p) for p in pairs], **res, "undefined": None}
     except stats.StatsError as exc:
         return {"index": None, "pairs": [list(p) for p in pairs], "undefined": str(exc)}
@@ -161,8 +197,11 @@ def delta_index(pv: Population, pb: Population, pairs: list[tuple[str, str]], op
 
     try:
         est = index(pv, pairs, opts) - index(pb, pairs, opts)
-        res = uncertainty(clusters, delta, est, opts, seed)
-        res["p"] = swap_permutation_p(pv, pb, lambda p: index(p, pairs, opts), opts.n_perm, seed + 1)
+        batch = index_batch([pv, pb], pairs, opts)
+        res = uncertainty(clusters, delta, est, opts, seed, batch and (lambda picks: np.subtract(*batch(picks).T)))
+        shifts, rows, cols = _positions(pairs)
+        swaps = swap_deltas(pv, pb, shifts, opts, opts.n_perm, seed + 1)[:, rows, cols].mean(axis=-1)
+        res["p"] = float(swap_p(swaps, np.float64(est)))
     except stats.StatsError as exc:
         return out | {"delta": None, "undefined": str(exc)}
     se = res["se_jackknife"]
@@ -171,31 +210,41 @@ def delta_index(pv: Population, pb: Population, pairs: list[tuple[str, str]], op
     return out | {"delta": est, **res, "undefined": None}
 
 
-def swap_permutation_p(pv: Population, pb: Population, statistic: Callable[[Population], float], n_perm: int,
-                       seed: int) -> float:
-    """Two-sided p of statistic(pv) − statistic(pb) by swapping the two variants' labels within runs.
+def swap_deltas(pv: Population, pb: Population, shifts: list[str], opts: AnalysisOptions, n_perm: int,
+                seed: int) -> np.ndarray:
+    """(kept swaps, m, m): variant − baseline partial-correlation matrices after each of ``n_perm`` swaps
+    of the two variants' labels on a random half of the runs (a run's points travel together).
 
     Under the null that the variant and full precision are exchangeable run by run, every
-    swap is as likely as the observed labelling: exact at any n (the bootstrap and jackknife
-    intervals are not, at a few dozen runs). A run's points travel together.
+    swap is as likely as the observed labelling, so ``swap_p`` of these is exact at any n
+    (the bootstrap and jackknife intervals are not, at a few dozen runs). Swaps on which a
+    matrix is undefined are dropped; Undefined when more than half are.
     """
-    observed = abs(statistic(pv) - statistic(pb))
     rng = np.random.default_rng(seed)
-    runs = np.array(pv.runs)
-    run_ids = pv.run_ids
-    hits = valid = 0
-    for _ in range(n_perm):
-        flip = set(np.asarray(run_ids)[rng.random(len(run_ids)) < 0.5])
-        mask = np.isin(runs, list(flip))
-        a, b = swapped(pv, pb, mask), swapped(pb, pv, mask)
-        try:
-            hits += abs(statistic(a) - statistic(b)) >= observed - 1e-12
-            valid += 1
-        except stats.StatsError:
-            continue
-    if valid < n_perm // 2:
-        raise stats.Undefined(f"the statistic was undefined on {n_perm - valid} of {n_perm} label swaps")
-    return (1 + hits) / (valid + 1)
+    flips = rng.random((n_perm, len(pv.run_ids))) < 0.5
+    sv, sb = stack(pv, shifts, opts), stack(pb, shifts, opts)
+    if sv is not None and sb is not None:
+        mats = resampling.swap_matrices(sv, sb, flips)
+        deltas = mats[:, 0] - mats[:, 1]
+    else:
+        runs, run_ids = np.array(pv.runs), np.asarray(pv.run_ids)
+        deltas = np.full((n_perm, len(shifts), len(shifts)), np.nan)
+        for k, flip in enumerate(flips):
+            mask = np.isin(runs, run_ids[flip])
+            try:
+                deltas[k] = (stats.partial_corr_matrix(*scaled(swapped(pv, pb, mask), shifts, opts))
+                             - stats.partial_corr_matrix(*scaled(swapped(pb, pv, mask), shifts, opts)))
+            except stats.StatsError:
+                continue
+    kept = deltas[~np.isnan(deltas).any(axis=(1, 2))]
+    if len(kept) < n_perm // 2:
+        raise stats.Undefined(f"the Δ was undefined on {n_perm - len(kept)} of {n_perm} label swaps")
+    return kept
+
+
+def swap_p(swaps: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Two-sided permutation p of each observed Δ: (1 + #{|Δ*| ≥ |Δ|}) / (swaps + 1)."""
+    return (1 + np.sum(np.abs(swaps) >= np.abs(observed) - 1e-12, axis=0)) / (len(swaps) + 1)
 
 
 def swapped(keep: Population, other: Population, mask: np.ndarray) -> Population:

@@ -165,6 +165,41 @@ def partial_corr_matrix(cols, covar) -> np.ndarray:
     return np.clip(norm.T @ norm, -1.0, 1.0)
 
 
+def partial_corr_stack(cols: np.ndarray, control: np.ndarray) -> np.ndarray:
+    """``partial_corr_matrix`` of every sample in a stack with one control column, at once.
+
+    ``cols`` is (B, n, m) and ``control`` (B, n): sample b is ``cols[b]`` controlled for
+    ``control[b]``. With one control the least-squares residual is closed-form,
+    y_c − z_c (z_c·y_c) / (z_c·z_c) (c: centred), and a control numerically constant on a
+    sample is dropped as lstsq's rank cut-off drops it. The result is (B, m, m), entry
+    [b, i, j] equal to ``partial_corr_matrix(cols[b], control[b])[i, j]`` to rounding; a
+    sample on which that raises Undefined (a column with nothing left) is all NaN.
+    """
+    y = np.asarray(cols, dtype=float)
+    z = np.asarray(control, dtype=float)
+    if y.ndim != 3 or z.shape != y.shape[:2]:
+        raise StatsError(f"cols must be (B, n, m) and control (B, n), got {y.shape} and {z.shape}")
+    n = y.shape[1]
+    if n - 3 < 1:
+        raise StatsError(f"{n} runs leave no degrees of freedom with 1 control(s)")
+    yc = y - y.mean(axis=1, keepdims=True)
+    zc = z - z.mean(axis=1, keepdims=True)
+    zz = np.einsum("bn,bn->b", zc, zc)
+    # lstsq's cut-off on the smallest singular value of [1, z]: below it z adds nothing
+    s_max = np.sqrt(n + np.einsum("bn,bn->b", z, z))
+    constant = np.sqrt(zz) <= s_max * max(n, 2) * np.finfo(float).eps
+    coef = np.einsum("bn,bnm->bm", zc, yc) / np.where(constant, 1.0, zz)[:, None]
+    res = yc - np.where(constant, 0.0, 1.0)[:, None, None] * zc[:, :, None] * coef[:, None, :]
+    res -= res.mean(axis=1, keepdims=True)
+    ss = np.einsum("bnm,bnm->bm", res, res)
+    scale = np.maximum(1.0, np.abs(y).max(axis=1)) ** 2 * n * 1e-24
+    undefined = np.any(ss <= scale, axis=1)
+    norm = res / np.sqrt(np.where(ss <= scale, 1.0, ss))[:, None, :]
+    out = np.clip(np.einsum("bni,bnj->bij", norm, norm), -1.0, 1.0)
+    out[undefined] = np.nan
+    return out
+
+
 def partial_corr_closed_form(x, y, z) -> float:
     """(r12 - r1z r2z) / sqrt((1 - r1z^2)(1 - r2z^2)) for a single control z."""
     r12, r1z, r2z = pearson(x, y), pearson(x, z), pearson(y, z)
@@ -331,6 +366,31 @@ def cluster_picks(m: int, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
     resample b: a vectorized statistic over these rows gives the same values as the loop."""
     rng = np.random.default_rng(seed)
     return np.stack([rng.integers(0, m, m) for _ in range(n_boot)]) if n_boot else np.empty((0, m), dtype=int)
+
+
+def jackknife_picks(m: int) -> np.ndarray:
+    """(m, m - 1) cluster indices: row i leaves cluster i out (``jackknife``'s samples, for a vectorized
+    statistic)."""
+    return np.stack([np.delete(np.arange(m), i) for i in range(m)])
+
+
+def kept_resamples(values, n_boot: int) -> np.ndarray:
+    """The finite values of a vectorized bootstrap (NaN: undefined on that resample), under the rule
+    ``cluster_bootstrap_values`` applies: Undefined when fewer than half of the resamples are defined."""
+    values = np.asarray(values, dtype=float)
+    kept = values[np.isfinite(values)]
+    if len(kept) < n_boot // 2:
+        raise Undefined(f"the statistic was undefined on {n_boot - len(kept)} of {n_boot} bootstrap resamples")
+    return kept
+
+
+def jackknife_checked(values) -> np.ndarray:
+    """A vectorized jackknife's values, under ``jackknife``'s rule: every leave-one-out value must exist."""
+    values = np.asarray(values, dtype=float)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise Undefined(f"the statistic is undefined without cluster {bad[0]}")
+    return values
 
 
 def cluster_bootstrap_values(clusters: Sequence, statistic: Callable[[list], float], n_boot: int = 2000,
