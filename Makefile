@@ -7,7 +7,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEMO_PER_SPLIT ?= 20  # items of each split replayed to every served model in `make demo`
+DEMO_PER_SPLIT ?= 10  # items of each split replayed to every served model in `make demo` (a sample showing the
+                     # loop: the headline comes from the offline evaluation of 400 items per split)
 STAMP  := $(VENV)/.installed-stamp
 DEV_STAMP := $(VENV)/.dev-installed-stamp
 
