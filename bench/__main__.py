@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bench.common import markdown_table, write_results
 
-REQUIRED = ("int8_vs_naive_c32", "server_vs_floor_c32", "c32_vs_c1", "metrics_overhead", "runtime_vs_generate_b64",
-            "batched_eval_vs_per_item")
+REQUIRED = ("quantized_vs_naive_c32", "server_vs_floor_c32", "c32_vs_c1", "metrics_overhead",
+            "guards_overhead_floor", "runtime_vs_generate_b64", "batched_eval_vs_per_item")
 
 
 def run_all(sweep: Path) -> Path:

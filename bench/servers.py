@@ -4,9 +4,14 @@
   request at a time, no batching: what a plain transformers server does.
 - floor: the same stack answering a fixed completion without any model: the most this
   stack can do on this machine.
+- guarded floor (``floor --guarded``): the floor behind fracture's own guards, exactly as
+  the server runs them: the header-limited HTTP protocol and uvicorn settings of
+  ``serve.http.uvicorn_config``, the body limit and deadline, bearer auth (a token set) and
+  the drain middleware. Floor vs guarded floor is the guards' whole cost per request, with
+  no model time to hide it.
 
     python -m bench.servers naive --checkpoint runs/demo/<run>/checkpoints/step-150 --port 8101
-    python -m bench.servers floor --port 8102
+    python -m bench.servers floor --port 8102 [--guarded]
 """
 
 from __future__ import annotations
@@ -37,13 +42,29 @@ def _response(req: Req, text: str) -> dict:
             "correct": None if req.expected is None else text.strip() == req.expected}
 
 
-def floor_app() -> FastAPI:
+BENCH_TOKEN = "bench-token"  # the guarded floor's bearer token (the load generator sends it)
+
+
+def floor_app(guarded: bool = False) -> FastAPI:
     app = FastAPI()
 
     @app.post("/v1/completions")
     async def completions(req: Req) -> dict:
         return _response(req, "42")
 
+    @app.get("/healthz")
+    async def healthz() -> dict:  # public, as fracture's: what the benchmark waits on
+        return {"status": "ok"}
+
+    if guarded:  # the middlewares of serve.app.build_app, in its order, with its default limits
+        from serve.app import BearerAuth, BodyLimit, Drain
+        from serve.config import ServeConfig
+
+        cfg = ServeConfig()
+        app.add_middleware(BodyLimit, limit=cfg.max_body_bytes, on_reject=lambda reason: None,
+                           timeout_s=cfg.body_timeout_s)
+        app.add_middleware(BearerAuth, token=BENCH_TOKEN, public_paths=cfg.public_paths, on_reject=lambda: None)
+        app.add_middleware(Drain, on_reject=lambda: None)
     return app
 
 
@@ -79,9 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--guarded", action="store_true", help="floor only: behind fracture's HTTP guards")
     a = p.parse_args(argv)
-    app = floor_app() if a.kind == "floor" else naive_app(a.checkpoint, a.threads)
-    uvicorn.run(app, host="127.0.0.1", port=a.port, workers=1, access_log=False, log_level="warning")
+    app = floor_app(a.guarded) if a.kind == "floor" else naive_app(a.checkpoint, a.threads)
+    if a.guarded:
+        from serve.config import ServeConfig
+        from serve.http import uvicorn_config
+
+        uvicorn.Server(uvicorn_config(app, ServeConfig(port=a.port), log_level="warning")).run()
+    else:
+        uvicorn.run(app, host="127.0.0.1", port=a.port, workers=1, access_log=False, log_level="warning")
     return 0
 
 

@@ -4,7 +4,9 @@ Against, in the same run on the same machine:
 - the naive baseline (bench/servers.py naive): transformers ``generate``, one request at a
   time, same HTTP stack;
 - the floor (bench/servers.py floor): the same stack answering a fixed completion;
-- the same fracture server with metrics recording nothing (telemetry overhead).
+- the same fracture server with metrics recording nothing (telemetry overhead);
+- the floor with and without fracture's HTTP guards (header limits and deadlines, body
+  limit, bearer auth, drain): their cost per request, alternated over rounds.
 
 Every server runs in its own process on 127.0.0.1; the load generator is a small async
 client, bounded in requests and seconds per level, with a warm-up it does not
@@ -34,14 +36,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def server_process(args: list[str], port: int, timeout: float = 180):
-    """Start ``python <args>`` and wait until it answers on ``port``; stop it afterwards."""
+def server_process(args: list[str], port: int, timeout: float = 180, ready: str = "/openapi.json"):
+    """Start ``python <args>`` and wait until ``ready`` answers 200 on ``port``; stop it afterwards."""
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         try:
-            wait_http(f"{url}/openapi.json", timeout, proc)
+            wait_http(f"{url}{ready}", timeout, proc)
         except RuntimeError:
             raise RuntimeError(f"server {args} exited: {proc.stderr.read()[-2000:]}") from None
         yield url
@@ -54,14 +56,15 @@ def server_process(args: list[str], port: int, timeout: float = 180):
 
 
 async def _load(url: str, bodies: list[dict], concurrency: int, max_requests: int, max_seconds: float,
-                warmup: int) -> dict:
+                warmup: int, headers: dict | None = None) -> dict:
     import aiohttp
 
     latencies: list[float] = []
     errors = 0
     source = itertools.cycle(bodies)
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60),
+                                     headers=headers) as client:
         async def one(body, record: bool):
             nonlocal errors
             t = time.perf_counter()
@@ -92,8 +95,8 @@ async def _load(url: str, bodies: list[dict], concurrency: int, max_requests: in
             "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
 
-def load(url, bodies, concurrency, max_requests, max_seconds) -> dict:
-    return asyncio.run(_load(url, bodies, concurrency, max_requests, max_seconds, warmup=2 * concurrency))
+def load(url, bodies, concurrency, max_requests, max_seconds, headers: dict | None = None) -> dict:
+    return asyncio.run(_load(url, bodies, concurrency, max_requests, max_seconds, 2 * concurrency, headers))
 
 
 def _pick(sweep: Path, variants: tuple[str, ...]) -> tuple[str, Path]:
@@ -104,11 +107,23 @@ def _pick(sweep: Path, variants: tuple[str, ...]) -> tuple[str, Path]:
     raise FileNotFoundError(f"no run of {sweep} has all of {variants}: run `python -m export --sweep {sweep}`")
 
 
-def bench_serving(sweep: Path, variants=("onnx-fp32", "ort-int8", "ort-int4"), concurrencies=(1, 8, 32),
+QUANTIZED = ("ort-int8", "ort-int4")  # the variant the ratios are read on: the first of these the sweep has
+
+
+def _default_variants(sweep: Path) -> tuple[str, ...]:
+    """onnx-fp32 and every variant of QUANTIZED the sweep exported (the demo's set has no ort-int8)."""
+    runs = [p for p in sweep.iterdir() if p.is_dir()] if sweep.is_dir() else []
+    have = [q for q in QUANTIZED if any((r / "variants" / q / "manifest.json").is_file() for r in runs)]
+    return ("onnx-fp32", *have) if have else ("onnx-fp32", *QUANTIZED)
+
+
+def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurrencies=(1, 8, 32),
                   max_requests: int = 600, max_seconds: float = 12.0, overhead_rounds: int = 2,
                   baselines: bool = True, out_dir: Path | None = RESULTS) -> dict:
     from tasks.dataset import read_jsonl
 
+    variants = tuple(variants or _default_variants(sweep))
+    quantized = next((v for v in QUANTIZED if v in variants), variants[-1])
     run, checkpoint = _pick(sweep, variants)
     data = Path(yaml.safe_load((sweep / "sweep.yaml").read_text())["data"])
     items = read_jsonl(data / "dev.jsonl")[:256]
@@ -143,17 +158,36 @@ def bench_serving(sweep: Path, variants=("onnx-fp32", "ort-int8", "ort-int4"), c
         for key, flag in (("with_metrics", "true"), ("without_metrics", "false")):
             port = free_port()
             with server_process([*serve_args, f"--port={port}", f"--record_metrics={flag}"], port) as url:
-                overhead[key].append(load(url, bodies(f"{run}/ort-int8"), max(concurrencies), max_requests,
+                overhead[key].append(load(url, bodies(f"{run}/{quantized}"), max(concurrencies), max_requests,
                                           max_seconds)["rps"])
+    guards = {"guarded": [], "plain": []}
+    if baselines:
+        from bench.servers import BENCH_TOKEN
+
+        for _ in range(overhead_rounds):  # the floor behind fracture's guards vs without, alternated
+            for key, extra, headers in (("guarded", ["--guarded"], {"Authorization": f"Bearer {BENCH_TOKEN}"}),
+                                        ("plain", [], None)):
+                port = free_port()
+                with server_process(["-m", "bench.servers", "floor", f"--port={port}", *extra], port,
+                                    ready="/healthz") as url:
+                    r = load(url, bodies("floor"), max(concurrencies), 4 * max_requests, max_seconds, headers)
+                if r["errors"]:
+                    raise RuntimeError(f"the {key} floor answered {r['errors']} request(s) with an error")
+                guards[key].append(r["rps"])
     ratios = {
-        "c32_vs_c1": results["ort-int8"][top]["rps"] / results["ort-int8"]["c1"]["rps"],
+        "c32_vs_c1": results[quantized][top]["rps"] / results[quantized]["c1"]["rps"],
         "metrics_overhead": 1 - (statistics.mean(overhead["with_metrics"])
                                  / statistics.mean(overhead["without_metrics"])),
     }
     if baselines:
-        ratios["int8_vs_naive_c32"] = results["ort-int8"][top]["rps"] / results["naive"][top]["rps"]
-        ratios["server_vs_floor_c32"] = results["ort-int8"][top]["rps"] / results["floor"][top]["rps"]
-    payload = {"run": run, "results": results, "metrics_overhead_rps": overhead, "ratios": ratios}
+        ratios["quantized_vs_naive_c32"] = results[quantized][top]["rps"] / results["naive"][top]["rps"]
+        ratios["server_vs_floor_c32"] = results[quantized][top]["rps"] / results["floor"][top]["rps"]
+        guarded, plain = statistics.mean(guards["guarded"]), statistics.mean(guards["plain"])
+        ratios["guards_overhead_floor"] = 1 - guarded / plain
+        # the guards' seconds per request, as a share of the served path's (the quantized variant, top level)
+        ratios["guards_share_of_served"] = (1 / guarded - 1 / plain) * results[quantized][top]["rps"]
+    payload = {"run": run, "quantized": quantized, "results": results, "metrics_overhead_rps": overhead,
+               "guards_rps": guards, "ratios": ratios}
     path = write_results("serving", payload, out_dir) if out_dir else None
     rows = [[name, level, f"{r['rps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r["errors"]]
             for name, by_level in results.items() for level, r in by_level.items()]

@@ -54,7 +54,28 @@ def test_serving_benchmark_smoke(exported, tmp_path):
     payload = bench_serving(exported["sweep"], variants=("onnx-fp32", "ort-int8"), concurrencies=(1, 2),
                             max_requests=6, max_seconds=2, overhead_rounds=1, out_dir=tmp_path)
     written = json.loads(next(tmp_path.glob("*-serving.json")).read_text())
-    assert set(written["ratios"]) == {"c32_vs_c1", "metrics_overhead", "int8_vs_naive_c32", "server_vs_floor_c32"}
+    assert set(written["ratios"]) == {"c32_vs_c1", "metrics_overhead", "quantized_vs_naive_c32",
+                                      "server_vs_floor_c32", "guards_overhead_floor", "guards_share_of_served"}
     for server in ("onnx-fp32", "ort-int8", "naive", "floor"):
         assert written["results"][server]["c2"]["completed"] > 0 and written["results"][server]["c2"]["errors"] == 0
+    assert all(len(v) == 1 and v[0] > 0 for v in written["guards_rps"].values())
     assert payload["ratios"] == written["ratios"]
+
+
+def test_the_guarded_floor_really_runs_fracture_guards():
+    """The benchmark's "guarded" server refuses what fracture refuses (else its overhead figure measures
+    nothing): no token -> 401, an oversized header block -> 431, and the token -> 200."""
+    import httpx
+
+    from bench.servers import BENCH_TOKEN
+    from bench.serving import server_process
+    from deploy.local import free_port
+
+    port = free_port()
+    body = {"model": "floor", "prompt": "1+1=", "max_tokens": 2}
+    with server_process(["-m", "bench.servers", "floor", f"--port={port}", "--guarded"], port, 60, "/healthz") as url:
+        assert httpx.post(f"{url}/v1/completions", json=body).status_code == 401
+        auth = {"Authorization": f"Bearer {BENCH_TOKEN}"}
+        assert httpx.post(f"{url}/v1/completions", json=body, headers=auth).status_code == 200
+        huge = auth | {"X-Pad": "a" * 20000}
+        assert httpx.post(f"{url}/v1/completions", json=body, headers=huge).status_code == 431
