@@ -29,7 +29,7 @@ import tempfile
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from export.config import ExportConfig
@@ -255,7 +255,7 @@ def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, needs
             "quantizes": {role: role in variant.quantizes for role in ("blocks", "embeddings", "lm_head")},
             **summary, "parity": parity, "tool_versions": tool_versions(),
             "build_seconds": round(build_seconds, 2),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         # the session read the graph into memory when it was created: it stays valid after the move
         return publish(tmp, dest, manifest), runner, id_outputs

@@ -361,7 +361,7 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
             done = await asyncio.wait_for(batcher.submit(req.model, job), config.request_timeout_s)
         except Overloaded as exc:
             raise APIError(503, "overloaded", f"server overloaded: {exc}", {"Retry-After": "1"}) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise APIError(503, "timeout", f"no answer within {config.request_timeout_s}s",
                            {"Retry-After": "1"}) from None
         except ModelUnavailable as exc:

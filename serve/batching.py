@@ -76,7 +76,7 @@ class Batcher:
                         break
                     try:
                         batch.append(await asyncio.wait_for(queue.get(), remaining))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                 else:
                     batch.append(queue.get_nowait())
