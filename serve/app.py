@@ -117,8 +117,7 @@ class APIError(Exception):
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
-               503: "overloaded_error",
-               500: "server_error"}
+               431: "invalid_request_error", 503: "overloaded_error", 500: "server_error"}
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:

@@ -12,8 +12,9 @@ adds, per connection:
 
 The body has its own deadline in the app's body-limit middleware (``body_timeout_s``), idle
 kept-alive connections close after ``keep_alive_s`` (uvicorn's), and beyond
-``max_connections`` requests get uvicorn's 503. Every refusal here is a JSON error like the
-app's.
+``max_connections`` open connections (or requests in flight) a request gets 503 with
+Retry-After at once, where uvicorn would answer a plain-text 503. Every refusal here is a
+JSON error like the app's.
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ import resource
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from serve.app import ERROR_TYPES
 from serve.config import ServeConfig
 
 log = logging.getLogger("fracture.serve")
 
-REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
+REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large",
+           503: "Service Unavailable"}
 
 
 def _error_bytes(status: int, message: str) -> bytes:
-    body = json.dumps({"error": {"type": "invalid_request_error", "message": message}}).encode()
-    head = (f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"
+    body = json.dumps({"error": {"type": ERROR_TYPES[status], "message": message}}).encode()  # the app's shape
+    retry = "retry-after: 1\r\n" if status == 503 else ""
+    head = (f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n{retry}"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
     return head + body
 
@@ -103,6 +107,10 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            self._refusal = (503, f"the server is at its limit of {limit} connections; retry later")
+            raise _Refused  # before uvicorn's own check, which would answer in plain text
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:

@@ -111,3 +111,25 @@ def test_public_paths_is_a_stated_choice(exported, monkeypatch):
     cfg = serve_config(exported["sweep"], public_paths=("/healthz", "/metrics"))
     with running(cfg) as (url, _, _), httpx.Client(base_url=url) as c:
         assert c.get("/metrics").status_code == 200 and c.get("/readyz").status_code == 401
+
+
+def test_beyond_max_connections_a_request_gets_a_json_503_with_retry_after_at_once(exported):
+    """Idle connections up to the cap: the next request is refused at once (not left hanging), in the
+    app's JSON shape; once they close, the server answers again."""
+    cfg = serve_config(exported["sweep"], max_connections=3, header_timeout_s=5.0)
+    with running(cfg) as (url, _, _):
+        host, port = url.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port))) for _ in range(3)]
+        try:
+            time.sleep(0.3)  # the server has accepted them
+            response, took = raw(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, body = status_and_body(response)
+            assert status == 503 and body["error"]["type"] == "overloaded_error" and took < 2
+            assert "limit of 3 connections" in body["error"]["message"]
+            assert b"retry-after: 1" in response.lower()
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.3)
+        with httpx.Client(base_url=url) as client:
+            assert client.get("/healthz").status_code == 200
