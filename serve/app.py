@@ -20,10 +20,8 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Literal
 
-import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -35,6 +33,7 @@ from serve.batching import Batcher, Job, Overloaded
 from serve.config import ServeConfig
 from serve.fleet import Fleet, ModelUnavailable
 from serve.metrics import UNLABELLED, Metrics, NullMetrics
+from tasks.dataset import sweep_splits
 from tasks.formatting import format_prompt, normalize
 from tasks.grader import grade
 
@@ -237,17 +236,6 @@ class BearerAuth:
 
 # -- the app ----------------------------------------------------------------------------
 
-def task_splits(sweep: Path) -> list[str]:
-    """The split labels a request may carry: the sweep's task splits, else the registered ones."""
-    from tasks.config import TaskConfig
-    from tasks.dataset import resolve_specs
-    from tasks.settings import load_config
-
-    path = sweep / "sweep.yaml"
-    task = yaml.safe_load(path.read_text()).get("task", {}) if path.is_file() else {}
-    return list(resolve_specs(load_config(TaskConfig, overrides=task)))
-
-
 def _is_json(body: bytes) -> bool:
     try:
         json.loads(body)
@@ -259,7 +247,7 @@ def _is_json(body: bytes) -> bool:
 def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | None = None) -> FastAPI:
     fleet = fleet or Fleet.from_config(config)
     metrics = Metrics(registry) if config.record_metrics else NullMetrics(registry)
-    shifts = task_splits(Path(config.sweep))
+    shifts = sweep_splits(config.sweep)  # the labels a request may carry
     metrics.declare_fleet([(e.run, e.variant, e.step) for e in fleet.entries.values()], shifts)
     batcher = Batcher(config.max_batch_size, config.max_wait_ms, config.queue_size, config.decode_workers,
                       on_batch=lambda model_id, n: metrics.batch(model_id.rsplit("/", 1)[1], n))

@@ -26,6 +26,18 @@ def task_hash(cfg: TaskConfig, length: int = 10) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def sweep_splits(sweep: str | Path) -> list[str]:
+    """The split names ("id" first) of the task a sweep folder was made with (the ``task`` of its
+    sweep.yaml); the default task's when the folder has no sweep.yaml."""
+    import yaml
+
+    from tasks.settings import load_config
+
+    path = Path(sweep) / "sweep.yaml"
+    task = (yaml.safe_load(path.read_text()) or {}).get("task", {}) if path.is_file() else {}
+    return list(resolve_specs(load_config(TaskConfig, overrides=task)))
+
+
 def resolve_specs(cfg: TaskConfig) -> dict[str, SplitSpec]:
     """``{"id": spec, "<shift>": spec, ...}`` for this config (registry + YAML-defined shifts)."""
     specs = {ID_NAME: ID_SPEC.updated(cfg.id) if cfg.id else ID_SPEC}

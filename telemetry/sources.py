@@ -31,10 +31,17 @@ class SourceError(RuntimeError):
 
 
 def from_csv(path) -> list[dict]:
+    """The rows of an accuracy table, checked; beside its sweep.yaml (the table a sweep or a replay wrote),
+    against the split names of the sweep's task too."""
+    from pathlib import Path
+
+    from tasks.dataset import sweep_splits
     from train.accuracy_table import read_table
 
+    sweep = Path(path).parent
     try:
-        rows = read_table(path)
+        splits = sweep_splits(sweep) if (sweep / "sweep.yaml").is_file() else None
+        rows = read_table(path, splits)
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot read accuracy table {path}: {exc}") from exc
     if not rows:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from tasks.settings import atomic_write_text
@@ -48,9 +48,10 @@ def check_row(row: dict) -> str | None:
     return None
 
 
-def read_table(path: str | Path) -> list[dict]:
-    """Every row, checked: a row that is not a valid count or repeats another row's key stops the read
-    with one line naming the file and line (a silent wrong mean is worse than no table)."""
+def read_table(path: str | Path, splits: Collection[str] | None = None) -> list[dict]:
+    """Every row, checked: a row that is not a valid count, repeats another row's key or (with ``splits``,
+    the task's split names) names a split the task does not have stops the read with one line naming the
+    file and line (a silent wrong mean is worse than no table)."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -64,6 +65,8 @@ def read_table(path: str | Path) -> list[dict]:
             line = reader.line_num
             row = {k: (_int(v) if k in INT_COLUMNS else v) for k, v in row.items()}
             problem = check_row(row)
+            if not problem and splits is not None and row["split"] not in splits:
+                problem = f"split {row['split']!r} is not one of the task's splits ({', '.join(splits)})"
             if problem:
                 raise ValueError(f"{path} line {line}: {problem}")
             key = tuple(str(row[k]) for k in KEY)

@@ -172,3 +172,20 @@ def test_a_stray_split_or_an_incomplete_run_is_left_out_with_a_warning(tmp_path)
     assert "3 of 36 (run, step) point(s) lack a split" in res.stderr
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["variants"]["torch-fp32"]["n_runs"] == 11 and len(summary["left_out"]) == 2
+
+
+def test_beside_its_sweep_yaml_a_split_the_task_lacks_is_one_line_naming_the_row(tmp_path):
+    """A table in a sweep folder is checked against the sweep's task: a typo'd split is an error, not a
+    split left out by the majority rule (which stays for a table with no task beside it)."""
+    import yaml
+
+    table = synthetic_rows(n_runs=6, variants=("torch-fp32",))
+    table[4] = dict(table[4], split="lenght")
+    csv = tmp_path / "accuracy.csv"
+    upsert_rows(csv, table)
+    task = {"shifts": {"base": {}, "operator_order": {}, "length": {}}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"task": task}))
+    res = _analyze_cli("--accuracies", csv, "--out", tmp_path / "report")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "split 'lenght' is not one of the task's splits (id, base, length, operator_order)" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "report").exists()
