@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from deploy.local import free_port, wait_http
+from common.net import free_port, wait_http
 
 
 def rss_mb(pid: int) -> float:

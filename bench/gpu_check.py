@@ -63,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import transformers
 
+    from common.config import load_config
     from export.config import ExportConfig
     from export.pipeline import export_sweep
     from export.report import format_summary
     from export.tensorrt import trt_available
-    from tasks.settings import load_config
     from train.base import load_tokenizer
     from train.config import SweepConfig
     from train.sweep import run_sweep

@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import RESULTS, markdown_table, write_results
-from deploy.local import free_port, wait_http
+from common.net import free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, markdown_table, write_results
+from common.config import load_config
 from tasks.config import TaskConfig
-from tasks.settings import load_config
 
 
 def bench_training(steps: int = 40, batch_size: int = 64, threads: int = 1, repeats: int = 2,

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from deploy.local import REPO, Services, free_port, start_stack
+from common.net import free_port
+from deploy.local import REPO, Services, start_stack
 from telemetry.report import headline_lines
 
 

@@ -16,14 +16,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
+
+from common.net import wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".run"
@@ -40,25 +40,6 @@ def prometheus_config(server: str, watcher: str, interval: str = "5s") -> str:
         if token and job["job_name"] == "fracture-serve":  # the server's /metrics needs the token when one is set
             job["authorization"] = {"type": "Bearer", "credentials": token}
     return yaml.safe_dump(cfg, sort_keys=False)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
-            if r.status == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
 class Services:

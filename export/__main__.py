@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tasks.settings import ConfigError, FolderBusy, load_config, parse_cli_overrides
+from common.config import ConfigError, load_config, parse_cli_overrides
+from common.files import FolderBusy
 
 
 def _list() -> None:

@@ -16,8 +16,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from tasks.settings import atomic_write_json
-from train.checkpoints import sha256_file
+from common.files import atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
 TOOLS = ("onnx", "onnxruntime", "optimum", "optimum-onnx", "torch", "transformers", "tokenizers", "bitsandbytes",

@@ -233,8 +233,8 @@ def build_noise_control(ctx: BuildContext, source: str, simulated_bits: int | No
     fp32 checkpoint to match, export it as fp32 (like sim-w{k}); returns the noise record."""
     from transformers import AutoModelForCausalLM
 
+    from common.files import sha256_file
     from export.onnx_export import export_onnx, save_derived_checkpoint
-    from train.checkpoints import sha256_file
 
     model = AutoModelForCausalLM.from_pretrained(ctx.checkpoint).eval()
     if simulated_bits:

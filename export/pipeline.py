@@ -32,15 +32,16 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 
+from common.accuracy_table import read_table, upsert_rows
+from common.config import load_config, read_yaml
+from common.files import check_name, folder_lock, sha256_file
+from common.workers import init_worker
 from export.config import ExportConfig
 from export.manifest import publish, read_manifest, tool_versions, verify_variant
 from export.registry import FP32, BuildContext, Variant, resolve
 from tasks.config import TaskConfig
 from tasks.formatting import format_prompt
-from tasks.settings import check_name, folder_lock, load_config, read_yaml
-from tasks.workers import init_worker
-from train.accuracy_table import read_table, upsert_rows
-from train.checkpoints import sha256_file, verify_checkpoint
+from train.checkpoints import verify_checkpoint
 
 
 def variant_dir(run_dir: Path, variant: str, step: int, final_step: int) -> Path:

@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
-from train.accuracy_table import read_table
+from common.accuracy_table import read_table
 
 
 def variant_table(manifests: list[dict], table: list[dict]) -> list[dict]:

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.settings import ConfigError, load_config, parse_cli_overrides
+from common.config import ConfigError, load_config, parse_cli_overrides
 
 
 def _replay(argv: list[str]) -> int:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import aiohttp
 
+from common.accuracy_table import upsert_rows
 from tasks.dataset import read_jsonl
 from tasks.grader import grade
-from train.accuracy_table import upsert_rows
 from train.evaluate import max_answer_tokens
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.config import ConfigError, load_config, parse_cli_overrides
 from tasks.config import TaskConfig
 from tasks.dataset import resolve_specs, write_splits
-from tasks.settings import ConfigError, load_config, parse_cli_overrides
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,10 @@ import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from common.config import config_dict
+from common.files import atomic_write_json, atomic_write_text
 from tasks.config import TaskConfig
 from tasks.registry import ID_NAME, ID_SPEC, SHIFTS
-from tasks.settings import atomic_write_json, atomic_write_text, config_dict
 from tasks.spec import SplitSpec
 
 EVAL_SPLIT_OF_ID = "dev"
@@ -31,7 +32,7 @@ def sweep_splits(sweep: str | Path) -> list[str]:
     sweep.yaml); the default task's when the folder has no sweep.yaml."""
     import yaml
 
-    from tasks.settings import load_config
+    from common.config import load_config
 
     path = Path(sweep) / "sweep.yaml"
     task = (yaml.safe_load(path.read_text()) or {}).get("task", {}) if path.is_file() else {}

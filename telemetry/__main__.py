@@ -21,7 +21,7 @@ import time
 import warnings
 from pathlib import Path
 
-from tasks.settings import atomic_write_text
+from common.files import atomic_write_text
 from telemetry.analysis import AnalysisOptions, analyze
 from telemetry.population import DataWarning
 from telemetry.report import render_html, terminal_table

@@ -35,8 +35,8 @@ def from_csv(path) -> list[dict]:
     against the split names of the sweep's task too."""
     from pathlib import Path
 
+    from common.accuracy_table import read_table
     from tasks.dataset import sweep_splits
-    from train.accuracy_table import read_table
 
     sweep = Path(path).parent
     try:

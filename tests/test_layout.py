@@ -1,14 +1,45 @@
-"""Import direction (DESIGN.md): tasks <- train <- ... <- telemetry; light stages stay torch-free."""
+"""Import direction: every package imports only the ones below it; light stages stay torch-free."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+# bottom to top: a package may import itself and those before it, never one after it
+FLOORS = ("common", "tasks", "train", "export", "serve", "telemetry", "dashboards", "deploy", "bench")
+
+
+def _project_imports(path: Path) -> set[str]:
+    """The fracture packages a module imports (absolute imports, at any depth of the file)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+        found |= {n.split(".")[0] for n in names} & set(FLOORS)
+    return found
+
+
+def test_every_import_flows_downstream():
+    upstream = []
+    for floor, pkg in enumerate(FLOORS):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            bad = {m for m in _project_imports(path) if FLOORS.index(m) > floor}
+            upstream += [f"{path.relative_to(REPO)} imports {m}" for m in sorted(bad)]
+    assert not upstream, upstream
+
+
+def test_every_package_is_on_a_floor():
+    packages = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests"}
+    assert packages == set(FLOORS)
+
 
 @pytest.mark.parametrize("module, banned", [
+    ("common", {"torch", "numpy", "transformers", "tasks", "train", "telemetry"}),
     ("tasks", {"torch", "numpy", "transformers", "train", "telemetry"}),
-    ("train.accuracy_table", {"torch", "transformers", "telemetry"}),
+    ("common.accuracy_table", {"torch", "transformers", "telemetry"}),
     ("telemetry.analysis", {"torch", "transformers"}),
     ("telemetry.sources", {"torch", "transformers"}),
 ])

@@ -7,23 +7,14 @@ files, so a partial or corrupted checkpoint is detected and redone, never evalua
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
-from tasks.settings import atomic_write_json
+from common.files import atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(model, tokenizer, dest: Path, meta: dict) -> Path:

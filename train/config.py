@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.settings import check_name
+from common.files import check_name
 from train.signal import DEFAULT_MEASURE
 
 

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common.files import atomic_write_json
 from tasks.config import TaskConfig
 from tasks.dataset import eval_prompts, read_jsonl, resolve_specs, sample_training
-from tasks.settings import atomic_write_json
 from train.checkpoints import save_checkpoint, verify_checkpoint
 
 VARIANT = "torch-fp32"

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 import torch.utils.data
 
+from common.config import config_dict, load_config
+from common.files import atomic_write_json, sha256_file
 from tasks.config import TaskConfig
 from tasks.dataset import build_eval_splits, eval_prompts
-from tasks.settings import atomic_write_json, config_dict, load_config
 from tasks.spec import SplitSpec
 from train.base import build_char_tokenizer, embedded_model_config
-from train.checkpoints import sha256_file
 from train.config import PretrainConfig
 from train.data import PadCollator, encode_items
 from train.evaluate import evaluate_splits, torch_decoder

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import yaml
 
+from common.accuracy_table import upsert_rows
+from common.config import config_dict, load_config, read_yaml
+from common.files import atomic_write_json, atomic_write_text, folder_lock
+from common.workers import init_worker, progress_queue
 from tasks.config import TaskConfig
 from tasks.dataset import task_hash, write_splits
-from tasks.settings import atomic_write_json, atomic_write_text, config_dict, folder_lock, load_config, read_yaml
-from tasks.workers import init_worker, progress_queue
-from train.accuracy_table import upsert_rows
 from train.checkpoints import verify_checkpoint
 from train.config import SweepConfig
 from train.finetune import checkpoint_steps, train_and_evaluate
@@ -310,7 +311,7 @@ def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device:
     else:
         ctx = multiprocessing.get_context("spawn")
         # a plain queue handed to each worker as it starts (no Manager process to outlive a killed sweep);
-        # the workers die with the sweep (tasks/workers.py)
+        # the workers die with the sweep (common/workers.py)
         queue = ctx.Queue()
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
                                  initargs=(os.getpid(), queue)) as pool:

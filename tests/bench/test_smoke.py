@@ -69,7 +69,7 @@ def test_the_guarded_floor_really_runs_fracture_guards():
 
     from bench.servers import BENCH_TOKEN
     from bench.serving import server_process
-    from deploy.local import free_port
+    from common.net import free_port
 
     port = free_port()
     body = {"model": "floor", "prompt": "1+1=", "max_tokens": 2}

@@ -13,13 +13,13 @@ import urllib.request
 
 import pytest
 
+from common.accuracy_table import read_table
 from dashboards.build import OUT, queries
 from deploy.local import Services, prometheus_config, start_stack
 from serve.replay import replay
 from telemetry.sources import SourceError, from_prometheus
 from tests.dashboards.test_dashboards import substitute
 from tests.serve.conftest import free_port
-from train.accuracy_table import read_table
 
 PROMETHEUS = shutil.which("prometheus")
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None and not os.environ.get("CI"),

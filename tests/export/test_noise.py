@@ -211,9 +211,9 @@ def test_pipeline_rebuild_is_reproducible_and_records_the_noise(built, tmp_path)
     gives the same bytes as the fixture's, and its manifest carries the noise record."""
     import random
 
+    from common.files import sha256_file
     from export.manifest import verify_variant
     from export.pipeline import Reference, _build
-    from train.checkpoints import sha256_file
 
     rng = random.Random(0)
     pairs = [(rng.randrange(1000), rng.randrange(1000)) for _ in range(12)]

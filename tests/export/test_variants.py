@@ -82,7 +82,7 @@ def test_variant_parity_graph_and_bits(exported, name):
 
 
 def test_every_variant_was_evaluated_on_every_split(exported):
-    from train.accuracy_table import read_table
+    from common.accuracy_table import read_table
 
     table = read_table(exported["sweep"] / "accuracy.csv")
     available = {n for n, v in VARIANTS.items() if not v.requires()}

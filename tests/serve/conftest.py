@@ -9,7 +9,7 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from deploy.local import free_port  # noqa: F401 - the tests import it from here
+from common.net import free_port  # noqa: F401 - the tests import it from here
 from serve.app import build_app
 from serve.config import ServeConfig
 from serve.http import uvicorn_config

@@ -5,10 +5,10 @@ and the Prometheus counters scraped from /metrics agree with both."""
 import subprocess
 import sys
 
+from common.accuracy_table import read_table
 from telemetry.sources import from_scrape
 from tests.serve.conftest import SERVED, running, serve_config
 from tests.train.conftest import REPO
-from train.accuracy_table import read_table
 
 
 def _key(r):

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
+from common.config import load_config
 from tasks import SHIFTS, TaskConfig, build_eval_splits, resolve_specs, sample_training, write_splits
 from tasks.dataset import eval_prompts, read_jsonl
 from tasks.formatting import DIGITS
-from tasks.settings import load_config
 from tasks.spec import SplitSpec
 
 

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
+from common.accuracy_table import upsert_rows
 from telemetry.analysis import AnalysisOptions, analyze
 from telemetry.report import render_html, terminal_table
 from tests.telemetry.conftest import synthetic_rows
-from train.accuracy_table import upsert_rows
 
 FAST = AnalysisOptions(n_boot=200, n_perm=200)
 

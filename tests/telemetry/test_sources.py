@@ -11,12 +11,12 @@ import requests
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.local import free_port
+from common.accuracy_table import upsert_rows
+from common.net import free_port
 from telemetry.analysis import AnalysisOptions
 from telemetry.sources import SourceError, from_csv, from_prometheus, from_scrape, rows_from_samples
 from telemetry.watch import Watcher
 from tests.telemetry.conftest import synthetic_rows
-from train.accuracy_table import upsert_rows
 
 
 def served_rows():

@@ -154,7 +154,7 @@ def test_a_sweep_name_that_is_a_path_is_refused_before_anything_is_written(tmp_p
 
 def test_a_second_sweep_on_a_busy_folder_stops_and_names_the_holder(tmp_path):
     """Two sweeps on one folder used to train everything twice and crash each other's run folders."""
-    from tasks.settings import folder_lock
+    from common.files import folder_lock
 
     with folder_lock(tmp_path / "runs" / "tiny", "a sweep (the test's)"):
         res = run(write_tiny_sweep(tmp_path))

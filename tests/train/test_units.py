@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from tasks.settings import load_config
-from train.accuracy_table import read_table, upsert_rows
+from common.accuracy_table import read_table, upsert_rows
+from common.config import load_config
 from train.base import build_char_tokenizer, detect_digit_format, embedded_model_config
 from train.checkpoints import save_checkpoint, verify_checkpoint
 from train.config import PretrainConfig, SweepConfig
@@ -153,8 +153,8 @@ def test_pretrain_command_smoke(tmp_path):
     import subprocess
     import sys
 
+    from common.files import sha256_file
     from tests.train.conftest import REPO
-    from train.checkpoints import sha256_file
 
     out = tmp_path / "base"
     res = subprocess.run([sys.executable, "-m", "train", "pretrain", "--config", "train/configs/pretrain.yaml",
@@ -175,7 +175,7 @@ def test_pretrain_command_smoke(tmp_path):
     ({"warmup_ratio": "1.5"}, "warmup_ratio"),
 ])
 def test_invalid_sweep_values_are_refused(override, message):
-    from tasks.settings import ConfigError
+    from common.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         load_config(SweepConfig, "train/configs/demo.yaml", override)

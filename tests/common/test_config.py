@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tasks.settings import ConfigError, atomic_write_json, load_config, parse_cli_overrides
+from common.config import ConfigError, load_config, parse_cli_overrides
+from common.files import atomic_write_json
 
 
 @dataclass(frozen=True)

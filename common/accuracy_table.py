@@ -12,7 +12,7 @@ import io
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from tasks.settings import atomic_write_text
+from common.files import atomic_write_text
 
 KEY = ("run", "step", "variant", "split")
 COLUMNS = (*KEY, "n", "correct")
