@@ -197,9 +197,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             # redesigned base most answers are wrong and two wrong answers agree less often (a 6-step test
             # model gave 0.775; 2 of the study's first 25 checkpoints gave 0.4675 and 0.6775 with the logit
             # bound met). The floor only catches a broken graph: a tighter one would drop exactly the runs
-            # where int8 moves answers most, biasing every paired Δ toward "no change". The logit bound and
-            # the op/bits checks are what catch a broken graph.
-            Tolerance(max_logit_diff=5.0, min_agreement=0.40), _build_ort_int8(all_weights=False),
+            # where int8 moves answers most, biasing every paired Δ toward "no change"; the op/bits checks
+            # are what catch a broken graph. The logit bound likewise: 5.0 dropped a study
+            # checkpoint at 6.62; int8 gets int4's bounds, far from what a broken graph gives.
+            Tolerance(max_logit_diff=10.0, min_agreement=0.40), _build_ort_int8(all_weights=False),
             expect_ops=("MatMulInteger",), needs="onnx-fp32"),
     Variant("ort-int8-all", "onnxruntime", 8, ROLES,
             "ablation: ort-int8 plus the embedding lookup and the LM head quantized",
