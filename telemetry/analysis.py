@@ -263,6 +263,9 @@ def analyze(rows: list[dict], opts: AnalysisOptions) -> dict:
     for i, v in enumerate(x for x in variants if x != baseline):
         pv = build_population(rows, v, opts.points, opts.measure)
         d = fragmentation.delta_index(pv, pb, pairs, opts, opts.seed + 7 * i + 3)
+        # runs the baseline has and this variant lacks (e.g. a failed export check): the Δ is on the rest, a
+        # selection the reader must see, since the runs a variant fails on may be those where it differs most
+        d["runs_missing"] = sorted(set(pb.run_ids) - set(pv.run_ids))
         d |= {"variant": v, "baseline": baseline, "noise_control": noise_control_of(v),
               "index": summary["variants"][v].get("fragmentation", {}).get("index"),
               "baseline_index": summary["variants"][baseline].get("fragmentation", {}).get("index")}

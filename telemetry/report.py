@@ -124,6 +124,14 @@ def _ci(ci) -> str:
     return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "—"
 
 
+def _missing(d: dict) -> str:
+    missing = d.get("runs_missing") or []
+    if not missing:
+        return ""
+    return (f" (on {d['n_runs']} runs: {len(missing)} run(s) of the baseline lack this variant, e.g. "
+            f"{missing[0]}: a failed export check selects runs, which can bias the Δ)")
+
+
 def headline_lines(summary: dict) -> list[str]:
     """One line per variant: its fragmentation index, the paired Δ against full precision, the verdict."""
     lines = []
@@ -145,7 +153,7 @@ def headline_lines(summary: dict) -> list[str]:
             continue
         lines.append(f"  {d['variant']}: {idx}; Δ {d['delta']:+.3f} {_ci(d['ci_bca'])} "
                      f"(jackknife {_ci(d['ci_jackknife_t'])}), p {d['p']:.3g}, q {d['q']:.3g} "
-                     f"-> {d['label'].upper()}  [{d['why']}]")
+                     f"-> {d['label'].upper()}  [{d['why']}]{_missing(d)}")
     return lines
 
 

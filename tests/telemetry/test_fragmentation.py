@@ -204,3 +204,16 @@ def test_vectorized_drop_resamples_equal_the_resampling_loop():
                                             "base"), 300, 5)
     fast = excess_drop_resamples(pq, pb, "base", stats.cluster_picks(len(clusters), 300, 5))
     np.testing.assert_allclose(fast, loop, rtol=1e-9, atol=1e-12)
+
+
+def test_runs_a_variant_lacks_are_named_beside_its_delta():
+    """A variant missing on some runs (a failed export check) is compared on the rest: the headline says so."""
+    from telemetry.report import headline_lines
+
+    rows = structured_rows(n_runs=20, variants={"ort-int4": lambda r, g: r})
+    rows = [r for r in rows if not (r["variant"] == "ort-int4" and r["run"] in ("r003", "r011"))]
+    summary = analyze(rows, FAST)
+    d = summary["headline"][0]
+    assert d["runs_missing"] == ["r003", "r011"] and d["n_runs"] == 18
+    line = next(x for x in headline_lines(summary) if x.startswith("  ort-int4"))
+    assert "2 run(s) of the baseline lack this variant, e.g. r003" in line
