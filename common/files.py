@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish_folder(tmp: Path, dest: Path) -> None:
+    """Make the finished folder ``tmp`` appear as ``dest`` in one rename, its data on disk first (a reader
+    sees the old ``dest`` or the whole new one, never a partial folder)."""
+    for p in tmp.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, dest)
 
 
 def _umask() -> int:

@@ -10,10 +10,16 @@ stage's own checks between steps (``train.finetune.OrphanGuard``) stop it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import multiprocessing
 import os
+import queue as queue_module
 import signal
 import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -45,3 +51,31 @@ def init_worker(parent_pid: int, queue=None) -> None:
 def progress_queue():
     """The progress queue given to this worker at start (None in the parent or without one)."""
     return _queue
+
+
+def run_in_workers(fn: Callable, jobs: Sequence[tuple], workers: int, on_done: Callable[[int, Any], None],
+                   on_message: Callable[..., None] | None = None) -> None:
+    """``fn(*jobs[i])`` in ``workers`` spawned processes that die with this one; ``on_done(i, result)`` here,
+    as each finishes.
+
+    ``on_message``, where given, receives what workers put on their ``progress_queue()`` (a plain
+    queue handed to each worker as it starts: no Manager process to outlive a killed parent). A
+    job that raises stops the pool: the jobs not yet started are cancelled, and its error is raised
+    here; finished jobs have been passed to ``on_done`` already.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue() if on_message else None
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(os.getpid(), queue)) as pool:
+        pending = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+        try:
+            while pending:
+                finished, _ = wait(pending, timeout=0.5 if queue else None, return_when=FIRST_COMPLETED)
+                with contextlib.suppress(queue_module.Empty):
+                    while queue is not None:
+                        on_message(*queue.get_nowait())
+                for fut in finished:
+                    on_done(pending.pop(fut), fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise

@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
 from importlib import metadata
 from pathlib import Path
 
-from common.files import atomic_write_json, sha256_file
+from common.files import atomic_write_json, publish_folder, sha256_file
 
 MANIFEST = "manifest.json"
 TOOLS = ("onnx", "onnxruntime", "optimum", "optimum-onnx", "torch", "transformers", "tokenizers", "bitsandbytes",
@@ -45,14 +43,7 @@ def publish(tmp: Path, dest: Path, manifest: dict) -> dict:
     files = file_table(tmp)
     manifest = {**manifest, "files": files, "total_bytes": sum(f["bytes"] for f in files.values())}
     atomic_write_json(tmp / MANIFEST, manifest)
-    for p in tmp.rglob("*"):  # data reaches the disk before the rename makes it visible
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dest)
+    publish_folder(tmp, dest)
     return manifest
 
 

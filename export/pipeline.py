@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import functools
 import json
-import multiprocessing
-import os
 import shutil
 import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 
 from common.accuracy_table import read_table, upsert_rows
 from common.config import load_config, read_yaml
 from common.files import check_name, folder_lock, sha256_file
-from common.workers import init_worker
+from common.workers import run_in_workers
 from export.config import ExportConfig
 from export.manifest import publish, read_manifest, tool_versions, verify_variant
 from export.registry import FP32, BuildContext, Variant, resolve
@@ -416,18 +413,7 @@ def _export_sweep(cfg: ExportConfig) -> dict:
         for job in jobs:
             done(export_checkpoint(*args(job)))
     else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(os.getpid(),)) as pool:
-            pending = {pool.submit(export_checkpoint, *args(job)) for job in jobs}
-            try:
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        done(fut.result())
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+        run_in_workers(export_checkpoint, [args(job) for job in jobs], workers, lambda _, res: done(res))
     bar.close()
 
     summary = {"built": 0, "reused": 0, "evaluated": 0, "skipped": skipped,

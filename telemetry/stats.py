@@ -119,6 +119,17 @@ def _ranked(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np
     return stats.rankdata(x), stats.rankdata(y), stats.rankdata(z[:, 0])[:, None]
 
 
+def _prepared(x, y, covar, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, y and the n x k controls, checked, on the scale of ``method`` (ranks for spearman)."""
+    x, y = _as_1d(x, "x"), _as_1d(y, "y")
+    z = _covar_2d(covar, len(x))
+    if method == "spearman":
+        return _ranked(x, y, z)
+    if method != "pearson":
+        raise StatsError(f"method must be pearson or spearman, got {method!r}")
+    return x, y, z
+
+
 def partial_corr(x, y, covar, method: str = "pearson") -> float:
     """Correlation of x and y once the controls in ``covar`` are regressed out of both.
 
@@ -126,12 +137,7 @@ def partial_corr(x, y, covar, method: str = "pearson") -> float:
     single control column. A multi-column covar (a spline basis) is refused with
     spearman: rank the in-domain accuracy first, then expand it into a basis.
     """
-    x, y = _as_1d(x, "x"), _as_1d(y, "y")
-    z = _covar_2d(covar, len(x))
-    if method == "spearman":
-        x, y, z = _ranked(x, y, z)
-    elif method != "pearson":
-        raise StatsError(f"method must be pearson or spearman, got {method!r}")
+    x, y, z = _prepared(x, y, covar, method)
     if len(x) - 2 - n_controls(z) < 1:
         raise StatsError(f"{len(x)} runs leave no degrees of freedom with {n_controls(z)} control(s)")
     try:
@@ -324,10 +330,7 @@ def permutation_distribution(x, y, covar, n_perm: int = 2000, seed: int = 0,
     if n_perm < 1:
         raise StatsError(f"n_perm must be at least 1, got {n_perm}")
     observed = partial_corr(x, y, covar, method)  # validates and raises on undefined
-    x, y = _as_1d(x, "x"), _as_1d(y, "y")
-    z = _covar_2d(covar, len(x))
-    if method == "spearman":
-        x, y, z = _ranked(x, y, z)
+    x, y, z = _prepared(x, y, covar, method)
     rng = np.random.default_rng(seed)
     perms = rng.permuted(np.broadcast_to(np.arange(len(x)), (n_perm, len(x))), axis=1)
     return observed, freedman_lane_null(x, y, z, perms)

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from common.files import atomic_write_json, sha256_file
+from common.files import atomic_write_json, publish_folder, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -28,12 +28,7 @@ def save_checkpoint(model, tokenizer, dest: Path, meta: dict) -> Path:
     atomic_write_json(tmp / "fracture.json", meta)
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     atomic_write_json(tmp / MANIFEST, {"files": files})
-    for p in tmp.iterdir():  # data reaches the disk before the rename makes it visible
-        with open(p, "rb") as fh:
-            os.fsync(fh.fileno())
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    publish_folder(tmp, dest)
     return dest
 
 

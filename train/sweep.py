@@ -8,17 +8,12 @@ checkpoint re-verifies; anything else is redone from scratch by the next invocat
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
-import multiprocessing
-import os
-import queue as queue_module
 import random
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import yaml
@@ -26,7 +21,7 @@ import yaml
 from common.accuracy_table import upsert_rows
 from common.config import config_dict, load_config, read_yaml
 from common.files import atomic_write_json, atomic_write_text, folder_lock
-from common.workers import init_worker, progress_queue
+from common.workers import progress_queue, run_in_workers
 from tasks.config import TaskConfig
 from tasks.dataset import task_hash, write_splits
 from train.checkpoints import verify_checkpoint
@@ -309,29 +304,14 @@ def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device:
             current.pop(run["run_id"], None)
             bar.update(1)
     else:
-        ctx = multiprocessing.get_context("spawn")
-        # a plain queue handed to each worker as it starts (no Manager process to outlive a killed sweep);
-        # the workers die with the sweep (common/workers.py)
-        queue = ctx.Queue()
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
-                                 initargs=(os.getpid(), queue)) as pool:
-            pending = {pool.submit(_worker_run, run, *args, str(sweep_dir / run["run_id"]), cfg.eval_items,
-                                   cfg.eval_batch_size, cfg.threads_per_worker): run for run in todo}
-            try:
-                while pending:
-                    finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    with contextlib.suppress(queue_module.Empty):
-                        while True:
-                            show(*queue.get_nowait())
-                    for fut in finished:
-                        run = pending.pop(fut)
-                        fut.result()  # a failed run stops the sweep with its error; finished runs stay
-                        current.pop(run["run_id"], None)
-                        bar.update(1)
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+        def finished(i, _):  # a failed run stops the sweep with its error; finished runs stay
+            current.pop(todo[i]["run_id"], None)
+            bar.update(1)
+
+        # the workers die with the sweep and report their steps through show (common/workers.py)
+        run_in_workers(_worker_run, [(run, *args, str(sweep_dir / run["run_id"]), cfg.eval_items,
+                                      cfg.eval_batch_size, cfg.threads_per_worker) for run in todo],
+                       workers, finished, on_message=show)
     bar.close()
 
     rows = []
