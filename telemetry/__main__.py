@@ -15,6 +15,7 @@ http://127.0.0.1:<port>/metrics for Prometheus (and Grafana).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -26,13 +27,10 @@ from telemetry.analysis import AnalysisOptions, analyze
 from telemetry.population import DataWarning
 from telemetry.report import render_html, terminal_table
 from telemetry.sources import SourceError, from_csv, from_prometheus, from_scrape
-from train.signal import DEFAULT_MEASURE
 
 
 def _options(args) -> AnalysisOptions:
-    return AnalysisOptions(control=args.control, points=args.points, method=args.method, n_boot=args.n_boot,
-                           n_perm=args.n_perm, seed=args.seed, measure=args.measure, bound=args.bound,
-                           alpha=args.alpha)
+    return AnalysisOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisOptions)})
 
 
 def sweep_context(accuracies: str | None) -> dict:
@@ -126,16 +124,10 @@ def _add_common(p, required_out: bool) -> None:
                        "report.html are written there)")
         p.add_argument("--force", action="store_true", help="write into --out even when it holds other files")
     p.add_argument("--window", default=None, help="with --prometheus: count requests over this range (e.g. 1h)")
-    p.add_argument("--control", choices=["linear", "probit", "spline"], default="linear")
-    p.add_argument("--points", choices=["final", "all"], default="final")
-    p.add_argument("--method", choices=["pearson", "spearman"], default="pearson")
-    p.add_argument("--n_boot", "--n-boot", type=int, default=2000)
-    p.add_argument("--n_perm", "--n-perm", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--measure", choices=["digit", "exact"], default=DEFAULT_MEASURE,
-                   help="digit: share of answer digits right (default); exact: exact-match answers")
-    p.add_argument("--bound", type=float, default=0.05, help="equivalence bound of the Δ fragmentation index (TOST)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level of every test")
+    for f in dataclasses.fields(AnalysisOptions):  # every option, its default and help from the dataclass
+        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        p.add_argument(*flags, type=type(f.default), default=f.default,
+                       help=f"{f.metadata['help']} (default {f.default})")
 
 
 def main(argv: list[str] | None = None) -> int:

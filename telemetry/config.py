@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from train.signal import DEFAULT_MEASURE, MEASURES
 
 
+def _opt(default, text: str):
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass(frozen=True)
 class AnalysisOptions:
-    control: str = "linear"  # linear | probit | spline: how in-domain accuracy is controlled for
-    points: str = "final"  # final: one point per run; all: every checkpoint (clusters = runs)
-    method: str = "pearson"  # pearson | spearman
-    n_boot: int = 2000  # cluster-bootstrap resamples (runs, not points)
-    n_perm: int = 2000  # permutations for the permutation p-value
-    level: float = 0.95  # interval coverage
-    seed: int = 0  # bootstrap and permutation streams
-    spline_df: int = 4  # basis size of the spline control
-    measure: str = DEFAULT_MEASURE  # digit: share of answer digits right; exact: exact-match answers
-    alpha: float = 0.05  # significance level of every test (BH q-values, TOST)
-    bound: float = 0.05  # equivalence bound of the Δ fragmentation index (TOST): |Δ| < bound is "equivalent"
+    """Every option of the analysis; the CLI (``telemetry analyze|watch``) offers each field as a flag."""
+
+    control: str = _opt("linear", "how in-domain accuracy is controlled for: linear, probit or spline")
+    points: str = _opt("final", "final: one point per run; all: every checkpoint (clusters = runs)")
+    method: str = _opt("pearson", "pearson or spearman")
+    n_boot: int = _opt(2000, "cluster-bootstrap resamples (runs, not points)")
+    n_perm: int = _opt(2000, "permutations for the permutation p-values")
+    level: float = _opt(0.95, "interval coverage")
+    seed: int = _opt(0, "seed of the bootstrap and permutation streams")
+    spline_df: int = _opt(4, "basis size of the spline control")
+    measure: str = _opt(DEFAULT_MEASURE, "digit: share of answer digits right; exact: exact-match answers")
+    alpha: float = _opt(0.05, "significance level of every test (BH q-values, TOST)")
+    bound: float = _opt(0.05, "equivalence bound of the Δ fragmentation index (TOST): |Δ| < bound is equivalent")
 
     def __post_init__(self) -> None:
         problems = []

@@ -189,3 +189,18 @@ def test_beside_its_sweep_yaml_a_split_the_task_lacks_is_one_line_naming_the_row
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert "split 'lenght' is not one of the task's splits (id, base, length, operator_order)" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "report").exists()
+
+
+def test_every_analysis_option_is_a_flag_and_reaches_the_summary(tmp_path, rows):
+    """The CLI offers each field of AnalysisOptions (it used to copy some defaults, so level and spline_df
+    could not be set); a bad value is one line."""
+    csv = tmp_path / "accuracy.csv"
+    upsert_rows(csv, rows)
+    res = _analyze_cli("--accuracies", csv, "--out", tmp_path / "r", "--level=0.9", "--spline-df=5",
+                       "--control=spline", "--bound=0.1")
+    assert res.returncode == 0, res.stderr
+    opts = json.loads((tmp_path / "r" / "summary.json").read_text())["options"]
+    assert (opts["level"], opts["spline_df"], opts["n_boot"], opts["control"], opts["bound"]) == \
+        (0.9, 5, 100, "spline", 0.1)
+    bad = _analyze_cli("--accuracies", csv, "--out", tmp_path / "r2", "--control=cubic")
+    assert bad.returncode == 2 and "control='cubic' (linear, probit or spline)" in bad.stderr
