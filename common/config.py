@@ -140,7 +140,3 @@ def load_config(cls: type[T], preset: str | os.PathLike | None = None,
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
-
-
-def config_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)

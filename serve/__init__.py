@@ -1,5 +1,5 @@
 """The edge server: a fleet of exported variants behind an OpenAI-shaped HTTP API.
 
 Never imports torch or transformers (numpy + onnxruntime + tokenizers + the web stack);
-tests/serve/test_torch_free.py checks it.
+tests/test_layout.py checks it.
 """

@@ -6,9 +6,9 @@ import hashlib
 import json
 import random
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 
-from common.config import config_dict
 from common.files import atomic_write_json, atomic_write_text
 from tasks.config import TaskConfig
 from tasks.registry import ID_NAME, ID_SPEC, SHIFTS
@@ -22,7 +22,7 @@ FORMAT_VERSION = 2
 
 def task_hash(cfg: TaskConfig, length: int = 10) -> str:
     """Names data/<hash>/: the config, every resolved generator and the format version."""
-    blob = json.dumps({"config": config_dict(cfg), "format": FORMAT_VERSION,
+    blob = json.dumps({"config": asdict(cfg), "format": FORMAT_VERSION,
                        "specs": {k: v.params() for k, v in resolve_specs(cfg).items()}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
@@ -142,7 +142,7 @@ def write_splits(cfg: TaskConfig, out_root: str | Path) -> Path:
     for name, items in {"train": train, **eval_splits}.items():
         atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(it, sort_keys=True) + "\n" for it in items))
     atomic_write_json(marker, {
-        "config": config_dict(cfg), "format": FORMAT_VERSION,
+        "config": asdict(cfg), "format": FORMAT_VERSION,
         "splits": {name: spec.params() | {"description": spec.description} for name, spec in specs.items()},
         "files": sorted(["train.jsonl", *(f"{k}.jsonl" for k in eval_splits)]),
     })

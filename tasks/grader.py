@@ -20,10 +20,6 @@ class Grade:
     digit_correct: int  # positions where prediction and answer agree
     digit_total: int  # max(len(prediction), len(answer)); never 0 for a real answer
 
-    @property
-    def digit_score(self) -> float:
-        return self.digit_correct / self.digit_total if self.digit_total else 0.0
-
 
 def grade(prediction: str, expected: str) -> Grade:
     """Grade one model output against the canonical expected answer."""

@@ -18,7 +18,6 @@ and paired differences get TOST equivalence tests and minimum-detectable-effect 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -51,11 +50,6 @@ def _as_1d(x, name: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise StatsError(f"{name} contains NaN or infinite values")
     return arr
-
-
-def _check_n(n: int) -> None:
-    if n < MIN_RUNS:
-        raise StatsError(small_sample_warning(n))
 
 
 def pearson(x, y) -> float:
@@ -204,15 +198,6 @@ def partial_corr_stack(cols: np.ndarray, control: np.ndarray) -> np.ndarray:
     out = np.clip(np.einsum("bni,bnj->bij", norm, norm), -1.0, 1.0)
     out[undefined] = np.nan
     return out
-
-
-def partial_corr_closed_form(x, y, z) -> float:
-    """(r12 - r1z r2z) / sqrt((1 - r1z^2)(1 - r2z^2)) for a single control z."""
-    r12, r1z, r2z = pearson(x, y), pearson(x, z), pearson(y, z)
-    denom = (1 - r1z**2) * (1 - r2z**2)
-    if denom <= 1e-15:
-        raise Undefined("a shift is a perfect linear function of in-domain accuracy")
-    return float(np.clip((r12 - r1z * r2z) / math.sqrt(denom), -1.0, 1.0))
 
 
 # -- controls for in-domain accuracy ----------------------------------------------------
@@ -574,9 +559,3 @@ def runs_needed(se: float, n: int, effect: float, alpha: float = 0.05, power: fl
         raise StatsError(f"the effect must be non-zero and finite, got {effect}")
     need = n * (min_detectable_effect(se, alpha, power) / abs(effect)) ** 2
     return max(1, math.ceil(need - 1e-9 * need))
-
-
-def warn_if_small(n: int) -> None:
-    msg = small_sample_warning(n)
-    if msg and n >= MIN_RUNS:
-        warnings.warn(msg, stacklevel=2)

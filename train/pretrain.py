@@ -11,12 +11,13 @@ import platform
 import random
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.utils.data
 
-from common.config import config_dict, load_config
+from common.config import load_config
 from common.files import atomic_write_json, sha256_file
 from tasks.config import TaskConfig
 from tasks.dataset import build_eval_splits, eval_prompts
@@ -98,7 +99,7 @@ def pretrain(cfg: PretrainConfig, argv: list[str] | None = None) -> Path:
     files = {p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.is_file()}
     atomic_write_json(work / "pretrain.json", {
         "command": "python -m train pretrain " + " ".join(argv or []),
-        "config": config_dict(cfg), "parameters": n_params, "wall_seconds": round(wall, 1),
+        "config": asdict(cfg), "parameters": n_params, "wall_seconds": round(wall, 1),
         "accuracy_after_pretraining": accuracy, "eval_items_per_split": cfg.eval_items,
         "sha256": files, "torch": torch.__version__, "transformers": transformers.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",

@@ -14,12 +14,13 @@ import math
 import random
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
 from common.accuracy_table import upsert_rows
-from common.config import config_dict, load_config, read_yaml
+from common.config import load_config, read_yaml
 from common.files import atomic_write_json, atomic_write_text, folder_lock
 from common.workers import progress_queue, run_in_workers
 from tasks.config import TaskConfig
@@ -262,7 +263,7 @@ def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     _check_sweep_yaml(sweep_dir / "sweep.yaml", {
-        "config": config_dict(cfg), "task": config_dict(task_cfg), "data": str(data_dir),
+        "config": asdict(cfg), "task": asdict(task_cfg), "data": str(data_dir),
         "device": device, "precision": precision, "runs": [r["run_id"] for r in runs]})
 
     before = base_scores(evaluate_base(cfg, data_dir, task_cfg, sweep_dir, device))

@@ -1,10 +1,10 @@
-from tasks import format_answer, format_prompt, grade, normalize
-from tasks.formatting import to_base
+from tasks.formatting import format_answer, format_prompt, normalize, to_base
+from tasks.grader import grade
 
 
-def test_exact_match_and_digit_score():
+def test_exact_match_and_digit_counts():
     g = grade("753", "753")
-    assert g.exact and g.digit_correct == 3 and g.digit_total == 3 and g.digit_score == 1.0
+    assert g.exact and g.digit_correct == 3 and g.digit_total == 3
     g = grade("754", "753")
     assert not g.exact and g.digit_correct == 2 and g.digit_total == 3
 

@@ -7,9 +7,10 @@ import sys
 import pytest
 
 from common.config import load_config
-from tasks import SHIFTS, TaskConfig, build_eval_splits, resolve_specs, sample_training, write_splits
-from tasks.dataset import eval_prompts, read_jsonl
+from tasks.config import TaskConfig
+from tasks.dataset import build_eval_splits, eval_prompts, read_jsonl, resolve_specs, sample_training, write_splits
 from tasks.formatting import DIGITS
+from tasks.registry import SHIFTS
 from tasks.spec import SplitSpec
 
 
