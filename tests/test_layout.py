@@ -49,3 +49,14 @@ def test_imports_stay_downstream_and_light(module, banned):
             f"bad = {sorted(banned)!r}; hit = [m for m in bad if m in sys.modules]; sys.exit(str(hit) if hit else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, f"{module} imported {res.stderr or res.stdout}"
+
+
+def test_the_serve_requirements_pin_what_pyproject_pins():
+    """requirements-serve.txt (the edge server without torch) repeats pins from pyproject.toml: they agree."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = dict(d.split("==") for d in project["dependencies"])
+    serve = [line.split("#")[0].strip() for line in (REPO / "requirements-serve.txt").read_text().splitlines()]
+    serve = dict(line.split("==") for line in serve if line)
+    assert serve and {k: pins.get(k) for k in serve} == serve
