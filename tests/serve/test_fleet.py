@@ -95,18 +95,24 @@ def test_a_missing_tokenizer_is_named(sweep_copy):
 
 
 def test_lazy_loading_releases_the_least_recently_used(exported):
-    cfg = ServeConfig(sweep=str(exported["sweep"]), variants=("onnx-fp32", "ort-int8", "ort-int4"),
-                      memory_budget_mb=4.5)
-    fleet = Fleet.from_config(cfg)
-    ids = sorted(fleet.entries)
+    """Three models and a budget that holds the two largest and never all three: each load beyond it
+    releases the least recently used one, and using a model makes it the most recent."""
+    served = ("onnx-fp32", "ort-int8", "ort-int4")
+    probe = Fleet.from_config(ServeConfig(sweep=str(exported["sweep"]), variants=served, memory_budget_mb=1e6))
+    a, b, c = sorted(probe.entries, key=lambda i: -probe.entries[i].bytes)[:3]  # a >= b >= c in bytes
+    size = {i: probe.entries[i].bytes for i in (a, b, c)}
+    fleet = Fleet.from_config(ServeConfig(sweep=str(exported["sweep"]), variants=served,
+                                          memory_budget_mb=(size[a] + size[b] + 1) / 1e6))
     assert fleet.loaded_ids() == []
-    sizes = {i: fleet.entries[i].bytes for i in ids}
-    for i in ids:
-        fleet.runner(i)
-        assert sum(sizes[j] for j in fleet.loaded_ids()) <= cfg.memory_budget_mb * 1e6 or len(fleet.loaded_ids()) == 1
-    assert fleet.loaded_ids()[-1] == ids[-1] and len(fleet.loaded_ids()) < len(ids)
-    fleet.runner(fleet.loaded_ids()[0])  # touching a model makes it the most recent
-    assert fleet.loaded_ids()[-1] != ids[-1] or len(fleet.loaded_ids()) == 1
+    for model in (a, b):
+        fleet.runner(model)
+    assert fleet.loaded_ids() == [a, b]
+    fleet.runner(c)  # a + b + c is over the budget, b + c is not (c <= a)
+    assert fleet.loaded_ids() == [b, c]
+    fleet.runner(b)
+    assert fleet.loaded_ids() == [c, b]  # touching b makes it the most recent
+    fleet.runner(a)
+    assert fleet.loaded_ids() == [b, a]
 
 
 def test_missing_sweep_is_a_clear_error(tmp_path):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.accuracy_table import upsert_rows
@@ -22,7 +22,7 @@ from tests.telemetry.conftest import synthetic_rows
 def served_rows():
     """What a served population looks like: one step per (run, variant), with per-digit counts."""
     rows = [r for r in synthetic_rows(n_runs=8, n_items=50) if r["step"] == 30]
-    return [r | {"digit_total": 4 * r["n"], "digit_correct": 3 * r["correct"] + (r["n"] - r["correct"])}
+    return [r | {"digit_total": 4 * r["n"], "digit_correct": 4 * r["correct"] + (r["n"] - r["correct"])}
             for r in rows]
 
 
@@ -33,18 +33,22 @@ def key(rows):
 
 @pytest.fixture
 def exporter():
-    """A /metrics endpoint on loopback carrying the serve stage's counters for served_rows()."""
+    """A /metrics endpoint on loopback carrying served_rows() as the server records them: serve.metrics.Metrics,
+    one ``completed`` call per request, so a renamed metric or label breaks this test too."""
+    from serve.metrics import Metrics
+
     registry = CollectorRegistry()
-    req = Counter("fracture_requests", "requests", ["model", "variant", "shift", "result"], registry=registry)
-    info = Gauge("fracture_model_info", "served models", ["model", "variant", "step"], registry=registry)
-    digits = Counter("fracture_answer_digits", "digits", ["model", "variant", "shift", "result"], registry=registry)
-    for r in served_rows():
-        digits.labels(r["run"], r["variant"], r["split"], "correct").inc(r["digit_correct"])
-        digits.labels(r["run"], r["variant"], r["split"], "incorrect").inc(r["digit_total"] - r["digit_correct"])
-        req.labels(r["run"], r["variant"], r["split"], "correct").inc(r["correct"])
-        req.labels(r["run"], r["variant"], r["split"], "incorrect").inc(r["n"] - r["correct"])
-        req.labels(r["run"], r["variant"], r["split"], "ungraded").inc(3)  # never counted in n
-        info.labels(r["run"], r["variant"], str(r["step"])).set(1)
+    metrics = Metrics(registry)
+    rows = served_rows()
+    metrics.declare_fleet(sorted({(r["run"], r["variant"], r["step"]) for r in rows}),
+                          sorted({r["split"] for r in rows}))
+    for r in rows:
+        for k in range(r["n"]):  # a right answer has all 4 digits right, a wrong one 1 of 4 (see served_rows)
+            right = k < r["correct"]
+            metrics.completed(r["run"], r["variant"], r["split"], "correct" if right else "incorrect", 0.01, 4,
+                              (4, 4) if right else (1, 4))
+        for _ in range(3):  # requests without an expected answer: never counted in n
+            metrics.completed(r["run"], r["variant"], r["split"], "ungraded", 0.01, 4)
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     yield f"http://127.0.0.1:{port}"
