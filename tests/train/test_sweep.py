@@ -140,9 +140,16 @@ def test_killed_sweep_resumes_and_redoes_only_unfinished_runs(tmp_path):
 
 
 def test_a_changed_config_does_not_overwrite_an_existing_sweep(tmp_path):
-    assert run(write_tiny_sweep(tmp_path)).returncode == 0
-    res = run(write_tiny_sweep(tmp_path, batch_size=8))
+    """The check is made before anything is trained or written: a sweep.yaml from another config is enough
+    (training a whole sweep first made this a 34 s test)."""
+    folder = tmp_path / "runs" / "tiny"
+    folder.mkdir(parents=True)
+    other = "config:\n  name: tiny\n  batch_size: 8\n"
+    (folder / "sweep.yaml").write_text(other)
+    res = run(write_tiny_sweep(tmp_path))
     assert res.returncode == 2 and "different sweep config" in res.stderr
+    assert (folder / "sweep.yaml").read_text() == other and sorted(p.name for p in folder.iterdir()) == \
+        [".lock", "sweep.yaml"]
 
 
 def test_a_sweep_name_that_is_a_path_is_refused_before_anything_is_written(tmp_path):
