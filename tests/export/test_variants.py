@@ -6,6 +6,7 @@ tensors, and an independent bound from the size of the files on disk.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,54 @@ def test_unchanged_graph_fails_the_quantized_op_check(exported, tmp_path):
     problems = _check_graph(VARIANTS["ort-int4"], fake, fp32)["problems"]
     assert any("no MatMulNBits" in p for p in problems)
     assert any("no blocks tensor was quantized" in p for p in problems)
+
+
+CHECKPOINT_REFERENCED = sorted(n for n, v in VARIANTS.items()
+                               if v.runner == "onnx" and v.tolerance.reference == "checkpoint" and n in EXPECTED
+                               and not EXPECTED[n].get("gpu"))
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_REFERENCED)
+def test_parity_recomputed_without_the_exporters_code(exported, name):
+    """The manifest's parity figures, recomputed with other code than export/parity.py and export/runtime.py:
+    transformers on the torch checkpoint against optimum's ORTModelForCausalLM on the variant's model.onnx,
+    greedy on the same dev items, and the logits of one padded batch."""
+    import torch
+    import yaml
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.dataset import read_jsonl
+    from tasks.formatting import format_prompt
+
+    variant = VARIANTS[name]
+    if variant.requires():
+        pytest.skip(f"{name} unavailable here: {variant.requires()}")
+    folder = _variant_dirs(exported["sweep"], name)[0]
+    m = read_manifest(folder)
+    ckpt = folder.parent.parent / "checkpoints" / f"step-{m['step']}"
+    digit_format = json.loads((ckpt / "fracture.json").read_text())["digit_format"]
+    data = yaml.safe_load((exported["sweep"] / "sweep.yaml").read_text())["data"]
+    dev = read_jsonl(Path(data) / "dev.jsonl")[: m["parity"]["greedy_items"]]
+    prompts = [format_prompt(it["prompt"], digit_format) for it in dev]
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False)
+    torch_model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    onnx_model = ORTModelForCausalLM.from_pretrained(folder, use_cache=True, provider="CPUExecutionProvider")
+
+    def greedy(model):
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=7, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+        return [tok.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out]
+
+    with torch.inference_mode():
+        real = enc["attention_mask"].bool()
+        diff = (torch_model(**enc).logits - onnx_model(**enc).logits).abs()[real].max().item()
+    agreement = float(np.mean([a == b for a, b in zip(greedy(torch_model), greedy(onnx_model))]))
+    tol = variant.tolerance
+    assert agreement >= tol.min_agreement
+    assert agreement == pytest.approx(m["parity"]["greedy_agreement"], abs=2 / len(dev))
+    if tol.max_logit_diff is not None:
+        assert diff <= tol.max_logit_diff
