@@ -5,4 +5,5 @@
 - ``accuracy_table``: accuracy.csv, the table every stage writes or reads.
 - ``workers``: worker processes that die with their parent, and their progress queue.
 - ``net``: loopback ports and waiting for a service to answer.
+- ``progress``: progress bars for a terminal or a log file.
 """

@@ -15,6 +15,7 @@ from pathlib import Path
 from common.files import atomic_write_text
 
 KEY = ("run", "step", "variant", "split")
+TORCH_VARIANT = "torch-fp32"  # the variant name of a torch checkpoint's own rows: the full-precision baseline
 COLUMNS = (*KEY, "n", "correct")
 EXTRA = ("digit_correct", "digit_total")
 INT_COLUMNS = {"step", "n", "correct", "digit_correct", "digit_total"}

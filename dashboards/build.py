@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from common.accuracy_table import TORCH_VARIANT
+
 DATASOURCE_UID = "fracture-prometheus"
 DATASOURCE = {"type": "prometheus", "uid": DATASOURCE_UID}
 OUT = Path(__file__).parent / "json"
@@ -139,7 +141,7 @@ def fractures_dashboard() -> dict:
                  {"name": "baseline", "label": "baseline", "type": "custom", "query": "onnx-fp32,torch-fp32",
                   "current": {"text": "onnx-fp32", "value": "onnx-fp32"}, "multi": False, "includeAll": False,
                   "options": [{"text": v, "value": v, "selected": v == "onnx-fp32"}
-                              for v in ("onnx-fp32", "torch-fp32")]}]
+                              for v in ("onnx-fp32", TORCH_VARIANT)]}]
     return _dashboard("fracture-fractures", "fracture / fractures",
                       "Which shifts move together once in-domain accuracy is accounted for, per variant.",
                       p, variables)

@@ -32,6 +32,7 @@ from pathlib import Path
 from common.accuracy_table import read_table, upsert_rows
 from common.config import load_config, read_yaml
 from common.files import check_name, folder_lock, sha256_file
+from common.progress import progress_bar
 from common.workers import run_in_workers
 from export.config import ExportConfig
 from export.manifest import publish, read_manifest, tool_versions, verify_variant
@@ -395,8 +396,7 @@ def _export_sweep(cfg: ExportConfig) -> dict:
           f"{workers} worker(s), eval batch {splits_src['eval_batch_size']}")
 
     results = []
-    bar = tqdm(total=len(jobs), desc="checkpoints", unit="ckpt", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 15.0)
+    bar = progress_bar(len(jobs), "checkpoints", "ckpt")
 
     def done(res):
         results.append(res)

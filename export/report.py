@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
-from common.accuracy_table import read_table
+from common.accuracy_table import TORCH_VARIANT, read_table
 
 
 def variant_table(manifests: list[dict], table: list[dict]) -> list[dict]:
@@ -22,7 +22,7 @@ def variant_table(manifests: list[dict], table: list[dict]) -> list[dict]:
             acc[(r["variant"], r["split"])].append(r["correct"] / r["n"])
     splits = sorted({s for _, s in acc}, key=lambda s: (s != "id", s))
     rows = []
-    for name in ["torch-fp32", *by_variant]:
+    for name in [TORCH_VARIANT, *by_variant]:
         ms = by_variant.get(name, [])
         rows.append({
             "variant": name, "checkpoints": len(ms) or len(points),

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from common.accuracy_table import upsert_rows
-from tasks.dataset import read_jsonl
+from tasks.dataset import read_jsonl, split_of_file
 from tasks.grader import grade
 from train.evaluate import max_answer_tokens
 
@@ -35,7 +35,7 @@ def load_splits(data_dir: Path, per_split: int = 0) -> dict[str, list[dict]]:
         if path.stem == "train":
             continue
         items = read_jsonl(path)
-        splits["id" if path.stem == "dev" else path.stem] = items[:per_split] if per_split else items
+        splits[split_of_file(path.stem)] = items[:per_split] if per_split else items
     return splits
 
 

@@ -15,6 +15,16 @@ from tasks.registry import ID_NAME, ID_SPEC, SHIFTS
 from tasks.spec import SplitSpec
 
 EVAL_SPLIT_OF_ID = "dev"
+
+
+def split_file(split: str) -> str:
+    """The JSONL file (without .jsonl) an eval split is stored in: the in-domain split's is dev."""
+    return EVAL_SPLIT_OF_ID if split == ID_NAME else split
+
+
+def split_of_file(stem: str) -> str:
+    """The split label of an eval JSONL file: the inverse of ``split_file``."""
+    return ID_NAME if stem == EVAL_SPLIT_OF_ID else stem
 # Bump whenever the items a config produces change (format, sampling): the data folder is
 # named by task_hash, so stale splits from older code are never reused.
 FORMAT_VERSION = 2
@@ -87,7 +97,7 @@ def build_eval_splits(cfg: TaskConfig) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     taken: set[str] = set()
     for name, spec in specs.items():
-        split = EVAL_SPLIT_OF_ID if name == ID_NAME else name
+        split = split_file(name)
         # Disjoint across eval splits too, so an item is scored under exactly one label.
         out[split] = sample_unique(spec, cfg.n_eval, _rng(cfg.seed, name, "eval"), cfg.answer_order, taken, split)
         # Keep the `split` column as the metric label: dev rows are graded under "id".

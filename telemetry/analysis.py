@@ -14,12 +14,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from common.accuracy_table import TORCH_VARIANT
 from telemetry import drops, fragmentation, resampling, stats
 from telemetry.config import AnalysisOptions
 from telemetry.population import ID, Population, build_population, variants_in
 from train.signal import signal_check
 
-BASELINES = ("torch-fp32", "onnx-fp32")
+BASELINES = (TORCH_VARIANT, "onnx-fp32")
 
 
 def _within_scaled(pop: Population, shifts: list[str], opts: AnalysisOptions) -> tuple[np.ndarray, np.ndarray]:

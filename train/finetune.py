@@ -8,12 +8,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common.accuracy_table import TORCH_VARIANT
 from common.files import atomic_write_json
 from tasks.config import TaskConfig
-from tasks.dataset import eval_prompts, read_jsonl, resolve_specs, sample_training
+from tasks.dataset import eval_prompts, read_jsonl, resolve_specs, sample_training, split_file
 from train.checkpoints import save_checkpoint, verify_checkpoint
 
-VARIANT = "torch-fp32"
+VARIANT = TORCH_VARIANT  # the rows a run writes for its own checkpoints
 Progress = Callable[[str, int, int], None]  # (run_id, step, total_steps)
 
 
@@ -26,8 +27,7 @@ def load_eval_splits(data_dir: Path, task_cfg: TaskConfig, eval_items: int) -> t
     """Eval splits keyed by the `split` label (dev is graded as ``id``) and all eval prompts."""
     full = {}
     for name in resolve_specs(task_cfg):
-        fname = "dev" if name == "id" else name
-        full[name] = read_jsonl(data_dir / f"{fname}.jsonl")
+        full[name] = read_jsonl(data_dir / f"{split_file(name)}.jsonl")
     banned = eval_prompts(full)
     take = eval_items or task_cfg.n_eval
     return {k: v[:take] for k, v in full.items()}, banned

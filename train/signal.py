@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from common.accuracy_table import TORCH_VARIANT
+
 # The foundation issue's bar for "this shift carries signal".
 MEAN_RANGE = (0.1, 0.9)
 MAX_FLOOR_CEILING_SHARE = 0.2
@@ -46,7 +48,7 @@ def final_rows(rows: list[dict], variant: str) -> list[dict]:
     return [r for r in rows if r["variant"] == variant and int(r["step"]) == last[r["run"]]]
 
 
-def signal_check(rows: list[dict], variant: str = "torch-fp32", measure: str = DEFAULT_MEASURE) -> dict[str, dict]:
+def signal_check(rows: list[dict], variant: str = TORCH_VARIANT, measure: str = DEFAULT_MEASURE) -> dict[str, dict]:
     by_split: dict[str, list[dict]] = {}
     for r in final_rows(rows, variant):
         by_split.setdefault(r["split"], []).append(r)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from common.accuracy_table import upsert_rows
+from common.accuracy_table import TORCH_VARIANT, upsert_rows
 from common.config import load_config, read_yaml
 from common.files import atomic_write_json, atomic_write_text, folder_lock
+from common.progress import progress_bar
 from common.workers import progress_queue, run_in_workers
 from tasks.config import TaskConfig
 from tasks.dataset import task_hash, write_splits
@@ -255,7 +256,6 @@ def run_sweep(cfg: SweepConfig) -> dict:
 
 def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device: str, precision: str,
                notes: list[str]) -> dict:
-    from tqdm import tqdm
 
     started = time.perf_counter()
     sweep_dir = Path(cfg.out_root) / cfg.name
@@ -283,9 +283,7 @@ def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device:
     print(f"sweep {cfg.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), "
           f"{workers} worker(s), {device}/{precision}, data {data_dir}")
 
-    interactive = sys.stderr.isatty()
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", unit="run", dynamic_ncols=True,
-               mininterval=0.5 if interactive else 15.0)
+    bar = progress_bar(len(runs), "runs", "run", initial=len(runs) - len(todo))
     current: dict[str, str] = {}
     last_refresh = [0.0]
 
@@ -323,7 +321,7 @@ def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device:
     check = signal_check(table, measure=cfg.measure)
     wall = time.perf_counter() - started
     atomic_write_json(sweep_dir / "signal.json", {
-        "variant": "torch-fp32", "points": "final checkpoint of each run", "measure": cfg.measure, "splits": check,
+        "variant": TORCH_VARIANT, "points": "final checkpoint of each run", "measure": cfg.measure, "splits": check,
         "shifts_with_signal": [s for s, v in check.items() if s != "id" and v["has_signal"]],
         "before_finetuning": before, "replayed_shifts": ablation,
         "wall_seconds_this_invocation": round(wall, 1)})
