@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="a YAML file of ExportConfig fields (export/config.py); flags override it")
+    parser.add_argument("--config", default=None,
+                        help="a YAML file of ExportConfig fields (export/config.py); flags override it")
     parser.add_argument("--list", action="store_true", help="list the registered variants and exit")
     args, rest = parser.parse_known_args(argv)
     if args.list:

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="a YAML file of ServeConfig fields (serve/config.py); flags override it")
+    parser.add_argument("--config", default=None,
+                        help="a YAML file of ServeConfig fields (serve/config.py); flags override it")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
