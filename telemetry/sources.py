@@ -30,6 +30,10 @@ class SourceError(RuntimeError):
     """A source that could not be read; the message says which and why."""
 
 
+class NoGradedTraffic(SourceError):
+    """The source answered but holds no graded request yet: the normal state before any traffic."""
+
+
 def from_csv(path) -> list[dict]:
     """The rows of an accuracy table, checked; beside its sweep.yaml (the table a sweep or a replay wrote),
     against the split names of the sweep's task too."""
@@ -83,7 +87,8 @@ def rows_from_samples(requests: Iterable[tuple[dict, float]], info: Iterable[dic
                 row |= {"digit_correct": right, "digit_total": total}
             rows.append(row)
     if not rows:
-        raise SourceError(f"no graded {REQUESTS} samples found (send requests with `expected` set)")
+        raise NoGradedTraffic(f"no graded {REQUESTS} samples found (send requests with `expected` set, e.g. "
+                              "python -m serve replay)")
     return rows
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from telemetry.analysis import AnalysisOptions, analyze
+from telemetry.sources import NoGradedTraffic
 
 log = logging.getLogger("fracture.telemetry")
 
@@ -95,11 +96,20 @@ class Watcher:
         self.failures = 0
         self.stop = threading.Event()
         self._published: str | None = None  # fingerprint of the table behind the gauges now shown
+        self._waiting = False  # the source has no graded traffic yet (said once, not every round)
 
     def tick(self) -> bool:
         """One round: fetch the table and, when it changed since the last published round, recompute."""
         try:
-            rows = self.fetch()
+            try:
+                rows = self.fetch()
+            except NoGradedTraffic as exc:  # before any traffic: a state to wait in, not a failure
+                if not self._waiting:
+                    log.warning("waiting for traffic: %s", exc)
+                self._waiting = True
+                self._succeeded()
+                return True
+            self._waiting = False
             fingerprint = hashlib.sha256("\n".join(sorted(json.dumps(r, sort_keys=True, default=str)
                                                           for r in rows)).encode()).hexdigest()
             if fingerprint == self._published:  # same counts: the same analysis, no CPU spent

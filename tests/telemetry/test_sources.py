@@ -190,3 +190,32 @@ def test_watch_command_serves_gauges_and_stops_on_sigterm(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_watch_waits_for_traffic_with_one_warning_not_an_error_per_round(caplog):
+    """Before any graded request the source is fine and empty: the watcher says so once (a warning) and keeps
+    its interval; it used to log an ERROR every round, count failures and back off."""
+    import logging
+
+    from telemetry.sources import NoGradedTraffic
+
+    rows = synthetic_rows(n_runs=12, variants=("torch-fp32",))
+    state = {"traffic": False}
+
+    def fetch():
+        if not state["traffic"]:
+            rows_from_samples([({"model": "m", "variant": "v", "shift": "id", "result": "ungraded"}, 5.0)])
+        return rows
+
+    registry = CollectorRegistry()
+    w = Watcher(fetch, registry, AnalysisOptions(n_boot=100, n_perm=100), interval=30)
+    with caplog.at_level(logging.WARNING, logger="fracture.telemetry"):
+        assert all(w.tick() for _ in range(3))
+    waiting = [r for r in caplog.records if "waiting for traffic" in r.getMessage()]
+    assert len(waiting) == 1 and waiting[0].levelno == logging.WARNING
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert w.failures == 0 and w.next_delay() == 30
+    assert gauge_values(registry)[("fracture_telemetry_errors_total", ())] == 0
+    state["traffic"] = True
+    assert w.tick() and ("fracture_population_runs", (("variant", "torch-fp32"),)) in gauge_values(registry)
+    assert issubclass(NoGradedTraffic, SourceError)
