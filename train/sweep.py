@@ -279,6 +279,9 @@ def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device:
             if why != "not finished" and (sweep_dir / run["run_id"]).exists():
                 print(f"redoing {run['run_id']}: {why}", file=sys.stderr)
             todo.append(run)
+    # longest first (a run's cost is about its steps): the last runs to start are short, so no worker sits
+    # idle while one long run finishes; results do not depend on the order
+    todo.sort(key=lambda run: -run["steps"])
     workers = 1 if device == "cuda" else max(1, min(cfg.workers, len(todo)))
     print(f"sweep {cfg.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), "
           f"{workers} worker(s), {device}/{precision}, data {data_dir}")
