@@ -151,6 +151,14 @@ def _trt_providers(dest: Path) -> list:
     return trt_providers(dest)
 
 
+
+# An exact variant (fp32 graph, rounded or noised torch weights exported in fp32) must match its reference's
+# logits within 1e-4: that bound is what proves the export exact. Greedy answers can still flip where the
+# reference's top two logits are closer than that (1 of 400 dev items on one study checkpoint), so agreement
+# allows 1%.
+EXACT_AGREEMENT = 0.99
+
+
 def sim_variant(bits: int) -> Variant:
     if bits not in SIM_BITS:
         raise KeyError(f"sim-w{bits}: simulated widths run from {SIM_BITS.start} to {SIM_BITS.stop - 1} bits")
@@ -158,7 +166,7 @@ def sim_variant(bits: int) -> Variant:
         name=f"sim-w{bits}", backend="onnxruntime", bits=bits, quantizes=("blocks",),
         method=f"block weights rounded in torch to {bits} bits (min-max RTN, groups of 32 inputs), exported as fp32",
         # the export of the rounded model must be exact; the rounding itself is what is being studied
-        tolerance=Tolerance(max_logit_diff=1e-4, min_agreement=1.0, reference="simulated"),
+        tolerance=Tolerance(max_logit_diff=1e-4, min_agreement=EXACT_AGREEMENT, reference="simulated"),
         build=_build_sim(bits), simulated_bits=bits)
 
 
@@ -183,13 +191,13 @@ def noise_variant(source: str) -> Variant:
         method=f"noise-matched control of {q.name}: the fp32 checkpoint plus Gaussian noise with {q.name}'s "
                "mean squared weight error, tensor by tensor (seeded per tensor), exported as fp32",
         # the export of the noised model must be exact; the noise itself is what is being studied
-        tolerance=Tolerance(max_logit_diff=1e-4, min_agreement=1.0, reference="simulated"),
+        tolerance=Tolerance(max_logit_diff=1e-4, min_agreement=EXACT_AGREEMENT, reference="simulated"),
         build=_build_noise(q), needs=q.name, requires=q.requires, noise_of=q.name)
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("onnx-fp32", "onnxruntime", 32, (), "optimum-onnx text-generation-with-past (KV cache), fp32",
-            Tolerance(max_logit_diff=1e-4, min_agreement=1.0), _build_onnx_fp32),
+            Tolerance(max_logit_diff=1e-4, min_agreement=EXACT_AGREEMENT), _build_onnx_fp32),
     Variant("ort-int8", "onnxruntime", 8, ("blocks",),
             "ONNX Runtime dynamic int8: per-channel int8 weights, per-token int8 activations; MatMul only "
             "(embeddings and LM head fp32)",
