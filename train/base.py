@@ -85,6 +85,43 @@ def resolve_base_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def check_base(name_or_path: str, timeout: float = 5.0) -> None:
+    """Fail within seconds, before a sweep writes anything, when ``--base`` cannot be loaded.
+
+    The embedded base and a local directory are checked on disk; a hub id passes when it is in
+    the local Hugging Face cache (it then loads offline too), else after one request to the hub
+    (no retries: transformers would retry for minutes and print a traceback per attempt).
+    """
+    if name_or_path == EMBEDDED:
+        resolve_base_path(name_or_path)
+        return
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"--base {path} has no config.json: not a Hugging Face model directory")
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return
+    advice = "pass a local model directory as --base, or set HF_HUB_OFFLINE=1 with the model in the local cache"
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"--base {name_or_path!r} is neither a local directory nor in the Hugging Face cache "
+                         f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set: download it there first, or "
+                         "pass a local model directory as --base")
+    import requests
+
+    url = f"{constants.ENDPOINT}/{name_or_path}/resolve/main/config.json"
+    try:
+        status = requests.head(url, timeout=timeout, allow_redirects=True).status_code
+    except requests.RequestException as exc:
+        raise ValueError(f"--base {name_or_path!r}: cannot reach the Hugging Face hub at {constants.ENDPOINT} "
+                         f"({type(exc).__name__}); {advice}") from None
+    if status >= 400:
+        raise ValueError(f"--base {name_or_path!r} is neither a local directory nor a model the hub serves "
+                         f"(HTTP {status} for its config.json)")
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 

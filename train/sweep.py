@@ -26,6 +26,7 @@ from common.progress import progress_bar
 from common.workers import progress_queue, run_in_workers
 from tasks.config import TaskConfig
 from tasks.dataset import task_hash, write_splits
+from train.base import check_base
 from train.checkpoints import verify_checkpoint
 from train.config import SweepConfig
 from train.finetune import checkpoint_steps, train_and_evaluate
@@ -247,6 +248,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     """Train and evaluate every unfinished run of the sweep; one sweep at a time per folder. Every setting is
     checked before anything is written."""
     task_cfg = load_config(TaskConfig, cfg.task_config)
+    check_base(cfg.base)  # an unreachable hub fails here, in seconds, with nothing written
     device, precision, notes = resolve_hardware(cfg)
     runs = expand_runs(cfg, device, precision, task_hash(task_cfg))
     check_runs(runs, task_cfg)

@@ -35,3 +35,25 @@ def test_sweep_from_a_local_hub_style_base(tmp_path, pythia_like_dir):
     run_dir = next(p for p in sweep.iterdir() if p.is_dir())
     meta = json.loads((run_dir / "checkpoints" / "step-6" / "fracture.json").read_text())
     assert meta["digit_format"] == "spaced"
+
+
+def test_an_unreachable_hub_fails_in_seconds_with_one_line_and_writes_nothing(tmp_path):
+    """--base=EleutherAI/pythia-70m without the hub spent 2.5 min in retries, printed 8 tracebacks and left
+    run folders behind. The hub here is a closed port on 127.0.0.1 (HF_ENDPOINT); offline mode says where the
+    cache is."""
+    import os
+    import subprocess
+    import time
+
+    args = write_tiny_sweep(tmp_path, base="EleutherAI/pythia-70m")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    started = time.monotonic()
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env=env | {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")})
+    assert res.returncode == 2 and time.monotonic() - started < 30
+    assert res.stderr.count("\n") == 1 and "cannot reach the Hugging Face hub at http://127.0.0.1:9" in res.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env=env | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert res.returncode == 2 and "HF_HUB_OFFLINE is set" in res.stderr and str(tmp_path / "hf") in res.stderr
+    assert not (tmp_path / "runs").exists()
