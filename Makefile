@@ -58,8 +58,13 @@ watch: setup      ## recompute from Prometheus every 30 s; gauges on 127.0.0.1:9
 demo: setup data sweep export  ## the main job: splits, sweep, export, serve + replay + Prometheus, analysis, report
 	$(PY) -m deploy.demo --sweep runs/demo --per-split $(DEMO_PER_SPLIT)
 
+# `make up SERVE_PORT=8001 WATCH_PORT=9109 PROM_PORT=9091` where the defaults are taken
+SERVE_PORT ?= 8000
+WATCH_PORT ?= 9108
+PROM_PORT ?= 9090
 up: setup         ## start Prometheus (if installed), the server and the telemetry watcher on 127.0.0.1
-	$(PY) -m deploy.local up --sweep runs/demo
+	$(PY) -m deploy.local up --sweep runs/demo --port $(SERVE_PORT) --watch-port $(WATCH_PORT) \
+		--prometheus-port $(PROM_PORT)
 
 down:             ## stop what `make up` started (by process id)
 	$(PY) -m deploy.local down

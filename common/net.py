@@ -26,3 +26,14 @@ def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen | None = No
                 return
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when ``host:port`` cannot be bound right now (another process listens there)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Prometheus bind
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from common.net import wait_http
+from common.net import port_in_use, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".run"
@@ -97,12 +97,20 @@ def stop_pids(pids: dict[str, int], grace: float = 15.0) -> list[str]:
 def start_stack(services: Services, sweep: str, server_port: int = 8000, watch_port: int = 9108,
                 prom_port: int = 9090, scrape: str = "5s", interval: float = 10.0,
                 serve_args: tuple[str, ...] = ()) -> dict:
-    """Start the server, Prometheus (if installed) and the watcher; returns where each listens."""
+    """Start the server, Prometheus (if installed) and the watcher; returns where each listens. Every port is
+    checked first: one in use stops the start before any process runs."""
     py = sys.executable
+    prometheus = shutil.which("prometheus")
+    ports = {"--port (the server)": server_port, "--watch-port (the telemetry watcher)": watch_port}
+    if prometheus:
+        ports["--prometheus-port"] = prom_port
+    busy = [f"{port} ({flag})" for flag, port in ports.items() if port_in_use(port)]
+    if busy:
+        raise RuntimeError(f"port(s) in use on 127.0.0.1: {', '.join(busy)}; stop what listens there (`make down` "
+                           "if it is an earlier stack) or pick other ports")
     server = services.start("serve", [py, "-m", "serve", f"--sweep={sweep}", f"--port={server_port}", *serve_args])
     wait_http(f"http://127.0.0.1:{server_port}/readyz", proc=server)
     where = {"server": f"http://127.0.0.1:{server_port}"}
-    prometheus = shutil.which("prometheus")
     if prometheus:
         config = services.state / "prometheus.yml"
         config.touch()

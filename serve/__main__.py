@@ -64,11 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
         from prometheus_client import CollectorRegistry
 
+        from common.net import port_in_use
         from serve.app import build_app
         from serve.config import ServeConfig
         from serve.http import raise_fd_limit, uvicorn_config
 
         cfg = load_config(ServeConfig, args.config, parse_cli_overrides(rest))
+        if port_in_use(cfg.port, cfg.host):  # before loading any model: the bind would fail only after that
+            raise ValueError(f"port {cfg.port} on {cfg.host} is in use: stop what listens there (`make down` if it "
+                             "is a fracture stack) or pass --port")
         app = build_app(cfg, CollectorRegistry())
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
