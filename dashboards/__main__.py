@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("build", help="write dashboards/json/*.json")
     push = sub.add_parser("push", help="create or update the datasource and dashboards via the Grafana API")
     push.add_argument("--url", required=True, help="Grafana base URL")
-    push.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN", ""), help="service-account token")
+    push.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN", ""),
+                      help="service-account token (default: $GRAFANA_TOKEN)")
     push.add_argument("--prometheus", default="http://127.0.0.1:9090", help="the datasource's Prometheus URL")
     args = parser.parse_args(argv)
     if args.command == "build":
@@ -31,11 +32,15 @@ def main(argv: list[str] | None = None) -> int:
         for path in build():
             print(f"wrote {path}")
         return 0
+    from dashboards.push import PushError
     from dashboards.push import push as do_push
 
     try:
         result = do_push(args.url, args.token, args.prometheus)
-    except Exception as exc:  # noqa: BLE001 - any API or network failure is reported, not a traceback
+    except PushError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - anything else still a line, not a traceback
         print(f"error: push to {args.url} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(f"datasource {result['datasource']}; dashboards: {', '.join(result['dashboards'])}")

@@ -35,6 +35,10 @@ class FakeGrafana(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         self._record()
+        if self.path == "/api/health":
+            return self._reply(200, {"commit": "test", "database": "ok", "version": "12.0.0"})
+        if self.headers.get("Authorization") == "Bearer wrong":
+            return self._reply(401, {"message": "invalid API key"})
         uid = self.path.rsplit("/", 1)[-1]
         if self.path.startswith("/api/datasources/uid/") and uid in self.datasources:
             return self._reply(200, self.datasources[uid])
@@ -94,4 +98,40 @@ def test_push_to_an_unreachable_grafana_is_a_clear_error(capsys):
     from dashboards.__main__ import main
 
     assert main(["push", "--url", "http://127.0.0.1:9", "--token", "t"]) == 1
-    assert "push to http://127.0.0.1:9 failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach http://127.0.0.1:9" in err and "is Grafana running there?" in err
+
+
+class NotGrafana(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        body = b"404 page not found"
+        self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_push_errors_are_one_line_each(grafana, capsys, monkeypatch):
+    """No token, a URL that is not a Grafana, a token Grafana refuses: each a line saying what to do."""
+    from dashboards.__main__ import main
+
+    monkeypatch.delenv("GRAFANA_TOKEN", raising=False)
+    assert main(["push", "--url", grafana]) == 1
+    assert "no token: pass --token or set GRAFANA_TOKEN" in capsys.readouterr().err
+    monkeypatch.setenv("GRAFANA_TOKEN", "tok")  # the token may come from the environment
+    assert main(["push", "--url", grafana]) == 0
+    capsys.readouterr()
+    other = ThreadingHTTPServer(("127.0.0.1", 0), NotGrafana)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{other.server_address[1]}"
+        assert main(["push", "--url", url, "--token", "t"]) == 1
+        assert f"{url} does not look like Grafana: /api/health answered HTTP 404" in capsys.readouterr().err
+    finally:
+        other.shutdown()
+    assert main(["push", "--url", grafana, "--token", "wrong"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused the token (HTTP 401)" in err
