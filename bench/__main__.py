@@ -20,6 +20,26 @@ from bench.common import markdown_table, write_results
 
 REQUIRED = ("quantized_vs_naive_c32", "server_vs_floor_c32", "c32_vs_c1", "metrics_overhead",
             "guards_overhead_floor", "runtime_vs_generate_b64", "batched_eval_vs_per_item")
+# the targets the project holds itself to: (">=" or "<=", value); ratios without one are reported only
+TARGETS = {
+    "batched_eval_vs_per_item": (">=", 20.0),
+    "quantized_vs_naive_c32": (">=", 10.0),
+    "server_vs_floor_c32": (">=", 0.30),
+    "c32_vs_c1": (">=", 4.0),
+    "metrics_overhead": ("<=", 0.03),
+    "guards_share_of_served": ("<=", 0.03),  # the HTTP guards' cost per request, as a share of a served one
+}
+
+
+def verdicts(ratios: dict[str, float]) -> list[list]:
+    """One row per ratio: its value, its target and whether it is met."""
+    rows = []
+    for name, value in ratios.items():
+        op, target = TARGETS.get(name, (None, None))
+        met = None if op is None else (value >= target if op == ">=" else value <= target)
+        rows.append([name, round(value, 3), f"{op} {target:g}" if op else "—",
+                     "—" if met is None else ("met" if met else "MISSED")])
+    return rows
 
 
 def run_all(sweep: Path) -> Path:
@@ -41,9 +61,14 @@ def run_all(sweep: Path) -> Path:
     missing = [k for k in REQUIRED if k not in ratios]
     if missing:
         raise RuntimeError(f"ratios missing from the results: {missing}")
-    path = write_results("all", {"sweep": str(sweep), "parts": parts, "ratios": ratios})
-    print("\n== ratios")
-    print(markdown_table(list(ratios), [[round(v, 3) for v in ratios.values()]]))
+    rows = verdicts(ratios)
+    path = write_results("all", {"sweep": str(sweep), "parts": parts, "ratios": ratios,
+                                 "targets": {r[0]: {"target": r[2], "verdict": r[3]} for r in rows}})
+    print("\n== ratios against their targets")
+    print(markdown_table(["ratio", "value", "target", "verdict"], rows))
+    missed = [r[0] for r in rows if r[3] == "MISSED"]
+    print(f"{len(rows) - len(missed)} of {len(rows)} ratios met or untargeted"
+          + (f"; missed: {', '.join(missed)}" if missed else ""))
     print(f"wrote {path}")
     return path
 

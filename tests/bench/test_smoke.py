@@ -79,3 +79,12 @@ def test_the_guarded_floor_really_runs_fracture_guards():
         assert httpx.post(f"{url}/v1/completions", json=body, headers=auth).status_code == 200
         huge = auth | {"X-Pad": "a" * 20000}
         assert httpx.post(f"{url}/v1/completions", json=body, headers=huge).status_code == 431
+
+
+def test_the_final_table_says_which_targets_are_met():
+    from bench.__main__ import TARGETS, verdicts
+
+    rows = {r[0]: r for r in verdicts({"c32_vs_c1": 5.0, "metrics_overhead": 0.05, "sweep_vs_plain_trainer": 0.9})}
+    assert rows["c32_vs_c1"][2:] == [">= 4", "met"]
+    assert rows["metrics_overhead"][2:] == ["<= 0.03", "MISSED"]
+    assert rows["sweep_vs_plain_trainer"][2:] == ["—", "—"] and "sweep_vs_plain_trainer" not in TARGETS
