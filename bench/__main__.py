@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--sweep", default="runs/demo", type=Path)
     sub.add_parser("training", help="samples/s of the sweep's fine-tuning vs a plain Trainer")
     args = parser.parse_args(argv)
+    sweep = getattr(args, "sweep", None)
+    if sweep is not None and not (sweep / "sweep.yaml").is_file():
+        print(f"error: {sweep} is not a sweep folder (no sweep.yaml); `make demo` writes runs/demo", file=sys.stderr)
+        return 2
     try:
         if args.part == "all":
             run_all(args.sweep)

@@ -88,3 +88,11 @@ def test_the_final_table_says_which_targets_are_met():
     assert rows["c32_vs_c1"][2:] == [">= 4", "met"]
     assert rows["metrics_overhead"][2:] == ["<= 0.03", "MISSED"]
     assert rows["sweep_vs_plain_trainer"][2:] == ["—", "—"] and "sweep_vs_plain_trainer" not in TARGETS
+
+
+def test_a_mistyped_sweep_is_one_line(capsys):
+    from bench.__main__ import main
+
+    assert main(["all", "--sweep", "runs/dmeo"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: runs/dmeo is not a sweep folder (no sweep.yaml); `make demo` writes runs/demo\n"
