@@ -83,11 +83,11 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def population(tmp_path_factory):
-    """A 6-run tiny sweep (enough runs for a partial correlation) exported to onnx-fp32 and ort-int8."""
+    """The small preset (6 drawn runs: the fewest the analysis accepts) exported to onnx-fp32 and ort-int8."""
     tmp = tmp_path_factory.mktemp("population")
-    grid = '{"lr": [5.0e-4, 1.0e-3, 2.0e-3], "steps": [6], "mixture": {"id": {"id": 1.0}}, "repeat": 2}'
-    res = subprocess.run(write_tiny_sweep(tmp, name="pop", grid=grid, workers=2), cwd=REPO, capture_output=True,
-                         text=True, timeout=900)
+    args = write_tiny_sweep(tmp, name="pop")
+    args[args.index(str(REPO / "train/configs/tiny.yaml"))] = str(REPO / "train/configs/small.yaml")
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr
     sweep = tmp / "runs" / "pop"
     res = subprocess.run([sys.executable, "-m", "export", f"--sweep={sweep}", "--variants=onnx-fp32,ort-int8",

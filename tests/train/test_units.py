@@ -86,7 +86,7 @@ def test_checkpoint_steps_are_evenly_spaced_and_end_at_the_last_step():
     assert checkpoint_steps(2, 3) == [1, 2]
 
 
-@pytest.mark.parametrize("preset", ["demo", "tiny", "pythia70m"])
+@pytest.mark.parametrize("preset", ["demo", "tiny", "small", "pythia70m"])
 def test_sweep_presets_load_and_expand(preset):
     cfg = load_config(SweepConfig, f"train/configs/{preset}.yaml")
     runs = expand_runs(cfg, "cpu", "fp32", "hash")
@@ -105,12 +105,22 @@ def test_demo_population_is_a_sample_of_at_least_48_runs_without_eval_shifts_in_
     assert all(float(lo) <= r["lr"] <= float(hi) for r in runs)
 
 
-@pytest.mark.parametrize("preset", ["demo", "study", "pythia70m", "tiny"])
+@pytest.mark.parametrize("preset", ["demo", "study", "pythia70m", "tiny", "small"])
 def test_no_default_preset_replays_an_eval_shift(preset):
     from train.sweep import replayed_shifts
 
     runs = expand_runs(load_config(SweepConfig, f"train/configs/{preset}.yaml"), "cpu", "fp32", "h")
     assert all(replayed_shifts(r["mixture"]) == [] for r in runs)
+
+
+def test_the_small_preset_is_the_fewest_runs_the_analysis_accepts():
+    """tiny.yaml's 2 runs are refused by the analysis; small.yaml is a sample it takes (the loop tests run on it:
+    tests/conftest.py, population)."""
+    from telemetry import stats
+
+    runs = expand_runs(load_config(SweepConfig, "train/configs/small.yaml"), "cpu", "fp32", "h")
+    assert len(runs) >= stats.MIN_RUNS and len({r["seed"] for r in runs}) == len(runs)
+    assert len(expand_runs(load_config(SweepConfig, "train/configs/tiny.yaml"), "cpu", "fp32", "h")) < stats.MIN_RUNS
 
 
 def test_draws_are_reproducible_and_adding_runs_keeps_the_earlier_ones():
