@@ -12,6 +12,11 @@
 
     python -m bench.servers naive --checkpoint runs/demo/<run>/checkpoints/step-150 --port 8101
     python -m bench.servers floor --port 8102 [--guarded]
+    python -m bench.servers unguarded --sweep runs/demo --variants ort-int4 --port 8103
+
+- unguarded: fracture's own server (build_app, the same fleet and metrics) without the guards
+  the floor comparison measures (body limit, auth, drain; stock uvicorn protocol): against
+  ``python -m serve`` it is the guards' cost on the served path itself.
 """
 
 from __future__ import annotations
@@ -94,15 +99,32 @@ def naive_app(checkpoint: str, threads: int) -> FastAPI:
     return app
 
 
+def unguarded_app(sweep: str, variants: str, port: int):
+    """fracture's app with the guard middlewares taken out before its middleware stack is built."""
+    from prometheus_client import CollectorRegistry
+
+    from serve.app import BearerAuth, BodyLimit, Drain, build_app
+    from serve.config import ServeConfig
+
+    app = build_app(ServeConfig(sweep=sweep, variants=tuple(variants.split(",")), port=port), CollectorRegistry())
+    app.user_middleware = [m for m in app.user_middleware if m.cls not in (BodyLimit, BearerAuth, Drain)]
+    return app
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.servers")
-    p.add_argument("kind", choices=["naive", "floor"])
+    p.add_argument("kind", choices=["naive", "floor", "unguarded"])
+    p.add_argument("--sweep")
+    p.add_argument("--variants")
     p.add_argument("--checkpoint")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--guarded", action="store_true", help="floor only: behind fracture's HTTP guards")
     a = p.parse_args(argv)
-    app = floor_app(a.guarded) if a.kind == "floor" else naive_app(a.checkpoint, a.threads)
+    if a.kind == "unguarded":
+        app = unguarded_app(a.sweep, a.variants, a.port)
+    else:
+        app = floor_app(a.guarded) if a.kind == "floor" else naive_app(a.checkpoint, a.threads)
     if a.guarded:
         from serve.config import ServeConfig
         from serve.http import uvicorn_config

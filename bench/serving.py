@@ -6,7 +6,9 @@ Against, in the same run on the same machine:
 - the floor (bench/servers.py floor): the same stack answering a fixed completion;
 - the same fracture server with metrics recording nothing (telemetry overhead);
 - the floor with and without fracture's HTTP guards (header limits and deadlines, body
-  limit, bearer auth, drain): their cost per request, alternated over rounds.
+  limit, bearer auth, drain): their cost per request, alternated over rounds;
+- fracture's server with and without those guards (bench/servers.py unguarded): their
+  cost on the served path itself.
 
 Every server runs in its own process on 127.0.0.1; the load generator is a small async
 client, bounded in requests and seconds per level, with a warm-up it does not
@@ -160,6 +162,16 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
             with server_process([*serve_args, f"--port={port}", f"--record_metrics={flag}"], port) as url:
                 overhead[key].append(load(url, bodies(f"{run}/{quantized}"), max(concurrencies), max_requests,
                                           max_seconds)["rps"])
+    served = {"guarded": [], "unguarded": []}
+    for _ in range(overhead_rounds):  # fracture's server with and without its guards, alternated
+        for key in ("guarded", "unguarded"):
+            port = free_port()
+            args = [*serve_args, f"--port={port}"] if key == "guarded" else \
+                ["-m", "bench.servers", "unguarded", f"--sweep={sweep}", f"--variants={','.join(variants)}",
+                 f"--port={port}"]
+            with server_process(args, port) as url:
+                served[key].append(load(url, bodies(f"{run}/{quantized}"), max(concurrencies), max_requests,
+                                        max_seconds)["rps"])
     guards = {"guarded": [], "plain": []}
     if baselines:
         from bench.servers import BENCH_TOKEN
@@ -178,6 +190,7 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
         "c32_vs_c1": results[quantized][top]["rps"] / results[quantized]["c1"]["rps"],
         "metrics_overhead": 1 - (statistics.mean(overhead["with_metrics"])
                                  / statistics.mean(overhead["without_metrics"])),
+        "guards_overhead_served": 1 - statistics.mean(served["guarded"]) / statistics.mean(served["unguarded"]),
     }
     if baselines:
         ratios["quantized_vs_naive_c32"] = results[quantized][top]["rps"] / results["naive"][top]["rps"]
@@ -187,7 +200,7 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
         # the guards' seconds per request, as a share of the served path's (the quantized variant, top level)
         ratios["guards_share_of_served"] = (1 / guarded - 1 / plain) * results[quantized][top]["rps"]
     payload = {"run": run, "quantized": quantized, "results": results, "metrics_overhead_rps": overhead,
-               "guards_rps": guards, "ratios": ratios}
+               "guards_rps": guards, "served_guards_rps": served, "ratios": ratios}
     path = write_results("serving", payload, out_dir) if out_dir else None
     rows = [[name, level, f"{r['rps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r["errors"]]
             for name, by_level in results.items() for level, r in by_level.items()]

@@ -55,10 +55,12 @@ def test_serving_benchmark_smoke(exported, tmp_path):
                             max_requests=6, max_seconds=2, overhead_rounds=1, out_dir=tmp_path)
     written = json.loads(next(tmp_path.glob("*-serving.json")).read_text())
     assert set(written["ratios"]) == {"c32_vs_c1", "metrics_overhead", "quantized_vs_naive_c32",
-                                      "server_vs_floor_c32", "guards_overhead_floor", "guards_share_of_served"}
+                                      "server_vs_floor_c32", "guards_overhead_floor", "guards_share_of_served",
+                                      "guards_overhead_served"}
     for server in ("onnx-fp32", "ort-int8", "naive", "floor"):
         assert written["results"][server]["c2"]["completed"] > 0 and written["results"][server]["c2"]["errors"] == 0
     assert all(len(v) == 1 and v[0] > 0 for v in written["guards_rps"].values())
+    assert all(len(v) == 1 and v[0] > 0 for v in written["served_guards_rps"].values())
     assert payload["ratios"] == written["ratios"]
 
 
