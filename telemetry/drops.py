@@ -43,12 +43,7 @@ def excess_drop_resamples(pq: Population, pb: Population, shift: str, picks: np.
     ok = np.ptp(a_id, axis=1) > 0
     x = a_id[ok] - a_id[ok].mean(axis=1, keepdims=True)
     slope = (x * (a_s[ok] - a_s[ok].mean(axis=1, keepdims=True))).sum(axis=1) / (x * x).sum(axis=1)
-    values = np.mean(d_s[ok] - slope[:, None] * d_id[ok], axis=1)
-    values = values[np.isfinite(values)]
-    if len(values) < len(picks) // 2:
-        raise stats.Undefined(f"the statistic was undefined on {len(picks) - len(values)} of {len(picks)} "
-                              "bootstrap resamples")
-    return values
+    return stats.kept_resamples(np.mean(d_s[ok] - slope[:, None] * d_id[ok], axis=1), len(picks))
 
 
 def accuracy_drops(pq: Population, pb: Population, opts: AnalysisOptions) -> list[dict]:

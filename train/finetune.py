@@ -14,7 +14,6 @@ from tasks.config import TaskConfig
 from tasks.dataset import eval_prompts, read_jsonl, resolve_specs, sample_training, split_file
 from train.checkpoints import save_checkpoint, verify_checkpoint
 
-VARIANT = TORCH_VARIANT  # the rows a run writes for its own checkpoints
 Progress = Callable[[str, int, int], None]  # (run_id, step, total_steps)
 
 
@@ -127,7 +126,7 @@ def train_and_evaluate(run: dict, data_dir: str, task_cfg: TaskConfig, run_dir: 
         tok = load_tokenizer(str(ckpt))
         results = evaluate_splits(torch_decoder(model, tok), meta["digit_format"], eval_splits,
                                   batch_size=eval_batch_size)
-        rows = [{"run": run["run_id"], "step": step, "variant": VARIANT, "split": split, **r}
+        rows = [{"run": run["run_id"], "step": step, "variant": TORCH_VARIANT, "split": split, **r}
                 for split, r in results.items()]
         atomic_write_json(run_dir / "eval" / f"step-{step}.json", {"checkpoint": str(ckpt), "rows": rows})
     summary = {"run_id": run["run_id"], "train_seconds": round(train_seconds, 2),

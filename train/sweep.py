@@ -203,14 +203,14 @@ def evaluate_base(cfg: SweepConfig, data_dir: Path, task_cfg: TaskConfig, sweep_
             pass  # unreadable: evaluate again
     from train.base import load_base
     from train.evaluate import evaluate_splits, torch_decoder
-    from train.finetune import VARIANT, load_eval_splits
+    from train.finetune import load_eval_splits
 
     base = load_base(cfg.base)
     model = base.model.cuda() if device == "cuda" else base.model
     splits, _ = load_eval_splits(data_dir, task_cfg, cfg.eval_items)
     results = evaluate_splits(torch_decoder(model, base.tokenizer), base.digit_format, splits,
                               batch_size=cfg.eval_batch_size)
-    rows = [{"run": "base", "step": 0, "variant": VARIANT, "split": split, **r} for split, r in results.items()]
+    rows = [{"run": "base", "step": 0, "variant": TORCH_VARIANT, "split": split, **r} for split, r in results.items()]
     atomic_write_json(path, {"key": key, "rows": rows})
     return rows
 
