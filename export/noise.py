@@ -230,13 +230,16 @@ def read_record(folder: Path) -> dict:
 
 def build_noise_control(ctx: BuildContext, source: str, simulated_bits: int | None, dest: Path) -> dict:
     """Write ``noise@<source>`` into ``dest``: measure the source's error per tensor, noise the
-    fp32 checkpoint to match, export it as fp32 (like sim-w{k}); returns the noise record."""
+    fp32 checkpoint to match, and write it as fp32: the published onnx-fp32 graph with the noised
+    values where that exists, else an export of the noised checkpoint (like sim-w{k}); returns the
+    noise record."""
     from transformers import AutoModelForCausalLM
 
     from common.files import sha256_file
     from export.onnx_export import export_onnx, save_derived_checkpoint
 
     model = AutoModelForCausalLM.from_pretrained(ctx.checkpoint).eval()
+    original = copy.deepcopy(model)
     if simulated_bits:
         targets, source_sha = simulated_error(model, simulated_bits), None
     else:
@@ -249,8 +252,43 @@ def build_noise_control(ctx: BuildContext, source: str, simulated_bits: int | No
     record = {"source": source, "source_model_sha256": source_sha, "simulated_bits": simulated_bits,
               "seed": NOISE_SEED, "seed_key": key, "seed_rule": SEED_RULE,
               "tensors": add_noise_(model, targets, seeds)}
-    noised = ctx.scratch / "noised-checkpoint"
-    save_derived_checkpoint(model, ctx.checkpoint, noised)
-    export_onnx(noised, dest)
+    if ctx.fp32_dir is not None:  # the published fp32 graph with the noised values: no second export
+        reweighted_graph(ctx.fp32_dir, original, model, dest)
+    else:
+        noised = ctx.scratch / "noised-checkpoint"
+        save_derived_checkpoint(model, ctx.checkpoint, noised)
+        export_onnx(noised, dest)
     (dest / NOISE_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def reweighted_graph(fp32_dir: Path, original, changed, dest: Path) -> None:
+    """Write ``fp32_dir``'s graph (an fp32 export of ``original``) into ``dest`` with each matrix that
+    ``changed`` holds differently put in place of the weight it was exported from.
+
+    What optimum would export from ``changed``, without tracing the model again: an fp32 export stores
+    every matrix bit-exact (MatMul weights transposed), so the values tie an initializer to its torch
+    parameter (``_torch_owners``). A changed parameter no initializer holds is an error.
+    """
+    from export.graph import load
+    from export.quantize import copy_side_files
+
+    before = {name: p.detach().cpu().numpy() for name, p in original.named_parameters()}
+    after = {name: p.detach().cpu().numpy() for name, p in changed.named_parameters()}
+    todo = {name for name, w in after.items() if not np.array_equal(w, before[name])}
+    owners = {_digest(w): (name, False) for name, w in before.items() if name in todo}
+    owners |= {_digest(w.T): (name, True) for name, w in before.items() if name in todo and w.ndim == 2}
+    graph = load(fp32_dir / MODEL_FILE)
+    placed = set()
+    for init in graph.graph.initializer:
+        hit = owners.get(_digest(numpy_helper.to_array(init))) if len(init.dims) == 2 else None
+        if hit is None:
+            continue
+        name, transposed = hit
+        value = after[name].T if transposed else after[name]
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), init.name))
+        placed.add(name)
+    if todo - placed:
+        raise ValueError(f"{fp32_dir.name}: no initializer holds {sorted(todo - placed)} of the checkpoint")
+    copy_side_files(fp32_dir, dest)
+    onnx.save(graph, str(dest / MODEL_FILE))

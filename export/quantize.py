@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 from pathlib import Path
@@ -158,6 +159,7 @@ def matmul_nbits(fp32_dir: Path, dest: Path, bits: int, block_size: int = 32) ->
     quantizer.model.save_model_to_file(str(dest / MODEL_FILE), use_external_data_format=False)
 
 
+@functools.cache  # probing quantizes and runs a graph: once per process
 def nbits_supported(bits: int) -> str | None:
     """``None`` when this ONNX Runtime can quantize to and run MatMulNBits with ``bits``, else why not."""
     try:

@@ -232,3 +232,39 @@ def test_pipeline_rebuild_is_reproducible_and_records_the_noise(built, tmp_path)
     noise = manifest["noise"]
     assert noise["source"] == "ort-int4" and noise["seed"] and len(noise["tensors"]) == 16
     assert all({"target_mse", "realised_mse", "seed"} <= set(t) for t in noise["tensors"].values())
+
+
+
+def test_noise_graph_is_what_exporting_the_noised_checkpoint_gives(built, model, tmp_path):
+    """The control is written as the published onnx-fp32 graph with the noised values put in
+    (no second export): the same nodes and the same initializers, bit for bit, as optimum's
+    export of the noised checkpoint."""
+    from export import graph
+    from export.noise import noised_reference, read_record
+    from export.onnx_export import export_onnx, save_derived_checkpoint
+
+    folder = built / "noise@ort-int4"
+    save_derived_checkpoint(noised_reference(model, read_record(folder)), CHECKPOINT, tmp_path / "noised")
+    export_onnx(tmp_path / "noised", tmp_path / "exported")
+    ours = graph.load(folder / "model.onnx").graph
+    theirs = graph.load(tmp_path / "exported" / "model.onnx").graph
+    assert [n.op_type for n in ours.node] == [n.op_type for n in theirs.node]
+    a = {t.name: numpy_helper.to_array(t) for t in ours.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in theirs.initializer}
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == sorted(
+        p.name for p in folder.iterdir() if p.name != "noise.json")
+
+
+def test_reweighting_a_graph_refuses_a_parameter_it_cannot_place(built, model, tmp_path):
+    import copy
+
+    import torch
+
+    from export.noise import reweighted_graph
+
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.gpt_neox.final_layer_norm.weight.add_(1.0)  # a vector: stored as is, but not a matrix
+    with pytest.raises(ValueError, match="no initializer holds .*final_layer_norm.weight"):
+        reweighted_graph(built / "onnx-fp32", model, changed, tmp_path / "out")
