@@ -18,19 +18,25 @@ DEV_STAMP := $(VENV)/.dev-installed-stamp
 help:             ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
+# The pinned dependencies go in with uv (about 5 s where pip takes a minute or more: parallel downloads, no
+# per-package build steps); pip does it where uv cannot reach an index (e.g. an index set only in pip.conf)
+UV_VERSION := 0.13.9
+INSTALL = $(VENV)/bin/uv pip install --quiet --python $(PY) $(1) || $(VENV)/bin/pip install --quiet $(1)
+
 setup: $(STAMP)   ## create .venv and install fracture with its pinned runtime dependencies
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
-	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e .
+	# torch first, pinned and with pip (it honours a local wheel or index set in pip.conf): an unpinned torch
+	# would pull a multi-GB CUDA build
+	$(VENV)/bin/pip install --quiet torch==2.13.0 uv==$(UV_VERSION)
+	$(call INSTALL,-e .)
 	touch $(STAMP)
 
 # the test and lint tools (pytest, ruff, the reference implementations tests compare against) come on top, only
 # for the targets that use them: `make demo` on a fresh machine does not wait for them
 setup-dev: $(DEV_STAMP)
 $(DEV_STAMP): $(STAMP)
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(call INSTALL,-e '.[dev]')
 	touch $(DEV_STAMP)
 
 data: setup       ## write the task splits (JSONL) to data/<config-hash>/
