@@ -5,6 +5,7 @@
     python -m bench serving --sweep runs/demo        # req/s, p50/p99 at concurrency 1/8/32 vs naive and floor
     python -m bench evaluation --sweep runs/demo     # batched evaluation vs per-item generate
     python -m bench training                         # the sweep's fine-tuning vs a plain Trainer
+    python -m bench edge [--quick]                   # pythia-70m-sized decode per variant vs the memory floor
 
 Ratios are the figures to read (absolute times depend on the machine). Not tests: they
 run on demand (`make bench`), and nothing asserts on speed.
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from bench.common import markdown_table, write_results
 
+EDGE_VARIANTS = ("onnx-fp32", "ort-int8", "ort-int8-all", "ort-int4", "ort-int4-all")  # bench.edge.VARIANTS
+
 REQUIRED = ("quantized_vs_naive_c32", "server_vs_floor_c32", "c32_vs_c1", "metrics_overhead",
             "guards_overhead_floor", "runtime_vs_generate_b64", "batched_eval_vs_per_item")
 # the targets the project holds itself to: (">=" or "<=", value); ratios without one are reported only
@@ -29,6 +32,12 @@ TARGETS = {
     "metrics_overhead": ("<=", 0.03),
     "guards_share_of_served": ("<=", 0.03),  # the HTTP guards' cost per request, as a share of a served one
     "guards_overhead_served": ("<=", 0.03),  # served throughput lost to the guards, measured directly
+    # pythia-70m-sized decoding (bench/edge.py): each variant's batch-1 step against its memory floor, and the
+    # speed-up of the variants that quantize the LM head too
+    **{f"decode_b1_{v}_vs_floor": (">=", 0.6) for v in EDGE_VARIANTS},
+    "int8_vs_fp32_b1": (">=", 2.5),
+    "int8_vs_fp32_b64": (">=", 2.0),
+    "int4_vs_fp32_b1": (">=", 4.0),
 }
 
 
@@ -45,6 +54,7 @@ def verdicts(ratios: dict[str, float]) -> list[list]:
 
 def run_all(sweep: Path) -> Path:
     from bench.decode import bench_decode
+    from bench.edge import bench_edge
     from bench.evaluation import bench_evaluation
     from bench.serving import bench_serving
     from bench.training import bench_training
@@ -58,6 +68,8 @@ def run_all(sweep: Path) -> Path:
     parts["serving"] = bench_serving(sweep, out_dir=None)
     print("== training", flush=True)
     parts["training"] = bench_training(out_dir=None)
+    print("== edge (pythia-70m's size)", flush=True)
+    parts["edge"] = bench_edge(sweep=sweep, out_dir=None)
     ratios = {k: v for p in parts.values() for k, v in p["ratios"].items()}
     missing = [k for k in REQUIRED if k not in ratios]
     if missing:
@@ -83,9 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("--sweep", default="runs/demo", type=Path)
     sub.add_parser("training", help="samples/s of the sweep's fine-tuning vs a plain Trainer")
+    p = sub.add_parser("edge", help="pythia-70m-sized decode tokens/s per variant against the memory floor")
+    p.add_argument("--quick", action="store_true", help="a tiny model and few repeats: checks the benchmark itself")
+    p.add_argument("--accuracy-from", dest="sweep", default="runs/demo", type=Path,
+                   help="the sweep whose accuracy.csv gives each variant's accuracy (default runs/demo)")
     args = parser.parse_args(argv)
     sweep = getattr(args, "sweep", None)
-    if sweep is not None and not (sweep / "sweep.yaml").is_file():
+    if sweep is not None and args.part != "edge" and not (sweep / "sweep.yaml").is_file():
         print(f"error: {sweep} is not a sweep folder (no sweep.yaml); `make demo` writes runs/demo", file=sys.stderr)
         return 2
     try:
@@ -99,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.serving import bench_serving
 
             bench_serving(args.sweep)
+        elif args.part == "edge":
+            from bench.edge import bench_edge
+
+            bench_edge(quick=args.quick, sweep=args.sweep)
         elif args.part == "evaluation":
             from bench.evaluation import bench_evaluation
 

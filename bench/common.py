@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -23,6 +24,45 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
         fn()
         times.append(time.perf_counter() - t)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def spread(samples: list[float]) -> dict:
+    """Median and interquartile range of ``samples`` (the figures every results file keeps)."""
+    q1, med, q3 = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) > 1 else samples * 3
+    return {"median": med, "q1": q1, "q3": q3, "n": len(samples)}
+
+
+def interleaved(points: dict[str, Callable[[], object]], repeats: int = 5, min_seconds: float = 0.2,
+                warmup: int = 1) -> dict[str, dict]:
+    """Seconds per call of every point, timed in rounds: each round runs one repeat of every point in
+    turn, so a slow spell of the machine falls on a point and its baseline alike.
+
+    A repeat calls its point as many times as it takes to last ``min_seconds`` (counted on the last of
+    ``warmup`` untimed calls, at least one), so that a scheduler hiccup is a small part of it. Returns,
+    per point, the per-call seconds of every round (``samples``, in round order, for paired ratios) and
+    their median and quartiles.
+    """
+    calls = {}
+    for name, fn in points.items():
+        for _ in range(max(warmup - 1, 0)):
+            fn()
+        t = time.perf_counter()
+        fn()  # the last warm-up call sizes the repeats
+        calls[name] = max(1, math.ceil(min_seconds / max(time.perf_counter() - t, 1e-9)))
+    samples: dict[str, list[float]] = {name: [] for name in points}
+    for _ in range(repeats):
+        for name, fn in points.items():
+            t = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append((time.perf_counter() - t) / calls[name])
+    return {name: {"samples": s, "calls_per_repeat": calls[name], **spread(s)} for name, s in samples.items()}
+
+
+def paired_ratio(num: list[float], den: list[float]) -> dict:
+    """``median(num) / median(den)``, with the quartiles of the per-round ratios as its spread."""
+    per_round = [a / b for a, b in zip(num, den, strict=True)]
+    return {**spread(per_round), "median": statistics.median(num) / statistics.median(den)}
 
 
 def machine() -> dict:

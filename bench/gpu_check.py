@@ -30,8 +30,10 @@ PYTHIA_70M = dict(vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_at
                   initializer_range=0.02)
 
 
-def make_base(out: Path) -> Path:
-    """pythia-70m's architecture, random init, with the embedded char tokenizer (ids < 50304)."""
+def make_base(out: Path, arch: dict | None = None, seed: int = 0) -> Path:
+    """pythia-70m's architecture (or ``arch``), random init from ``seed``, with the embedded char
+    tokenizer (ids < 50304)."""
+    import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from train.base import build_char_tokenizer
@@ -39,7 +41,8 @@ def make_base(out: Path) -> Path:
     tok = build_char_tokenizer()
     tok.save_pretrained(out)
     cfg = GPTNeoXConfig(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id, **PYTHIA_70M)
+                        pad_token_id=tok.pad_token_id, **(arch or PYTHIA_70M))
+    torch.manual_seed(seed)
     model = GPTNeoXForCausalLM(cfg)
     model.save_pretrained(out)
     return out

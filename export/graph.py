@@ -131,3 +131,23 @@ def distinct_levels_per_group(model: onnx.ModelProto, group: int, role: str = "b
         distinct = 1 + (np.diff(g, axis=1) != 0).sum(axis=1)
         worst = max(worst, int(distinct.max()))
     return worst
+
+
+def bytes_read_per_token(model: onnx.ModelProto) -> int:
+    """Bytes of stored weights one decode step must read: every initializer in full, except a table
+    that a Gather indexes with ``input_ids`` (directly or through a DequantizeLinear), of which one
+    row is read per token. The memory floor of a decode step is this over the memory bandwidth."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    lookups = set()
+    for node in model.graph.node:
+        if node.op_type in ("Gather", "GatherBlockQuantized") and "input_ids" in node.input[1:]:
+            table = node.input[0]
+            lookups.add(table)
+            source = producers.get(table)
+            if source is not None and source.op_type == "DequantizeLinear":
+                lookups.update(source.input)  # the quantized table, its scale and zero point
+    total = 0
+    for t in model.graph.initializer:
+        size = _numel(t) * _BITS.get(t.data_type, 32) // 8
+        total += size // t.dims[0] if t.name in lookups and t.dims else size
+    return total

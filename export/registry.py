@@ -79,11 +79,12 @@ def _build_ort_int8(all_weights: bool):
     return build
 
 
-def _build_nbits(bits: int):
+def _build_nbits(bits: int, include_head: bool = False, accuracy_level: int = 0):
     def build(ctx: BuildContext, dest: Path) -> None:
         from export.quantize import matmul_nbits
 
-        matmul_nbits(ctx.fp32_dir, dest, bits=bits, block_size=32)
+        matmul_nbits(ctx.fp32_dir, dest, bits=bits, block_size=32, include_head=include_head,
+                     accuracy_level=accuracy_level)
     return build
 
 
@@ -220,6 +221,13 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             # token for token; over the 48 demo checkpoints agreement ran 0.455-0.93 (one below 0.5), while
             # the logit bound and the op/bits checks still catch a broken graph
             Tolerance(max_logit_diff=10.0, min_agreement=0.40), _build_nbits(4),
+            expect_ops=("MatMulNBits",), needs="onnx-fp32"),
+    Variant("ort-int4-all", "onnxruntime", 4, ("blocks", "lm_head"),
+            "the edge variant: ort-int4 with the LM head 4-bit too (the embedding lookup reads one row per "
+            "token and stays fp32) and int8 activations in the kernel (accuracy_level 4): at pythia-70m's "
+            "size the head is 58% of the weights a decode step reads, and fp32 compute on 4-bit weights "
+            "does not keep up with the memory",
+            Tolerance(max_logit_diff=10.0, min_agreement=0.40), _build_nbits(4, include_head=True, accuracy_level=4),
             expect_ops=("MatMulNBits",), needs="onnx-fp32"),
     Variant("ort-int2", "onnxruntime", 2, ("blocks",),
             "ONNX Runtime MatMulNBits 2-bit weight-only, RTN, block 32, symmetric (runs on CPU, no speed-up)",

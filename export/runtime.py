@@ -170,8 +170,9 @@ class OnnxCausalLM:
         return out[0], mask
 
     def generate_ids(self, ids: list[list[int]], max_new_tokens: int,
-                     stop: list[str] | None = None) -> list[list[int]]:
-        """Greedy continuations (token ids) of one batch; a row ends at EOS or a stop string."""
+                     stop: list[str] | None = None, ignore_eos: bool = False) -> list[list[int]]:
+        """Greedy continuations (token ids) of one batch; a row ends at EOS or a stop string
+        (``ignore_eos``: at neither, always ``max_new_tokens``, as benchmarks decode)."""
         if any(not x for x in ids):
             raise ValueError("empty prompt: nothing to condition on")
         batch = len(ids)
@@ -186,7 +187,8 @@ class OnnxCausalLM:
             nxt = np.where(done, self.pad_id, nxt)  # finished rows only carry padding
             generated[:, step] = nxt
             steps = step + 1
-            done |= nxt == self.eos_id
+            if not ignore_eos:
+                done |= nxt == self.eos_id
             if stop:
                 for row in np.flatnonzero(~done):
                     text = self.decode(generated[row, :steps])
@@ -198,7 +200,7 @@ class OnnxCausalLM:
         out = []
         for row in range(batch):
             seq = generated[row, :steps].tolist()
-            if self.eos_id in seq:
+            if self.eos_id in seq and not ignore_eos:
                 seq = seq[:seq.index(self.eos_id) + 1]
             out.append(seq)
         return out

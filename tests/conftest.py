@@ -13,7 +13,7 @@ import pytest
 
 from tests.train.conftest import REPO, write_tiny_sweep
 
-ALL_BUT_GPU = "onnx-fp32,ort-int8,ort-int8-all,ort-int4,ort-int2,sim-w3,bnb-int8,bnb-nf4,trt-fp16"
+ALL_BUT_GPU = "onnx-fp32,ort-int8,ort-int8-all,ort-int4,ort-int4-all,ort-int2,sim-w3,bnb-int8,bnb-nf4,trt-fp16"
 
 
 SESSION_MARK = "FRACTURE_TEST_SESSION"

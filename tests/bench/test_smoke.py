@@ -1,6 +1,7 @@
 """The benchmarks run at tiny sizes and write well-formed results (no assertion on speed)."""
 
 import json
+import math
 
 import pytest
 
@@ -98,3 +99,34 @@ def test_a_mistyped_sweep_is_one_line(capsys):
     assert main(["all", "--sweep", "runs/dmeo"]) == 2
     err = capsys.readouterr().err
     assert err == "error: runs/dmeo is not a sweep folder (no sweep.yaml); `make demo` writes runs/demo\n"
+
+
+def test_edge_benchmark_smoke(tmp_path):
+    """A pythia-shaped model at a tiny width, built through the registry's builders (every edge variant),
+    decoded by every engine; the results file has every ratio with its median and spread."""
+    from bench.__main__ import EDGE_VARIANTS, TARGETS
+    from bench.edge import VARIANTS, bench_edge
+
+    assert EDGE_VARIANTS == VARIANTS
+    payload = bench_edge(quick=True, sweep=None, cache=tmp_path / "cache", out_dir=tmp_path)
+    written = json.loads(next(tmp_path.glob("*-edge.json")).read_text())
+    assert written["ratios"] == payload["ratios"]
+    edge_targets = {k.replace("_b64", "_b4") for k in TARGETS if k.startswith("decode_b1_") or "_vs_fp32_" in k}
+    assert edge_targets <= set(written["ratios"])  # (the quick run's large batch is 4, not 64)
+    assert set(written["ratio_spread"]) == set(written["ratios"])
+    for name, value in written["ratios"].items():  # well formed; nothing said about speed
+        low, high = written["ratio_spread"][name]["q1"], written["ratio_spread"][name]["q3"]
+        assert all(map(math.isfinite, (value, low, high))) and low <= high, name
+    for v in VARIANTS:
+        info = written["variants"][v]
+        assert info["bytes_read_per_token"] > 0 and info["floor_s_per_step_b1"] > 0
+        assert info["engines_agree"]["optimum_b4"] == 1.0  # the same graph, the same greedy tokens
+        for batch in (1, 4):
+            for figure in ("step_s", "tokens_per_s", "prefill_s"):
+                r = written["results"][f"runtime_{v}_b{batch}"][figure]
+                assert {"median", "q1", "q3", "n"} <= set(r) and r["n"] == 2
+    fp32, int4 = (written["variants"][v]["bytes_read_per_token"] for v in ("onnx-fp32", "ort-int4-all"))
+    assert int4 < fp32 / 4  # the 4-bit head and blocks: a quarter of fp32's bytes and less
+    assert written["bandwidth"]["read_bytes_per_s"] > 1e8
+    (home,) = (tmp_path / "cache").iterdir()  # one cached model, every piece in place, no scratch left
+    assert sorted(p.name for p in home.iterdir()) == sorted(["checkpoint", *VARIANTS])

@@ -26,6 +26,8 @@ EXPECTED = {
                      "roles": {"blocks": 16, "embeddings": 1, "lm_head": 1}, "bits": (8.0, 9.0)},
     "ort-int4": {"ops": {"MatMulNBits": 16}, "roles": {"blocks": 16, "embeddings": 0, "lm_head": 0},
                  "bits": (4.5, 6.5)},
+    "ort-int4-all": {"ops": {"MatMulNBits": 17}, "roles": {"blocks": 16, "embeddings": 0, "lm_head": 1},
+                     "bits": (4.4, 6.4)},
     "ort-int2": {"ops": {"MatMulNBits": 16}, "roles": {"blocks": 16, "embeddings": 0, "lm_head": 0},
                  "bits": (2.5, 4.5)},
     "sim-w3": {"ops": {}, "roles": {"blocks": 16, "embeddings": 0, "lm_head": 0}, "bits": (31.9, 32.1),

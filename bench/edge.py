@@ -1,0 +1,255 @@
+"""Edge decoding at the size users deploy: pythia-70m's architecture, each variant against its memory floor.
+
+A decode step of a 70M-parameter model is bound by reading its weights, not by Python. This part builds
+once, and caches under bench/cache/ (ignored by git), a model with pythia-70m's exact architecture
+(bench/gpu_check.PYTHIA_70M; random init from a fixed seed, nothing is downloaded) and its variants, each
+made by the registry's own builder (onnx-fp32 through optimum, then ort-int8, ort-int8-all, ort-int4,
+ort-int4-all). It then times greedy decoding of 12-token prompts at batch 1 and 64, EOS ignored so that
+every engine decodes the same number of steps:
+
+- ``export/runtime.py`` (what fracture serves), per variant;
+- optimum's ``ORTModelForCausalLM`` on the same ONNX file (onnx-fp32 and the variants with a speed-up target);
+- transformers ``generate`` on the torch weights (fp32 only: the variants have no torch twin);
+- the floor: the bytes of stored weights a step reads (``export.graph.bytes_read_per_token``) over the
+  read bandwidth of this machine, measured in the same run with every core.
+
+A decode step's time is (t(16 new tokens) - t(1 new token)) / 15, both timed in the same round, so the
+prompt's prefill cancels. Every point runs in interleaved rounds (``bench.common.interleaved``): the
+results keep the median and quartiles of every figure and the spread of every ratio over rounds.
+
+Random weights make parity meaningless as a gate here (near-flat logits flip under any rounding): each
+variant's max |Δlogit| and greedy agreement against onnx-fp32 are recorded, not enforced. Its accuracy
+comes from the demo's population (the same variant of the embedded base), where the sweep exported it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, spread, write_results
+from bench.gpu_check import PYTHIA_70M, make_base
+
+CACHE = Path(__file__).parent / "cache"
+VARIANTS = ("onnx-fp32", "ort-int8", "ort-int8-all", "ort-int4", "ort-int4-all")
+INT8, INT4 = "ort-int8-all", "ort-int4-all"  # the variants that quantize the LM head too: the speed-up ratios
+# --quick: the same layout at a size that builds and runs in seconds (the LM head keeps pythia's vocabulary)
+QUICK_ARCH = PYTHIA_70M | {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                           "intermediate_size": 256}
+
+
+def _cache_key(arch: dict) -> str:
+    import onnxruntime
+    import optimum.version
+    import transformers
+
+    stamp = json.dumps([arch, onnxruntime.__version__, optimum.version.__version__, transformers.__version__],
+                       sort_keys=True)
+    return hashlib.sha256(stamp.encode()).hexdigest()[:12]
+
+
+def build_models(arch: dict, names: tuple[str, ...] = VARIANTS, root: Path = CACHE) -> tuple[Path, dict[str, Path]]:
+    """(torch checkpoint, {variant: folder}), built once per architecture and tool versions. Each piece is
+    written to a scratch folder and renamed into place, so an interrupted build is redone, never reused."""
+    from export.registry import FP32, BuildContext, resolve
+
+    home = root / f"gptneox-{_cache_key(arch)}"
+    home.mkdir(parents=True, exist_ok=True)
+    checkpoint = home / "checkpoint"
+    if not (checkpoint / "model.safetensors").is_file():
+        scratch = home / ".checkpoint.tmp"
+        shutil.rmtree(scratch, ignore_errors=True)
+        make_base(scratch, arch)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        scratch.rename(checkpoint)
+    folders = {}
+    for variant in resolve(list(names)):
+        dest = home / variant.name
+        if not (dest / "model.onnx").is_file():
+            started = time.perf_counter()
+            tmp, scratch = home / f".{variant.name}.tmp", home / ".scratch"
+            for d in (tmp, scratch, dest):
+                shutil.rmtree(d, ignore_errors=True)
+            scratch.mkdir()
+            needs = folders.get(variant.needs) if variant.needs else None
+            variant.build(BuildContext(checkpoint, folders.get(FP32), scratch, "cpu", needs), tmp)
+            tmp.rename(dest)
+            shutil.rmtree(scratch, ignore_errors=True)
+            print(f"  built {variant.name} in {time.perf_counter() - started:.0f}s", flush=True)
+        folders[variant.name] = dest
+    return checkpoint, {n: folders[n] for n in names}
+
+
+def read_bandwidth(threads: int, mib_per_thread: int = 256, repeats: int = 5) -> dict:
+    """Memory read bandwidth (bytes/s) with ``threads`` threads each summing its own array (numpy's
+    reductions release the GIL), best of ``repeats``; and one thread's copy bandwidth (read + write)."""
+    arrays = [np.ones(mib_per_thread * 2**20 // 8) for _ in range(threads)]
+    nbytes = sum(a.nbytes for a in arrays)
+    with ThreadPoolExecutor(threads) as pool:
+        reads = []
+        for _ in range(repeats + 1):  # the first pass faults the pages in
+            t = time.perf_counter()
+            list(pool.map(np.sum, arrays))
+            reads.append(nbytes / (time.perf_counter() - t))
+    dest = np.empty_like(arrays[0])
+    copies = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        np.copyto(dest, arrays[0])
+        copies.append(2 * arrays[0].nbytes / (time.perf_counter() - t))
+    return {"read_bytes_per_s": max(reads[1:]), "copy_bytes_per_s_one_thread": max(copies[1:]),
+            "threads": threads, "bytes": nbytes}
+
+
+def _prompts(n: int, length: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(map(str, rng.integers(0, 10, length - 1))) + "=" for _ in range(n)]
+
+
+def _demo_accuracy(sweep: Path | None, names: tuple[str, ...]) -> dict[str, float | None]:
+    """Mean per-digit accuracy on ``id`` of each variant's final checkpoints in the demo's accuracy.csv."""
+    from common.accuracy_table import read_table
+
+    path = sweep / "accuracy.csv" if sweep else None
+    if path is None or not path.is_file():
+        return dict.fromkeys(names)
+    rows = [r for r in read_table(path) if r["split"] == "id" and r.get("digit_total")]
+    last = {}
+    for r in rows:
+        last[r["run"]] = max(last.get(r["run"], 0), r["step"])
+    out = {}
+    for name in names:
+        mine = [r["digit_correct"] / r["digit_total"] for r in rows
+                if r["variant"] == name and r["step"] == last[r["run"]]]
+        out[name] = statistics.mean(mine) if mine else None
+    return out
+
+
+def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batches=(1, 64), new_tokens: int = 16,
+               prompt_tokens: int = 12, repeats: int = 5, min_seconds: float = 0.2, threads: int | None = None,
+               cache: Path = CACHE, out_dir: Path | None = RESULTS) -> dict:
+    import onnxruntime as ort
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from export import graph
+    from export.runtime import MODEL_FILE, OnnxCausalLM
+
+    if quick:
+        batches, new_tokens, repeats, min_seconds = (1, 4), 8, 2, 0.02
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    arch = QUICK_ARCH if quick else PYTHIA_70M
+    checkpoint, folders = build_models(arch, VARIANTS, cache)
+    bandwidth = read_bandwidth(threads, mib_per_thread=16 if quick else 256)
+
+    runners = {v: OnnxCausalLM(f, threads=threads, providers=["CPUExecutionProvider"]) for v, f in folders.items()}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    optimum = {v: ORTModelForCausalLM.from_pretrained(folders[v], use_cache=True, provider="CPUExecutionProvider",
+                                                      session_options=opts) for v in ("onnx-fp32", INT8, INT4)}
+    torch_model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    pad = runners["onnx-fp32"].pad_id
+    prompts = _prompts(max(batches), prompt_tokens)
+    ids = runners["onnx-fp32"].encode(prompts)
+    assert {len(x) for x in ids} == {prompt_tokens}, "the char tokenizer maps one character to one token"
+
+    def hf(model, batch: int, n: int):
+        x = torch.tensor(ids[:batch])
+        with torch.inference_mode():
+            return model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n,
+                                  do_sample=False, eos_token_id=None, pad_token_id=pad)[:, prompt_tokens:].tolist()
+
+    def engines(batch: int) -> dict:
+        """{(engine, variant): decode(n new tokens) -> token ids}"""
+        out = {}
+        for v in VARIANTS:
+            out["runtime", v] = lambda n, r=runners[v]: r.generate_ids(ids[:batch], n, ignore_eos=True)
+        for v in optimum:
+            out["optimum", v] = lambda n, m=optimum[v]: hf(m, batch, n)
+        out["generate", "onnx-fp32"] = lambda n: hf(torch_model, batch, n)
+        return out
+
+    variants, results, ratios, ratio_spread = {}, {}, {}, {}
+    demo = _demo_accuracy(sweep, VARIANTS)
+    fp32_tokens = runners["onnx-fp32"].generate_ids(ids, new_tokens, ignore_eos=True)
+    fp32_logits, mask = runners["onnx-fp32"].logits(ids)
+    for v, r in runners.items():
+        model = graph.load(folders[v] / MODEL_FILE)
+        per_token = graph.bytes_read_per_token(model)
+        logits, _ = r.logits(ids)
+        tokens = r.generate_ids(ids, new_tokens, ignore_eos=True)
+        variants[v] = {
+            "bytes_read_per_token": per_token, "floor_s_per_step_b1": per_token / bandwidth["read_bytes_per_s"],
+            "file_bytes": (folders[v] / MODEL_FILE).stat().st_size,
+            "parity_vs_fp32": {"max_abs_logit_diff": float(np.abs(logits - fp32_logits)[mask.astype(bool)].max()),
+                               "greedy_agreement": float(np.mean([a == b for a, b in zip(tokens, fp32_tokens)]))},
+            "demo_id_digit_accuracy": demo[v],
+        }
+    def put(name: str, num: str, den: str) -> None:  # num's step time over den's: den's speed-up
+        r = paired_ratio(results[num]["step_samples"], results[den]["step_samples"])
+        ratios[name], ratio_spread[name] = r["median"], {"q1": r["q1"], "q3": r["q3"]}
+
+    for batch in batches:
+        decoders = engines(batch)
+        for (engine, v), decode in decoders.items():  # same tokens from every engine of one variant
+            if engine != "runtime":
+                got, want = decode(new_tokens), decoders["runtime", v](new_tokens)
+                variants[v].setdefault("engines_agree", {})[f"{engine}_b{batch}"] = float(
+                    np.mean([a == b for a, b in zip(got, want)]))
+        points = {f"{e}/{v}/{n}": (lambda d=d, n=n: d(n)) for (e, v), d in decoders.items() for n in (1, new_tokens)}
+        timed = interleaved(points, repeats=repeats, min_seconds=min_seconds)
+        for (engine, v) in decoders:
+            full, first = timed[f"{engine}/{v}/{new_tokens}"]["samples"], timed[f"{engine}/{v}/1"]["samples"]
+            steps = [(a - b) / (new_tokens - 1) for a, b in zip(full, first)]
+            results[f"{engine}_{v}_b{batch}"] = {"step_s": spread(steps),
+                                                 "tokens_per_s": spread([batch / s for s in steps]),
+                                                 "prefill_s": spread(first), "step_samples": steps}
+        put(f"int8_vs_fp32_b{batch}", f"runtime_onnx-fp32_b{batch}", f"runtime_{INT8}_b{batch}")
+        put(f"int4_vs_fp32_b{batch}", f"runtime_onnx-fp32_b{batch}", f"runtime_{INT4}_b{batch}")
+        put(f"edge_runtime_vs_generate_b{batch}", f"generate_onnx-fp32_b{batch}", f"runtime_onnx-fp32_b{batch}")
+        put(f"edge_runtime_vs_optimum_b{batch}", f"optimum_onnx-fp32_b{batch}", f"runtime_onnx-fp32_b{batch}")
+    for v in VARIANTS:  # the floor over the measured step: 1.0 is the limit of this machine's memory
+        steps = results[f"runtime_{v}_b1"]["step_samples"]
+        floor = variants[v]["floor_s_per_step_b1"]
+        name = f"decode_b1_{v}_vs_floor"
+        ratios[name] = floor / statistics.median(steps)
+        s = spread([floor / x for x in steps])
+        ratio_spread[name] = {"q1": s["q1"], "q3": s["q3"]}
+
+    payload = {"arch": arch, "quick": quick, "threads": threads, "batches": list(batches),
+               "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
+               "bandwidth": bandwidth, "variants": variants, "results": results, "ratios": ratios,
+               "ratio_spread": ratio_spread}
+    path = write_results("edge", payload, out_dir) if out_dir else None
+    print(f"read bandwidth {bandwidth['read_bytes_per_s'] / 1e9:.1f} GB/s ({threads} threads); "
+          f"one thread's copy {bandwidth['copy_bytes_per_s_one_thread'] / 1e9:.1f} GB/s (read + write)")
+    rows = []
+    for v in VARIANTS:
+        info = variants[v]
+        row = [v, f"{info['bytes_read_per_token'] / 1e6:.0f}",
+               f"{1e3 * info['floor_s_per_step_b1']:.2f}"]
+        for batch in batches:
+            for engine in ("runtime", "optimum", "generate"):
+                r = results.get(f"{engine}_{v}_b{batch}")
+                row.append(f"{r['tokens_per_s']['median']:.0f}" if r else "—")
+        acc = info["demo_id_digit_accuracy"]
+        rows.append([*row, "—" if acc is None else f"{acc:.3f}"])
+    header = ["variant", "MB/token", "floor ms/token"]
+    header += [f"{e} tok/s b{b}" for b in batches for e in ("runtime", "optimum", "generate")]
+    print(markdown_table([*header, "demo id accuracy"], rows))
+    print(markdown_table(["ratio", "median", "q1", "q3"],
+                         [[k, round(v, 3), round(ratio_spread[k]["q1"], 3), round(ratio_spread[k]["q3"], 3)]
+                          for k, v in ratios.items()]))
+    if path:
+        print(f"wrote {path}")
+    return payload
