@@ -21,12 +21,18 @@ SIM_GROUP = 32  # input channels sharing one scale and zero point, as in MatMulN
 def export_onnx(checkpoint: Path, dest: Path) -> None:
     """optimum's exporter on a local checkpoint folder; fracture.json travels along."""
     from optimum.exporters.onnx import main_export
+    from transformers.utils import logging as hf_logging
 
     dest.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # tracer warnings about python control flow in the model
-        # validation is ours (export.parity): stricter, and on real dev prompts
-        main_export(str(checkpoint), output=str(dest), task=TASK, do_validation=False, device="cpu")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # optimum passes transformers' deprecated `torch_dtype`: not the user's concern
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # tracer warnings about python control flow in the model
+            # validation is ours (export.parity): stricter, and on real dev prompts
+            main_export(str(checkpoint), output=str(dest), task=TASK, do_validation=False, device="cpu")
+    finally:
+        hf_logging.set_verbosity(verbosity)
     for name in ("fracture.json",):
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, dest / name)
