@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEV_STAMP := $(VENV)/.dev-installed-stamp
 
 .PHONY: help setup setup-dev demo test test-slow lint data train sweep export report watch pretrain bench bench-export \
-        bench-serving gpu-check up down dashboards clean study
+        bench-serving gpu-check up traffic down dashboards clean study
 
 help:             ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -71,6 +71,11 @@ PROM_PORT ?= 9090
 up: setup         ## start Prometheus (if installed), the server and the telemetry watcher on 127.0.0.1
 	$(PY) -m deploy.local up --sweep runs/demo --port $(SERVE_PORT) --watch-port $(WATCH_PORT) \
 		--prometheus-port $(PROM_PORT)
+
+TRAFFIC_PER_SPLIT ?= 20
+traffic: setup    ## replay labelled eval items to the server `make up` started (fills the dashboards)
+	$(PY) -m serve replay --url http://127.0.0.1:$(SERVE_PORT) --sweep runs/demo --per-split $(TRAFFIC_PER_SPLIT) \
+		--out runs/demo/served-accuracy.csv
 
 down:             ## stop what `make up` started (by process id)
 	$(PY) -m deploy.local down

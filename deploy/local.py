@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         print("prometheus  not installed: the telemetry watcher scrapes the server directly")
     print(f"telemetry   {where['telemetry']}")
     print(f"logs and pids in {STATE}; stop everything with `make down`")
+    print(f"the fleet has served nothing yet: `make traffic SERVE_PORT={a.port}` replays labelled eval items to it "
+          "(or send your own requests, with a shift label and the expected answer)")
     return 0
 
 

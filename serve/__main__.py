@@ -6,6 +6,7 @@
     FRACTURE_API_TOKEN=secret python -m serve --sweep runs/demo   # bearer auth on all but /healthz, /readyz
     python -m serve replay --url http://127.0.0.1:8000 --data data/<task-hash> --per-split 100 \\
         --out runs/demo/served-accuracy.csv
+    python -m serve replay --sweep runs/demo --per-split 20    # the sweep's own eval splits (`make traffic`)
 
 Any field of serve/config.py can be given as --field=value. The server never imports
 torch or transformers.
@@ -22,12 +23,23 @@ from pathlib import Path
 from common.config import ConfigError, load_config, parse_cli_overrides
 
 
+def _sweep_data(sweep: Path) -> Path:
+    import yaml
+
+    path = sweep / "sweep.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {sweep} a sweep folder? (`make demo` writes runs/demo)")
+    return Path(yaml.safe_load(path.read_text())["data"])
+
+
 def _replay(argv: list[str]) -> int:
     from serve.replay import replay
 
     p = argparse.ArgumentParser(prog="python -m serve replay")
     p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--data", required=True, type=Path, help="data/<task-hash>/ of the sweep")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="data/<task-hash>/ of the sweep")
+    source.add_argument("--sweep", type=Path, help="the sweep folder: its sweep.yaml names its data/<task-hash>/")
     p.add_argument("--models", default="all", help='"all" or model ids, comma-separated')
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--per-split", type=int, default=0, help="first N items of each split (0 = all)")
@@ -39,7 +51,8 @@ def _replay(argv: list[str]) -> int:
     if a.concurrency < 1 or a.per_split < 0:
         p.error("--concurrency must be >= 1 and --per-split >= 0")
     try:
-        rows = replay(a.url, a.data, a.out, models=a.models.split(","), concurrency=a.concurrency,
+        data = a.data or _sweep_data(a.sweep)
+        rows = replay(a.url, data, a.out, models=a.models.split(","), concurrency=a.concurrency,
                       per_split=a.per_split, max_tokens=a.max_tokens, token=a.token, deadline_s=a.deadline,
                       progress=sys.stderr.isatty())
     except (OSError, ValueError, RuntimeError, TimeoutError) as exc:

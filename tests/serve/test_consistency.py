@@ -17,10 +17,14 @@ def _key(r):
 
 def test_replay_equals_offline_and_metrics_equal_both(exported, tmp_path):
     offline = {_key(r): r for r in read_table(exported["sweep"] / "accuracy.csv") if r["variant"] in SERVED}
+    from serve.__main__ import _sweep_data
+
     data = next(exported["data"].iterdir())
+    assert _sweep_data(exported["sweep"]).resolve() == data.resolve()
     out = tmp_path / "served.csv"
     with running(serve_config(exported["sweep"])) as (url, _, _):
-        res = subprocess.run([sys.executable, "-m", "serve", "replay", "--url", url, "--data", str(data),
+        # --sweep, as `make traffic` replays: the sweep's own splits (sweep.yaml names them)
+        res = subprocess.run([sys.executable, "-m", "serve", "replay", "--url", url, "--sweep", str(exported["sweep"]),
                               "--concurrency", "32", "--per-split", "40", "--out", str(out)],
                              cwd=REPO, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr
@@ -37,3 +41,11 @@ def test_replay_equals_offline_and_metrics_equal_both(exported, tmp_path):
         assert (row["digit_correct"], row["digit_total"]) == (served[key]["digit_correct"],
                                                               served[key]["digit_total"]), key
     assert "replayed 1200 requests to 6 model(s)" in res.stdout
+
+
+def test_replay_of_a_folder_that_is_no_sweep_is_one_line(tmp_path, capsys):
+    from serve.__main__ import main
+
+    assert main(["replay", "--sweep", str(tmp_path / "runs" / "dmeo")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sweep.yaml not found" in err[0] and "make demo" in err[0]
