@@ -13,6 +13,7 @@ TOKEN_ENV = "FRACTURE_API_TOKEN"
 class ServeConfig:
     sweep: str = "runs/demo"  # serve every (run, variant) exported under this sweep
     variants: tuple[str, ...] = ()  # only these variants (default: every servable one found)
+    runs: tuple[str, ...] = ()  # only these runs of the sweep (default: all)
     host: str = "127.0.0.1"  # listen address (loopback by default)
     port: int = 8000  # listen port
     provider: str = "auto"  # ONNX Runtime execution provider: "auto" (CUDA if usable, else CPU), "cpu", "cuda"

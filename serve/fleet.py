@@ -70,7 +70,7 @@ def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
         folder = manifest_path.parent
         run, variant = folder.parent.parent.name, folder.name
         model_id = f"{run}/{variant}"
-        if cfg.variants and variant not in cfg.variants:
+        if (cfg.variants and variant not in cfg.variants) or (cfg.runs and run not in cfg.runs):
             continue
         problem = verify_variant(folder)
         if problem:

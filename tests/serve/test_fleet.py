@@ -118,3 +118,13 @@ def test_lazy_loading_releases_the_least_recently_used(exported):
 def test_missing_sweep_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m export"):
         Fleet.from_config(ServeConfig(sweep=str(tmp_path / "nope")))
+
+
+def test_runs_and_variants_select_what_is_served(exported):
+    """`--runs` and `--variants` narrow the fleet (the serving benchmark serves the one run it measures)."""
+    everything = Fleet.from_config(ServeConfig(sweep=str(exported["sweep"]), variants=("onnx-fp32",)))
+    first = sorted({e.run for e in everything.entries.values()})[0]
+    fleet = Fleet.from_config(ServeConfig(sweep=str(exported["sweep"]), variants=("onnx-fp32", "ort-int4"),
+                                          runs=(first,)))
+    assert sorted(fleet.entries) == [f"{first}/onnx-fp32", f"{first}/ort-int4"]
+    assert len(everything.entries) == len(run_dirs(exported["sweep"])) > 1
