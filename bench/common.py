@@ -14,18 +14,6 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
-    """Run ``fn`` warmup + repeats times; wall seconds of the timed runs (median, min, max)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
-
-
 def spread(samples: list[float]) -> dict:
     """Median and interquartile range of ``samples`` (the figures every results file keeps)."""
     q1, med, q3 = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) > 1 else samples * 3

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import RESULTS, markdown_table, timed, write_results
+from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, spread, write_results
 
 
 def find_variant(sweep: Path, variant: str = "onnx-fp32") -> tuple[Path, Path]:
@@ -26,8 +26,8 @@ def find_variant(sweep: Path, variant: str = "onnx-fp32") -> tuple[Path, Path]:
     raise FileNotFoundError(f"no {variant} variant under {sweep}: run `python -m export --sweep {sweep}` first")
 
 
-def bench_decode(sweep: Path, batches=(1, 64), items: int = 128, repeats: int = 3, threads: int = 1,
-                 max_new_tokens: int = 7, out_dir: Path | None = RESULTS) -> dict:
+def bench_decode(sweep: Path, batches=(1, 64), items: int = 128, repeats: int = 5, threads: int = 1,
+                 max_new_tokens: int = 7, min_seconds: float = 0.2, out_dir: Path | None = RESULTS) -> dict:
     import onnxruntime as ort
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
@@ -71,7 +71,7 @@ def bench_decode(sweep: Path, batches=(1, 64), items: int = 128, repeats: int = 
     def strip(seq):  # generated tokens up to and including EOS
         return seq[:seq.index(tok.eos_token_id) + 1] if tok.eos_token_id in seq else seq
 
-    results = {}
+    results, ratios, ratio_spread = {}, {}, {}
     for batch in batches:
         chunks = [prompts[i:i + batch] for i in range(0, len(prompts), batch)]
         if batch == 1:
@@ -81,16 +81,19 @@ def bench_decode(sweep: Path, batches=(1, 64), items: int = 128, repeats: int = 
         for name, engine in engines.items():
             got = [strip(s) for c in chunks for s in engine(c)]
             assert got == reference, f"{name} decoded different tokens than the runtime at batch {batch}"
-            t = timed(lambda engine=engine, chunks=chunks: [engine(c) for c in chunks], repeats)
-            results[f"{name}_b{batch}"] = {**t, "tokens": tokens, "tokens_per_s": tokens / t["median_s"]}
-    ratios = {}
-    for batch in batches:
-        r = results[f"runtime_b{batch}"]["tokens_per_s"]
-        ratios[f"runtime_vs_generate_b{batch}"] = r / results[f"transformers_generate_b{batch}"]["tokens_per_s"]
-        ratios[f"runtime_vs_optimum_b{batch}"] = r / results[f"optimum_ort_b{batch}"]["tokens_per_s"]
-    payload = {"model": str(folder), "threads": threads, "items": items, "results": results, "ratios": ratios}
+        timed = interleaved({name: (lambda engine=engine, chunks=chunks: [engine(c) for c in chunks])
+                             for name, engine in engines.items()}, repeats=repeats, min_seconds=min_seconds)
+        for name, t in timed.items():
+            results[f"{name}_b{batch}"] = {"seconds": {q: t[q] for q in ("median", "q1", "q3", "n")},
+                                           "tokens": tokens, "tokens_per_s": spread([tokens / x for x in t["samples"]])}
+        for key, baseline in (("generate", "transformers_generate"), ("optimum", "optimum_ort")):
+            r = paired_ratio(timed[baseline]["samples"], timed["runtime"]["samples"])  # same tokens: time ratio
+            ratios[f"runtime_vs_{key}_b{batch}"] = r["median"]
+            ratio_spread[f"runtime_vs_{key}_b{batch}"] = {"q1": r["q1"], "q3": r["q3"]}
+    payload = {"model": str(folder), "threads": threads, "items": items, "repeats": repeats, "results": results,
+               "ratios": ratios, "ratio_spread": ratio_spread}
     path = write_results("decode", payload, out_dir) if out_dir else None
-    rows = [[name, f"{results[f'{name}_b{b}']['tokens_per_s']:.0f}", b] for b in batches for name in engines]
+    rows = [[name, f"{results[f'{name}_b{b}']['tokens_per_s']['median']:.0f}", b] for b in batches for name in engines]
     print(markdown_table(["engine", "tokens/s", "batch"], rows))
     print(markdown_table(list(ratios), [[round(v, 2) for v in ratios.values()]]))
     if path:

@@ -3,7 +3,8 @@
 Same checkpoint, same dev items, same greedy answers (checked): items/s of
 ``train.evaluate`` at the sweep's eval batch size (torch), of the same grading path on
 the ONNX runtime (how variants are evaluated), and of a loop calling transformers
-``generate`` once per item, as a hand-rolled evaluation would.
+``generate`` once per item, as a hand-rolled evaluation would. The three are timed in
+interleaved rounds (``bench.common.interleaved``); each figure keeps its median and quartiles.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import RESULTS, markdown_table, timed, write_results
+from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, spread, write_results
 from bench.decode import find_variant
 
 
-def bench_evaluation(sweep: Path, items: int = 400, per_item: int = 100, repeats: int = 3, threads: int = 1,
-                     out_dir: Path | None = RESULTS) -> dict:
+def bench_evaluation(sweep: Path, items: int = 400, per_item: int = 100, repeats: int = 5, threads: int = 1,
+                     min_seconds: float = 0.2, out_dir: Path | None = RESULTS) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -45,21 +46,25 @@ def bench_evaluation(sweep: Path, items: int = 400, per_item: int = 100, repeats
     assert single == batched[:per_item], "per-item and batched evaluation disagree"
     assert runtime.decoder()(prompts, max_new, batch) == batched, "runtime and torch evaluation disagree"
 
-    results = {
-        "torch_batched": timed(lambda: greedy_decode(model, tok, prompts, max_new, batch), repeats) | {"items": items},
-        "runtime_batched": timed(lambda: runtime.decoder()(prompts, max_new, batch), repeats) | {"items": items},
-        "per_item_generate": timed(lambda: [greedy_decode(model, tok, [p], max_new, 1) for p in prompts[:per_item]],
-                                   repeats) | {"items": per_item},
-    }
-    for r in results.values():
-        r["items_per_s"] = r["items"] / r["median_s"]
-    per_item_rate = results["per_item_generate"]["items_per_s"]
-    ratios = {"batched_eval_vs_per_item": results["torch_batched"]["items_per_s"] / per_item_rate,
-              "runtime_eval_vs_per_item": results["runtime_batched"]["items_per_s"] / per_item_rate}
-    payload = {"checkpoint": str(ckpt), "eval_batch_size": batch, "threads": threads, "results": results,
-               "ratios": ratios}
+    timed = interleaved({
+        "torch_batched": lambda: greedy_decode(model, tok, prompts, max_new, batch),
+        "runtime_batched": lambda: runtime.decoder()(prompts, max_new, batch),
+        "per_item_generate": lambda: [greedy_decode(model, tok, [p], max_new, 1) for p in prompts[:per_item]],
+    }, repeats=repeats, min_seconds=min_seconds)
+    counts = {"torch_batched": items, "runtime_batched": items, "per_item_generate": per_item}
+    results = {k: {"seconds": {q: t[q] for q in ("median", "q1", "q3", "n")}, "items": counts[k],
+                   "items_per_s": spread([counts[k] / x for x in t["samples"]])} for k, t in timed.items()}
+    ratios, ratio_spread = {}, {}
+    for name, engine in (("batched_eval_vs_per_item", "torch_batched"),
+                         ("runtime_eval_vs_per_item", "runtime_batched")):
+        r = paired_ratio(timed["per_item_generate"]["samples"], timed[engine]["samples"])
+        scale = counts[engine] / per_item  # items/s: the per-item loop grades fewer items per call
+        ratios[name], ratio_spread[name] = scale * r["median"], {"q1": scale * r["q1"], "q3": scale * r["q3"]}
+    payload = {"checkpoint": str(ckpt), "eval_batch_size": batch, "threads": threads, "repeats": repeats,
+               "results": results, "ratios": ratios, "ratio_spread": ratio_spread}
     path = write_results("evaluation", payload, out_dir) if out_dir else None
-    print(markdown_table(["evaluation", "items/s"], [[k, f"{v['items_per_s']:.0f}"] for k, v in results.items()]))
+    print(markdown_table(["evaluation", "items/s (median of rounds)"],
+                         [[k, f"{v['items_per_s']['median']:.0f}"] for k, v in results.items()]))
     print(markdown_table(list(ratios), [[round(v, 1) for v in ratios.values()]]))
     if path:
         print(f"wrote {path}")

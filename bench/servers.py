@@ -99,14 +99,16 @@ def naive_app(checkpoint: str, threads: int) -> FastAPI:
     return app
 
 
-def unguarded_app(sweep: str, variants: str, port: int):
+def unguarded_app(sweep: str, variants: str, port: int, runs: str = ""):
     """fracture's app with the guard middlewares taken out before its middleware stack is built."""
     from prometheus_client import CollectorRegistry
 
     from serve.app import BearerAuth, BodyLimit, Drain, build_app
     from serve.config import ServeConfig
 
-    app = build_app(ServeConfig(sweep=sweep, variants=tuple(variants.split(",")), port=port), CollectorRegistry())
+    cfg = ServeConfig(sweep=sweep, variants=tuple(variants.split(",")), runs=tuple(filter(None, runs.split(","))),
+                      port=port)
+    app = build_app(cfg, CollectorRegistry())
     app.user_middleware = [m for m in app.user_middleware if m.cls not in (BodyLimit, BearerAuth, Drain)]
     return app
 
@@ -116,13 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=["naive", "floor", "unguarded"])
     p.add_argument("--sweep")
     p.add_argument("--variants")
+    p.add_argument("--runs", default="", help="unguarded only: the runs to serve (default all)")
     p.add_argument("--checkpoint")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--guarded", action="store_true", help="floor only: behind fracture's HTTP guards")
     a = p.parse_args(argv)
     if a.kind == "unguarded":
-        app = unguarded_app(a.sweep, a.variants, a.port)
+        app = unguarded_app(a.sweep, a.variants, a.port, a.runs)
     else:
         app = floor_app(a.guarded) if a.kind == "floor" else naive_app(a.checkpoint, a.threads)
     if a.guarded:

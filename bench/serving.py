@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,11 +39,40 @@ from common.net import free_port, wait_http
 REPO = Path(__file__).resolve().parents[1]
 
 
+def split_cores() -> tuple[set[int] | None, set[int] | None]:
+    """(the servers' cores, the load generator's): the usable cores split in two halves, the first half
+    for the server; (None, None) on a single core or where affinity cannot be set (not Linux)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, None
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
+
+
 @contextlib.contextmanager
-def server_process(args: list[str], port: int, timeout: float = 180, ready: str = "/openapi.json"):
-    """Start ``python <args>`` and wait until ``ready`` answers 200 on ``port``; stop it afterwards."""
+def pinned(cores: set[int] | None):
+    """This process (the load generator) on ``cores`` for the duration, then back where it was."""
+    if not cores:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], port: int, timeout: float = 180, ready: str = "/openapi.json",
+                   cores: set[int] | None = None):
+    """Start ``python <args>`` (on ``cores``, set before it runs, so that every thread it starts
+    inherits them) and wait until ``ready`` answers 200 on ``port``; stop it afterwards."""
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=pin)  # noqa: PLW1509 - no threads of ours run at that point
     url = f"http://127.0.0.1:{port}"
     try:
         try:
@@ -122,6 +153,19 @@ def _default_variants(sweep: Path) -> tuple[str, ...]:
 def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurrencies=(1, 8, 32),
                   max_requests: int = 600, max_seconds: float = 12.0, overhead_rounds: int = 2,
                   baselines: bool = True, out_dir: Path | None = RESULTS) -> dict:
+    """Every server on one half of the cores, the load generator on the other (``split_cores``), so
+    that the client's work never preempts the server it measures."""
+    server_cores, client_cores = split_cores()
+    start = functools.partial(server_process, cores=server_cores)
+    cores = {"server": sorted(server_cores or []), "load_generator": sorted(client_cores or [])}
+    with pinned(client_cores):
+        return _bench_serving(start, cores, sweep, variants, concurrencies, max_requests, max_seconds,
+                              overhead_rounds, baselines, out_dir)
+
+
+def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | None, concurrencies,
+                   max_requests: int, max_seconds: float, overhead_rounds: int, baselines: bool,
+                   out_dir: Path | None) -> dict:
     from tasks.dataset import read_jsonl
 
     variants = tuple(variants or _default_variants(sweep))
@@ -139,19 +183,20 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
                 for c in concurrencies}
 
     results: dict[str, dict] = {}
-    serve_args = ["-m", "serve", f"--sweep={sweep}", f"--variants={','.join(variants)}"]
+    # the one run measured: a fleet of every run would spend seconds opening sessions at each server start
+    serve_args = ["-m", "serve", f"--sweep={sweep}", f"--variants={','.join(variants)}", f"--runs={run}"]
     port = free_port()
-    with server_process([*serve_args, f"--port={port}"], port) as url:
+    with start([*serve_args, f"--port={port}"], port) as url:
         for v in variants:
             results[v] = levels(url, f"{run}/{v}")
             print(f"  {v}: " + ", ".join(f"{k} {r['rps']:.0f} req/s" for k, r in results[v].items()), flush=True)
     if baselines:
         port = free_port()
-        with server_process(["-m", "bench.servers", "naive", f"--checkpoint={checkpoint}", f"--port={port}"],
+        with start(["-m", "bench.servers", "naive", f"--checkpoint={checkpoint}", f"--port={port}"],
                             port) as url:
             results["naive"] = levels(url, "naive")
         port = free_port()
-        with server_process(["-m", "bench.servers", "floor", f"--port={port}"], port) as url:
+        with start(["-m", "bench.servers", "floor", f"--port={port}"], port) as url:
             results["floor"] = levels(url, "floor")
 
     top = f"c{max(concurrencies)}"
@@ -159,7 +204,7 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
     for _ in range(overhead_rounds):  # alternate, so drift on the machine hits both alike
         for key, flag in (("with_metrics", "true"), ("without_metrics", "false")):
             port = free_port()
-            with server_process([*serve_args, f"--port={port}", f"--record_metrics={flag}"], port) as url:
+            with start([*serve_args, f"--port={port}", f"--record_metrics={flag}"], port) as url:
                 overhead[key].append(load(url, bodies(f"{run}/{quantized}"), max(concurrencies), max_requests,
                                           max_seconds)["rps"])
     served = {"guarded": [], "unguarded": []}
@@ -168,8 +213,8 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
             port = free_port()
             args = [*serve_args, f"--port={port}"] if key == "guarded" else \
                 ["-m", "bench.servers", "unguarded", f"--sweep={sweep}", f"--variants={','.join(variants)}",
-                 f"--port={port}"]
-            with server_process(args, port) as url:
+                 f"--runs={run}", f"--port={port}"]
+            with start(args, port) as url:
                 served[key].append(load(url, bodies(f"{run}/{quantized}"), max(concurrencies), max_requests,
                                         max_seconds)["rps"])
     guards = {"guarded": [], "plain": []}
@@ -180,7 +225,7 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
             for key, extra, headers in (("guarded", ["--guarded"], {"Authorization": f"Bearer {BENCH_TOKEN}"}),
                                         ("plain", [], None)):
                 port = free_port()
-                with server_process(["-m", "bench.servers", "floor", f"--port={port}", *extra], port,
+                with start(["-m", "bench.servers", "floor", f"--port={port}", *extra], port,
                                     ready="/healthz") as url:
                     r = load(url, bodies("floor"), max(concurrencies), 4 * max_requests, max_seconds, headers)
                 if r["errors"]:
@@ -199,7 +244,7 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
         ratios["guards_overhead_floor"] = 1 - guarded / plain
         # the guards' seconds per request, as a share of the served path's (the quantized variant, top level)
         ratios["guards_share_of_served"] = (1 / guarded - 1 / plain) * results[quantized][top]["rps"]
-    payload = {"run": run, "quantized": quantized, "results": results, "metrics_overhead_rps": overhead,
+    payload = {"cores": cores, "run": run, "quantized": quantized, "results": results, "metrics_overhead_rps": overhead,
                "guards_rps": guards, "served_guards_rps": served, "ratios": ratios}
     path = write_results("serving", payload, out_dir) if out_dir else None
     rows = [[name, level, f"{r['rps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r["errors"]]
