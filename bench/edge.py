@@ -46,13 +46,18 @@ QUICK_ARCH = PYTHIA_70M | {"hidden_size": 64, "num_hidden_layers": 2, "num_atten
                            "intermediate_size": 256}
 
 
-def _cache_key(arch: dict) -> str:
+def _cache_key(arch: dict, names: tuple[str, ...]) -> str:
+    """The architecture, the tools' versions and how each variant is built (its registry line): a change
+    to any of them builds afresh."""
     import onnxruntime
     import optimum.version
     import transformers
 
-    stamp = json.dumps([arch, onnxruntime.__version__, optimum.version.__version__, transformers.__version__],
-                       sort_keys=True)
+    from export.registry import get_variant
+
+    methods = [get_variant(n).method for n in names]
+    stamp = json.dumps([arch, onnxruntime.__version__, optimum.version.__version__, transformers.__version__,
+                        methods], sort_keys=True)
     return hashlib.sha256(stamp.encode()).hexdigest()[:12]
 
 
@@ -61,7 +66,7 @@ def build_models(arch: dict, names: tuple[str, ...] = VARIANTS, root: Path = CAC
     written to a scratch folder and renamed into place, so an interrupted build is redone, never reused."""
     from export.registry import FP32, BuildContext, resolve
 
-    home = root / f"gptneox-{_cache_key(arch)}"
+    home = root / f"gptneox-{_cache_key(arch, names)}"
     home.mkdir(parents=True, exist_ok=True)
     checkpoint = home / "checkpoint"
     if not (checkpoint / "model.safetensors").is_file():
