@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from bench.common import markdown_table, write_results
+from common.cli import ArgumentParser
 
 EDGE_VARIANTS = ("onnx-fp32", "ort-int8", "ort-int8-all", "ort-int4", "ort-int4-all")  # bench.edge.VARIANTS
 
@@ -87,7 +88,7 @@ def run_all(sweep: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+    parser = ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="part", required=True)
     for name, text in (("all", "every part, one results file"), ("decode", "tokens/s of the runtime"),

@@ -14,9 +14,11 @@ import argparse
 import os
 import sys
 
+from common.cli import ArgumentParser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboards", description=__doc__,
+    parser = ArgumentParser(prog="python -m dashboards", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="write dashboards/json/*.json")

@@ -17,7 +17,6 @@ Runs after the task splits, the sweep and the export (the Makefile does those fi
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from common.cli import ArgumentParser
 from common.net import free_port
 from deploy.local import REPO, Services, start_stack
 from telemetry.report import headline_lines
@@ -83,7 +83,7 @@ def summary_lines(offline: dict, served: dict | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deploy.demo")
+    p = ArgumentParser(prog="python -m deploy.demo")
     p.add_argument("--sweep", default="runs/demo")
     p.add_argument("--per-split", type=int, default=100, help="items of each split replayed to every model")
     p.add_argument("--concurrency", type=int, default=32)

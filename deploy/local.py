@@ -10,7 +10,6 @@ period). Without a prometheus binary the watcher scrapes the server directly, an
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from common.cli import ArgumentParser
 from common.net import port_in_use, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def start_stack(services: Services, sweep: str, server_port: int = 8000, watch_p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deploy.local")
+    p = ArgumentParser(prog="python -m deploy.local")
     p.add_argument("command", choices=["up", "down"])
     p.add_argument("--sweep", default="runs/demo")
     p.add_argument("--port", type=int, default=8000)

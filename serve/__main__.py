@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from common.cli import ArgumentParser
 from common.config import ConfigError, load_config, parse_cli_overrides
 
 
@@ -35,7 +36,7 @@ def _sweep_data(sweep: Path) -> Path:
 def _replay(argv: list[str]) -> int:
     from serve.replay import replay
 
-    p = argparse.ArgumentParser(prog="python -m serve replay")
+    p = ArgumentParser(prog="python -m serve replay")
     p.add_argument("--url", default="http://127.0.0.1:8000")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="data/<task-hash>/ of the sweep")

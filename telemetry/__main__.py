@@ -22,6 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
+from common.cli import ArgumentParser
 from common.files import atomic_write_text
 from telemetry.analysis import AnalysisOptions, analyze
 from telemetry.population import DataWarning
@@ -131,7 +132,7 @@ def _add_common(p, required_out: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m telemetry", description=__doc__,
+    parser = ArgumentParser(prog="python -m telemetry", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("analyze", help="compute summary.json and report.html once")

@@ -1,0 +1,40 @@
+"""A mistyped --flag gets a suggestion, before argparse's other errors hide it."""
+
+import pytest
+
+from common.cli import ArgumentParser
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="tool")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("analyze")
+    source = a.add_mutually_exclusive_group(required=True)
+    source.add_argument("--accuracies")
+    source.add_argument("--scrape")
+    a.add_argument("--out")
+    return p
+
+
+def test_the_telemetry_typo_of_the_issue_is_named_with_its_fix(capsys):
+    """`telemetry analyze --accuracy` said "one of the arguments ... is required"."""
+    from telemetry.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", "--accuracy", "runs/demo/accuracy.csv", "--out", "reports/x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized argument --accuracy (did you mean --accuracies?)" in err and "required" not in err
+
+
+def test_good_flags_prefixes_values_and_the_separator_pass():
+    p = _parser()
+    assert p.parse_args(["analyze", "--accuracies", "a.csv", "--out=o"]).out == "o"
+    assert p.parse_args(["analyze", "--acc", "a.csv"]).accuracies == "a.csv"  # a unique prefix, as argparse allows
+
+
+def test_unknown_flags_without_a_near_name_are_refused_plainly(capsys):
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["analyze", "--accuracies", "a.csv", "--zzz"])
+    err = capsys.readouterr().err
+    assert "unrecognized argument --zzz" in err and "did you mean" not in err
