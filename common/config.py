@@ -140,3 +140,33 @@ def load_config(cls: type[T], preset: str | os.PathLike | None = None,
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def fields_help(cls: type, width: int = 100) -> str:
+    """``--field=default`` of every field of the config dataclass ``cls``, each with the comment written beside
+    or above it in its source (the one place a field is documented), for a CLI's ``--help``."""
+    import inspect
+    import re
+    import textwrap
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    notes: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("#").strip())
+            continue
+        match = re.match(r"(\w+)\s*:", text)
+        if match and match.group(1) in names:
+            beside = text.split("  # ", 1)[1].strip() if "  # " in text else ""
+            notes[match.group(1)] = " ".join([*above, beside]).strip()
+        above = []
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("...").strip() \
+            if isinstance(default, (dict, list, tuple)) else default
+        out.append(textwrap.fill(f"--{f.name}={shown}  {notes.get(f.name, '')}".rstrip(), width,
+                                 initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(out)

@@ -35,7 +35,13 @@ def _list() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+    epilog = ""
+    if {"-h", "--help"} & set(argv):
+        from common.config import fields_help
+        from export.config import ExportConfig
+
+        epilog = f"fields of ExportConfig (export/config.py), as --field=default:\n{fields_help(ExportConfig)}"
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None,
                         help="a YAML file of ExportConfig fields (export/config.py); flags override it")

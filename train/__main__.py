@@ -18,9 +18,24 @@ from common.config import ConfigError, load_config, parse_cli_overrides
 from common.files import FolderBusy
 
 
+def _fields_epilog(argv: list[str]) -> str:
+    """The fields of the named command's config, for --help (a YAML preset sets the same names)."""
+    from common.config import fields_help
+    from train.config import PretrainConfig, SweepConfig
+
+    if not {"-h", "--help"} & set(argv):
+        return ""
+    cls = PretrainConfig if "pretrain" in argv else SweepConfig
+    example = ("" if cls is PretrainConfig else
+               "\n\nA dict field takes YAML, e.g. a 2 x 2 grid with 3 seeds per cell:\n"
+               "  python -m train sweep --config train/configs/small.yaml --sample=grid --name=grid \\\n"
+               "      --grid='{lr: [3.0e-4, 1.0e-3], steps: [50, 100], repeat: 3}'")
+    return f"fields of {cls.__name__} (train/config.py), as --field=default:\n{fields_help(cls)}{example}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__, epilog=_fields_epilog(argv),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["sweep", "pretrain"])
     parser.add_argument("--config", default=None, help="YAML preset (train/configs/*.yaml)")

@@ -3,6 +3,7 @@
 import pytest
 
 from common.cli import ArgumentParser
+from tests.train.conftest import REPO
 
 
 def _parser() -> ArgumentParser:
@@ -38,3 +39,31 @@ def test_unknown_flags_without_a_near_name_are_refused_plainly(capsys):
         _parser().parse_args(["analyze", "--accuracies", "a.csv", "--zzz"])
     err = capsys.readouterr().err
     assert "unrecognized argument --zzz" in err and "did you mean" not in err
+
+
+def test_train_sweep_help_lists_every_field_with_its_comment_and_a_grid_example(capsys):
+    import dataclasses
+
+    from train.__main__ import main
+    from train.config import SweepConfig
+
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(SweepConfig):
+        assert f"  --{f.name}=" in out, f.name
+    assert "--workers=2  runs trained in parallel processes" in out
+    assert "--grid='{lr: [3.0e-4, 1.0e-3], steps: [50, 100], repeat: 3}'" in out
+
+
+def test_the_help_grid_example_is_a_2x2_grid_with_3_seeds():
+    from common.config import load_config, parse_cli_overrides
+    from train.config import SweepConfig
+    from train.sweep import _grid_settings
+
+    cfg = load_config(SweepConfig, REPO / "train" / "configs" / "small.yaml", parse_cli_overrides(
+        ["--sample=grid", "--name=grid", "--grid={lr: [3.0e-4, 1.0e-3], steps: [50, 100], repeat: 3}"]))
+    settings = _grid_settings(cfg)
+    assert len(settings) == 12 and {(s["lr"], s["steps"]) for s in settings} == {
+        (3e-4, 50), (3e-4, 100), (1e-3, 50), (1e-3, 100)}
