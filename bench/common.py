@@ -53,6 +53,23 @@ def paired_ratio(num: list[float], den: list[float]) -> dict:
     return {**spread(per_round), "median": statistics.median(num) / statistics.median(den)}
 
 
+def record_ratio(ratios: dict, spreads: dict, name: str, ratio: dict, scale: float = 1.0) -> None:
+    """Put a ratio (``paired_ratio``'s median, q1, q3, times ``scale``) into a part's ``ratios`` and
+    ``ratio_spread``."""
+    ratios[name] = scale * ratio["median"]
+    spreads[name] = {"q1": scale * ratio["q1"], "q3": scale * ratio["q3"]}
+
+
+def publish(part: str, payload: dict, out_dir: Path | None, tables: list[str]) -> None:
+    """Write a part's results file (none when ``out_dir`` is None: ``bench all`` writes one for every
+    part), then print its tables and where the file went."""
+    path = write_results(part, payload, out_dir) if out_dir else None
+    for table in tables:
+        print(table)
+    if path:
+        print(f"wrote {path}")
+
+
 def machine() -> dict:
     import os
 

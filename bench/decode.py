@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, spread, write_results
+from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, record_ratio, spread
 
 
 def find_variant(sweep: Path, variant: str = "onnx-fp32") -> tuple[Path, Path]:
@@ -88,14 +88,10 @@ def bench_decode(sweep: Path, batches=(1, 64), items: int = 128, repeats: int = 
                                            "tokens": tokens, "tokens_per_s": spread([tokens / x for x in t["samples"]])}
         for key, baseline in (("generate", "transformers_generate"), ("optimum", "optimum_ort")):
             r = paired_ratio(timed[baseline]["samples"], timed["runtime"]["samples"])  # same tokens: time ratio
-            ratios[f"runtime_vs_{key}_b{batch}"] = r["median"]
-            ratio_spread[f"runtime_vs_{key}_b{batch}"] = {"q1": r["q1"], "q3": r["q3"]}
+            record_ratio(ratios, ratio_spread, f"runtime_vs_{key}_b{batch}", r)
     payload = {"model": str(folder), "threads": threads, "items": items, "repeats": repeats, "results": results,
                "ratios": ratios, "ratio_spread": ratio_spread}
-    path = write_results("decode", payload, out_dir) if out_dir else None
     rows = [[name, f"{results[f'{name}_b{b}']['tokens_per_s']['median']:.0f}", b] for b in batches for name in engines]
-    print(markdown_table(["engine", "tokens/s", "batch"], rows))
-    print(markdown_table(list(ratios), [[round(v, 2) for v in ratios.values()]]))
-    if path:
-        print(f"wrote {path}")
+    publish("decode", payload, out_dir, [markdown_table(["engine", "tokens/s", "batch"], rows),
+                                         markdown_table(list(ratios), [[round(v, 2) for v in ratios.values()]])])
     return payload

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, spread, write_results
+from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, record_ratio, spread
 from bench.gpu_check import PYTHIA_70M, make_base
 
 CACHE = Path(__file__).parent / "cache"
@@ -186,13 +186,16 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
 
     variants, results, ratios, ratio_spread = {}, {}, {}, {}
     demo = _demo_accuracy(sweep, VARIANTS)
-    fp32_tokens = runners["onnx-fp32"].generate_ids(ids, new_tokens, ignore_eos=True)
+    # every variant's runtime tokens at each batch size, decoded once: the reference of the other engines
+    decoded = {(v, b): r.generate_ids(ids[:b], new_tokens, ignore_eos=True)
+               for v, r in runners.items() for b in batches}
+    fp32_tokens = decoded["onnx-fp32", max(batches)]
     fp32_logits, mask = runners["onnx-fp32"].logits(ids)
     for v, r in runners.items():
         model = graph.load(folders[v] / MODEL_FILE)
         per_token = graph.bytes_read_per_token(model)
         logits, _ = r.logits(ids)
-        tokens = r.generate_ids(ids, new_tokens, ignore_eos=True)
+        tokens = decoded[v, max(batches)]
         variants[v] = {
             "bytes_read_per_token": per_token, "floor_s_per_step_b1": per_token / bandwidth["read_bytes_per_s"],
             "file_bytes": (folders[v] / MODEL_FILE).stat().st_size,
@@ -200,17 +203,17 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
                                "greedy_agreement": float(np.mean([a == b for a, b in zip(tokens, fp32_tokens)]))},
             "demo_id_digit_accuracy": demo[v],
         }
+
     def put(name: str, num: str, den: str) -> None:  # num's step time over den's: den's speed-up
-        r = paired_ratio(results[num]["step_samples"], results[den]["step_samples"])
-        ratios[name], ratio_spread[name] = r["median"], {"q1": r["q1"], "q3": r["q3"]}
+        record_ratio(ratios, ratio_spread, name, paired_ratio(results[num]["step_samples"],
+                                                              results[den]["step_samples"]))
 
     for batch in batches:
         decoders = engines(batch)
         for (engine, v), decode in decoders.items():  # same tokens from every engine of one variant
             if engine != "runtime":
-                got, want = decode(new_tokens), decoders["runtime", v](new_tokens)
                 variants[v].setdefault("engines_agree", {})[f"{engine}_b{batch}"] = float(
-                    np.mean([a == b for a, b in zip(got, want)]))
+                    np.mean([a == b for a, b in zip(decode(new_tokens), decoded[v, batch])]))
         points = {f"{e}/{v}/{n}": (lambda d=d, n=n: d(n)) for (e, v), d in decoders.items() for n in (1, new_tokens)}
         timed = interleaved(points, repeats=repeats, min_seconds=min_seconds)
         for (engine, v) in decoders:
@@ -226,16 +229,13 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
     for v in VARIANTS:  # the floor over the measured step: 1.0 is the limit of this machine's memory
         steps = results[f"runtime_{v}_b1"]["step_samples"]
         floor = variants[v]["floor_s_per_step_b1"]
-        name = f"decode_b1_{v}_vs_floor"
-        ratios[name] = floor / statistics.median(steps)
-        s = spread([floor / x for x in steps])
-        ratio_spread[name] = {"q1": s["q1"], "q3": s["q3"]}
+        record_ratio(ratios, ratio_spread, f"decode_b1_{v}_vs_floor",
+                     spread([floor / x for x in steps]) | {"median": floor / statistics.median(steps)})
 
     payload = {"arch": arch, "quick": quick, "threads": threads, "batches": list(batches),
                "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
                "bandwidth": bandwidth, "variants": variants, "results": results, "ratios": ratios,
                "ratio_spread": ratio_spread}
-    path = write_results("edge", payload, out_dir) if out_dir else None
     print(f"read bandwidth {bandwidth['read_bytes_per_s'] / 1e9:.1f} GB/s ({threads} threads); "
           f"one thread's copy {bandwidth['copy_bytes_per_s_one_thread'] / 1e9:.1f} GB/s (read + write)")
     rows = []
@@ -251,10 +251,9 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
         rows.append([*row, "—" if acc is None else f"{acc:.3f}"])
     header = ["variant", "MB/token", "floor ms/token"]
     header += [f"{e} tok/s b{b}" for b in batches for e in ("runtime", "optimum", "generate")]
-    print(markdown_table([*header, "demo id accuracy"], rows))
-    print(markdown_table(["ratio", "median", "q1", "q3"],
-                         [[k, round(v, 3), round(ratio_spread[k]["q1"], 3), round(ratio_spread[k]["q3"], 3)]
-                          for k, v in ratios.items()]))
-    if path:
-        print(f"wrote {path}")
+    publish("edge", payload, out_dir, [
+        markdown_table([*header, "demo id accuracy"], rows),
+        markdown_table(["ratio", "median", "q1", "q3"],
+                       [[k, round(v, 3), round(ratio_spread[k]["q1"], 3), round(ratio_spread[k]["q3"], 3)]
+                        for k, v in ratios.items()])])
     return payload

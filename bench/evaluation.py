@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, spread, write_results
+from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, record_ratio, spread
 from bench.decode import find_variant
 
 
@@ -59,13 +59,11 @@ def bench_evaluation(sweep: Path, items: int = 400, per_item: int = 100, repeats
                          ("runtime_eval_vs_per_item", "runtime_batched")):
         r = paired_ratio(timed["per_item_generate"]["samples"], timed[engine]["samples"])
         scale = counts[engine] / per_item  # items/s: the per-item loop grades fewer items per call
-        ratios[name], ratio_spread[name] = scale * r["median"], {"q1": scale * r["q1"], "q3": scale * r["q3"]}
+        record_ratio(ratios, ratio_spread, name, r, scale)
     payload = {"checkpoint": str(ckpt), "eval_batch_size": batch, "threads": threads, "repeats": repeats,
                "results": results, "ratios": ratios, "ratio_spread": ratio_spread}
-    path = write_results("evaluation", payload, out_dir) if out_dir else None
-    print(markdown_table(["evaluation", "items/s (median of rounds)"],
-                         [[k, f"{v['items_per_s']['median']:.0f}"] for k, v in results.items()]))
-    print(markdown_table(list(ratios), [[round(v, 1) for v in ratios.values()]]))
-    if path:
-        print(f"wrote {path}")
+    publish("evaluation", payload, out_dir, [
+        markdown_table(["evaluation", "items/s (median of rounds)"],
+                       [[k, f"{v['items_per_s']['median']:.0f}"] for k, v in results.items()]),
+        markdown_table(list(ratios), [[round(v, 1) for v in ratios.values()]])])
     return payload

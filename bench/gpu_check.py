@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 PYTHIA_70M = dict(vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
                   intermediate_size=2048, rotary_pct=0.25, rotary_emb_base=10000, max_position_embeddings=2048,
@@ -71,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.pipeline import export_sweep
     from export.report import format_summary
     from export.tensorrt import trt_available
+    from tasks.dataset import sweep_data
     from train.base import load_tokenizer
     from train.config import SweepConfig
     from train.sweep import run_sweep
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = root / "runs" / "gpu"
     run_dir = next(p for p in sweep.iterdir() if p.is_dir())
     done = json.loads((run_dir / "done.json").read_text())
-    data = Path(yaml.safe_load((sweep / "sweep.yaml").read_text())["data"])
+    data = sweep_data(sweep)
     tok = load_tokenizer(str(base))
     sample = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()[:2000]]
     per_item = statistics.mean(len(tok(it["prompt"] + it["answer"])["input_ids"]) + 1 for it in sample)

@@ -31,10 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from bench.common import RESULTS, markdown_table, write_results
+from bench.common import RESULTS, markdown_table, publish
 from common.net import free_port, wait_http
+from tasks.dataset import sweep_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +170,7 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
     variants = tuple(variants or _default_variants(sweep))
     quantized = next((v for v in QUANTIZED if v in variants), variants[-1])
     run, checkpoint = _pick(sweep, variants)
-    data = Path(yaml.safe_load((sweep / "sweep.yaml").read_text())["data"])
+    data = sweep_data(sweep)
     items = read_jsonl(data / "dev.jsonl")[:256]
 
     def bodies(model: str) -> list[dict]:
@@ -246,11 +245,9 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
         ratios["guards_share_of_served"] = (1 / guarded - 1 / plain) * results[quantized][top]["rps"]
     payload = {"cores": cores, "run": run, "quantized": quantized, "results": results, "metrics_overhead_rps": overhead,
                "guards_rps": guards, "served_guards_rps": served, "ratios": ratios}
-    path = write_results("serving", payload, out_dir) if out_dir else None
     rows = [[name, level, f"{r['rps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r["errors"]]
             for name, by_level in results.items() for level, r in by_level.items()]
-    print(markdown_table(["server", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"], rows))
-    print(markdown_table(list(ratios), [[round(v, 3) for v in ratios.values()]]))
-    if path:
-        print(f"wrote {path}")
+    publish("serving", payload, out_dir, [
+        markdown_table(["server", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"], rows),
+        markdown_table(list(ratios), [[round(v, 3) for v in ratios.values()]])])
     return payload

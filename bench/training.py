@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, markdown_table, write_results
+from bench.common import RESULTS, markdown_table, publish
 from common.config import load_config
 from tasks.config import TaskConfig
 
@@ -62,10 +62,8 @@ def bench_training(steps: int = 40, batch_size: int = 64, threads: int = 1, repe
     ratios = {"sweep_vs_plain_trainer": results["sweep_finetune"]["samples_per_s"]
               / results["plain_trainer"]["samples_per_s"]}
     payload = {"steps": steps, "batch_size": batch_size, "threads": threads, "results": results, "ratios": ratios}
-    path = write_results("training", payload, out_dir) if out_dir else None
-    print(markdown_table(["training", "samples/s (best of repeats)"],
-                         [[k, f"{v['samples_per_s']:.0f}"] for k, v in results.items()]))
-    print(markdown_table(list(ratios), [[round(v, 3) for v in ratios.values()]]))
-    if path:
-        print(f"wrote {path}")
+    publish("training", payload, out_dir, [
+        markdown_table(["training", "samples/s (best of repeats)"],
+                       [[k, f"{v['samples_per_s']:.0f}"] for k, v in results.items()]),
+        markdown_table(list(ratios), [[round(v, 3) for v in ratios.values()]])])
     return json.loads(json.dumps(payload))

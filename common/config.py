@@ -170,3 +170,8 @@ def fields_help(cls: type, width: int = 100) -> str:
         out.append(textwrap.fill(f"--{f.name}={shown}  {notes.get(f.name, '')}".rstrip(), width,
                                  initial_indent="  ", subsequent_indent="      "))
     return "\n".join(out)
+
+
+def fields_epilog(cls: type, source: str) -> str:
+    """A ``--help`` epilog: the fields of ``cls`` (defined in ``source``) as ``fields_help`` lists them."""
+    return f"fields of {cls.__name__} ({source}), as --field=default:\n{fields_help(cls)}"

@@ -24,11 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from common.cli import ArgumentParser
 from common.net import free_port
 from deploy.local import REPO, Services, start_stack
+from tasks.dataset import sweep_data
 from telemetry.report import headline_lines
 
 
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = a.reports.resolve()
     sweep = Path(a.sweep)
     name = sweep.name
-    data = yaml.safe_load((sweep / "sweep.yaml").read_text())["data"]
+    data = str(sweep_data(sweep))
     py = sys.executable
     timings: dict[str, float] = {}
     services = Services(REPO / ".run" / f"demo-{name}")

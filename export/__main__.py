@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     epilog = ""
     if {"-h", "--help"} & set(argv):
-        from common.config import fields_help
+        from common.config import fields_epilog
         from export.config import ExportConfig
 
-        epilog = f"fields of ExportConfig (export/config.py), as --field=default:\n{fields_help(ExportConfig)}"
+        epilog = fields_epilog(ExportConfig, "export/config.py")
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None,

@@ -117,18 +117,19 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
 
 
-def _torch_owners(model) -> dict[str, str]:
-    """{sha256 of the values: torch parameter name} for every matrix, as stored and transposed:
-    optimum names MatMul weights ``onnx::MatMul_<n>`` and stores them transposed, so the values
-    (bit-exact after an fp32 export) are what ties an ONNX weight to its torch parameter."""
-    owners: dict[str, str] = {}
+def _torch_owners(model) -> dict[str, tuple[str, bool]]:
+    """{sha256 of the values: (torch parameter name, stored transposed)} for every matrix, as stored
+    and transposed: optimum names MatMul weights ``onnx::MatMul_<n>`` and stores them transposed, so
+    the values (bit-exact after an fp32 export) are what ties an ONNX weight to its torch parameter."""
+    owners: dict[str, tuple[str, bool]] = {}
     for name, p in model.named_parameters():
         if p.ndim != 2:
             continue
         w = p.detach().cpu().numpy()
-        for key in {_digest(w), _digest(w.T)}:
-            if owners.setdefault(key, name) != name:
-                raise ValueError(f"{owners[key]} and {name} hold the same values: cannot tell their ONNX weights apart")
+        for key, transposed in ((_digest(w), False), (_digest(w.T), True)):
+            if owners.setdefault(key, (name, transposed))[0] != name:
+                raise ValueError(f"{owners[key][0]} and {name} hold the same values: "
+                                 "cannot tell their ONNX weights apart")
     return owners
 
 
@@ -145,7 +146,7 @@ def onnx_error(model, quantized_dir: Path, fp32_dir: Path) -> dict[str, float]:
         if w is None or w.shape != w_q.shape:
             raise ValueError(f"{quantized_dir.name}: {name} has no fp32 counterpart of shape {w_q.shape} "
                              f"in {fp32_dir.name}")
-        owner = owners.get(_digest(w))
+        owner, _ = owners.get(_digest(w), (None, False))
         if owner is None:
             raise ValueError(f"{fp32_dir.name}: {name} equals no parameter of the checkpoint")
         if owner in out:
@@ -239,7 +240,7 @@ def build_noise_control(ctx: BuildContext, source: str, simulated_bits: int | No
     from export.onnx_export import export_onnx, save_derived_checkpoint
 
     model = AutoModelForCausalLM.from_pretrained(ctx.checkpoint).eval()
-    original = copy.deepcopy(model)
+    original = copy.deepcopy(model) if ctx.fp32_dir is not None else None  # what reweighted_graph maps from
     if simulated_bits:
         targets, source_sha = simulated_error(model, simulated_bits), None
     else:
@@ -276,8 +277,7 @@ def reweighted_graph(fp32_dir: Path, original, changed, dest: Path) -> None:
     before = {name: p.detach().cpu().numpy() for name, p in original.named_parameters()}
     after = {name: p.detach().cpu().numpy() for name, p in changed.named_parameters()}
     todo = {name for name, w in after.items() if not np.array_equal(w, before[name])}
-    owners = {_digest(w): (name, False) for name, w in before.items() if name in todo}
-    owners |= {_digest(w.T): (name, True) for name, w in before.items() if name in todo and w.ndim == 2}
+    owners = {key: owner for key, owner in _torch_owners(original).items() if owner[0] in todo}
     graph = load(fp32_dir / MODEL_FILE)
     placed = set()
     for init in graph.graph.initializer:

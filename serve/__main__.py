@@ -24,17 +24,9 @@ from common.cli import ArgumentParser
 from common.config import ConfigError, load_config, parse_cli_overrides
 
 
-def _sweep_data(sweep: Path) -> Path:
-    import yaml
-
-    path = sweep / "sweep.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {sweep} a sweep folder? (`make demo` writes runs/demo)")
-    return Path(yaml.safe_load(path.read_text())["data"])
-
-
 def _replay(argv: list[str]) -> int:
     from serve.replay import replay
+    from tasks.dataset import sweep_data
 
     p = ArgumentParser(prog="python -m serve replay")
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -52,7 +44,7 @@ def _replay(argv: list[str]) -> int:
     if a.concurrency < 1 or a.per_split < 0:
         p.error("--concurrency must be >= 1 and --per-split >= 0")
     try:
-        data = a.data or _sweep_data(a.sweep)
+        data = a.data or sweep_data(a.sweep)
         rows = replay(a.url, data, a.out, models=a.models.split(","), concurrency=a.concurrency,
                       per_split=a.per_split, max_tokens=a.max_tokens, token=a.token, deadline_s=a.deadline,
                       progress=sys.stderr.isatty())

@@ -37,6 +37,16 @@ def task_hash(cfg: TaskConfig, length: int = 10) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def sweep_data(sweep: str | Path) -> Path:
+    """The data/<task-hash>/ folder a sweep was made from (the ``data`` of its sweep.yaml)."""
+    import yaml
+
+    path = Path(sweep) / "sweep.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {sweep} a sweep folder? (`make demo` writes runs/demo)")
+    return Path(yaml.safe_load(path.read_text())["data"])
+
+
 def sweep_splits(sweep: str | Path) -> list[str]:
     """The split names ("id" first) of the task a sweep folder was made with (the ``task`` of its
     sweep.yaml); the default task's when the folder has no sweep.yaml."""

@@ -20,7 +20,7 @@ from common.files import FolderBusy
 
 def _fields_epilog(argv: list[str]) -> str:
     """The fields of the named command's config, for --help (a YAML preset sets the same names)."""
-    from common.config import fields_help
+    from common.config import fields_epilog
     from train.config import PretrainConfig, SweepConfig
 
     if not {"-h", "--help"} & set(argv):
@@ -30,7 +30,7 @@ def _fields_epilog(argv: list[str]) -> str:
                "\n\nA dict field takes YAML, e.g. a 2 x 2 grid with 3 seeds per cell:\n"
                "  python -m train sweep --config train/configs/small.yaml --sample=grid --name=grid \\\n"
                "      --grid='{lr: [3.0e-4, 1.0e-3], steps: [50, 100], repeat: 3}'")
-    return f"fields of {cls.__name__} (train/config.py), as --field=default:\n{fields_help(cls)}{example}"
+    return fields_epilog(cls, "train/config.py") + example
 
 
 def main(argv: list[str] | None = None) -> int:

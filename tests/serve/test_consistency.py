@@ -17,10 +17,10 @@ def _key(r):
 
 def test_replay_equals_offline_and_metrics_equal_both(exported, tmp_path):
     offline = {_key(r): r for r in read_table(exported["sweep"] / "accuracy.csv") if r["variant"] in SERVED}
-    from serve.__main__ import _sweep_data
+    from tasks.dataset import sweep_data
 
     data = next(exported["data"].iterdir())
-    assert _sweep_data(exported["sweep"]).resolve() == data.resolve()
+    assert sweep_data(exported["sweep"]).resolve() == data.resolve()
     out = tmp_path / "served.csv"
     with running(serve_config(exported["sweep"])) as (url, _, _):
         # --sweep, as `make traffic` replays: the sweep's own splits (sweep.yaml names them)
