@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(SweepConfig, overrides={
         "name": "gpu", "out_root": str(root / "runs"), "data_root": str(root / "data"), "base": str(base),
         "task_config": str(REPO / "tasks/configs/default.yaml"),
-        "grid": {"lr": [3e-4], "steps": [args.steps], "mixture": {"id": {"id": 1.0}}},
+        "sample": "grid", "grid": {"lr": [3e-4], "steps": [args.steps], "mixture": {"id": {"id": 1.0}}},
         "checkpoints": 1, "batch_size": 64, "eval_items": args.eval_items, "eval_batch_size": 256,
         "workers": 1, "device": device, "precision": precision})
     started = time.perf_counter()
