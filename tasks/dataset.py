@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -74,7 +75,20 @@ def resolve_specs(cfg: TaskConfig) -> dict[str, SplitSpec]:
         else:
             raise ValueError(f"shift {name!r} is not registered ({sorted(SHIFTS)}); "
                              "define it with generator parameters (digits, terms, operators, notation, base)")
+        _warn_if_narrower(specs[ID_NAME], specs[name])
     return specs
+
+
+def _warn_if_narrower(id_spec: SplitSpec, spec: SplitSpec) -> None:
+    """A shift padded narrower than the in-domain split changes the format as well as the numbers
+    (``34+86=`` beside id's ``068+034=``): say so, unless its widths were set on purpose."""
+    (id_op, id_ans), (op, ans) = id_spec.widths(), spec.widths()
+    narrower = [f"{what} to {mine} where id pads to {theirs} (set {key}: {theirs} to keep id's format)"
+                for what, key, mine, theirs, given in (("operands", "operand_width", op, id_op, spec.operand_width),
+                                                       ("answers", "answer_width", ans, id_ans, spec.answer_width))
+                if spec.pad and not given and mine < theirs]
+    if narrower:
+        warnings.warn(f"shift {spec.name!r} pads " + " and ".join(narrower), stacklevel=3)
 
 
 def _rng(cfg_seed: int, split: str, role: str) -> random.Random:

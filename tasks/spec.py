@@ -28,7 +28,12 @@ class SplitSpec:
     operators: tuple[str, ...] = ("+",)  # operator i joins operand i and i+1 (cycled)
     notation: str = "infix"  # "infix": 12+34=   "prefix": +12|34= (Polish notation)
     base: int = 10  # number base of operands and answer; != 10 is tagged "b8|" in the prompt
-    pad: bool = True  # zero-pad operands to digits[1] and the answer to its widest value (fixed width)
+    pad: bool = True  # zero-pad operands and answer to a fixed width (False: no padding at all)
+    # The padded widths; 0 = this split's own widest value (operands: digits[1]; the answer: the
+    # largest result terms[1] operands of digits[1] digits can give). A shift meant as a subset of
+    # the in-domain format sets them to id's widths (3 and 4 by default), or its format changes too.
+    operand_width: int = 0
+    answer_width: int = 0
     description: str = ""  # one line for reports
 
     def __post_init__(self) -> None:
@@ -38,6 +43,8 @@ class SplitSpec:
         object.__setattr__(self, "operators", tuple(str(o) for o in self.operators))
         object.__setattr__(self, "base", int(self.base))
         object.__setattr__(self, "pad", bool(self.pad))
+        object.__setattr__(self, "operand_width", int(self.operand_width))
+        object.__setattr__(self, "answer_width", int(self.answer_width))
         problems = []
         if not NAME_RE.match(self.name) or self.name in RESERVED:
             problems.append(f"name {self.name!r} must match {NAME_RE.pattern} and not be one of {sorted(RESERVED)}")
@@ -51,6 +58,12 @@ class SplitSpec:
             problems.append(f"notation must be one of {NOTATIONS}, got {self.notation!r}")
         if not 2 <= self.base <= 16:
             problems.append(f"base must be in 2..16, got {self.base}")
+        if not problems and self.operand_width and not self.digits[1] <= self.operand_width <= 12:
+            problems.append(f"operand_width must be 0 (its own width, digits[1]) or {self.digits[1]}..12, "
+                            f"got {self.operand_width}")
+        if not problems and self.answer_width and not self.widest_answer() <= self.answer_width <= 16:
+            problems.append(f"answer_width must be 0 (its own width, the widest result) or "
+                            f"{self.widest_answer()}..16, got {self.answer_width}")
         if problems:
             raise ValueError(f"split spec {self.name!r}: " + "; ".join(problems))
 
@@ -72,8 +85,12 @@ class SplitSpec:
         return dict(params)
 
     def params(self) -> dict[str, Any]:
+        """The generator parameters (what names the data: a width left at 0 is omitted, as before it existed)."""
         out = asdict(self)
         out.pop("description")
+        for key in ("operand_width", "answer_width"):
+            if not out[key]:
+                out.pop(key)
         out["digits"], out["terms"], out["operators"] = list(self.digits), list(self.terms), list(self.operators)
         return out
 
@@ -91,12 +108,18 @@ class SplitSpec:
         hi = self.base ** self.digits[1] - 1
         return rng.randint(lo, hi)
 
-    def answer_width(self) -> int:
-        """Digits of the largest possible result: every answer of the split is written this wide."""
+    def widest_answer(self) -> int:
+        """Digits of the largest possible result."""
         return len(to_base(self.terms[1] * (self.base ** self.digits[1] - 1), self.base))
 
+    def widths(self) -> tuple[int, int]:
+        """(operand, answer) width every item of the split is padded to; (0, 0) without padding."""
+        if not self.pad:
+            return 0, 0
+        return self.operand_width or self.digits[1], self.answer_width or self.widest_answer()
+
     def render(self, operands: list[int], ops: list[str]) -> str:
-        width = self.digits[1] if self.pad else 0
+        width = self.widths()[0]
         nums = [to_base(x, self.base).rjust(width, "0") for x in operands]
         if self.notation == "infix":
             body = nums[0] + "".join(op + n for op, n in zip(ops, nums[1:]))
@@ -119,8 +142,7 @@ class SplitSpec:
         else:
             raise ValueError(f"split {self.name!r} cannot produce a non-negative result")
         answer = to_base(result, self.base)
-        if self.pad:
-            answer = answer.rjust(self.answer_width(), "0")
+        answer = answer.rjust(self.widths()[1], "0")
         if answer_order == "lsd":
             answer = answer[::-1]
         elif answer_order != "msd":

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -10,7 +11,7 @@ from common.config import load_config
 from tasks.config import TaskConfig
 from tasks.dataset import build_eval_splits, eval_prompts, read_jsonl, resolve_specs, sample_training, write_splits
 from tasks.formatting import DIGITS
-from tasks.registry import SHIFTS
+from tasks.registry import ID_SPEC, SHIFTS
 from tasks.spec import SplitSpec
 
 
@@ -114,21 +115,49 @@ def test_a_shift_defined_in_yaml_by_parameters_alone(tmp_path):
     preset.write_text("n_eval: 200\nshifts:\n  base: {}\n  sub_add:\n    terms: [3, 3]\n    digits: [1, 2]\n"
                       "    operators: ['-', '+']\n    description: a-b+c\n")
     cfg = load_config(TaskConfig, preset)
-    items = build_eval_splits(cfg)["sub_add"]
+    with pytest.warns(UserWarning, match="'sub_add' pads operands to 2"):  # its own widths: 2 and 3
+        items = build_eval_splits(cfg)["sub_add"]
     assert len(items) == 200
     for it in items:
         a, b, c = it["meta"]["operands"]
         assert it["prompt"] == f"{a:02d}-{b:02d}+{c:02d}=" and value_of(it["answer"], 10) == a - b + c >= 0
 
 
-def test_the_shipped_yaml_shift_example_builds():
+def test_the_shipped_yaml_shift_example_builds_at_id_widths():
     cfg = load_config(TaskConfig, "tasks/configs/with_yaml_shift.yaml")
-    assert "sub_add" in build_eval_splits(cfg)
+    items = build_eval_splits(cfg)["sub_add"]
+    for it in items:
+        a, b, c = it["meta"]["operands"]
+        assert it["prompt"] == f"{a:03d}-{b:03d}+{c:03d}=" and len(it["answer"]) == 4
+
+
+def test_a_narrower_shift_warns_and_explicit_widths_keep_the_in_domain_format():
+    narrow = TaskConfig(n_eval=50, shifts={"two_digit": {"digits": [2, 2]}})
+    with pytest.warns(UserWarning, match=r"'two_digit' pads operands to 2 where id pads to 3.*operand_width: 3"):
+        items = build_eval_splits(narrow)["two_digit"]
+    assert all(len(it["prompt"]) == len("34+86=") and len(it["answer"]) == 3 for it in items)
+
+    kept = TaskConfig(n_eval=50, shifts={"two_digit": {"digits": [2, 2], "operand_width": 3, "answer_width": 4}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning once the widths are chosen
+        items = build_eval_splits(kept)["two_digit"]
+    for it in items:
+        a, b = it["meta"]["operands"]
+        assert it["prompt"] == f"{a:03d}+{b:03d}=" and 10 <= a < 100 and 10 <= b < 100
+        assert len(it["answer"]) == 4 and value_of(it["answer"], 10) == a + b
+
+
+def test_widths_left_at_their_default_do_not_rename_existing_data():
+    """``params()`` (what task_hash and the items' meta hold) omits widths left at 0, so every data
+    folder made before the widths existed keeps its name and its items."""
+    assert "operand_width" not in ID_SPEC.params() and "answer_width" not in ID_SPEC.params()
+    assert SplitSpec.from_mapping("w", {"operand_width": 4}).params()["operand_width"] == 4
 
 
 @pytest.mark.parametrize("params, message", [
     ({"digits": [3, 1]}, "digits"), ({"operators": ["*"]}, "operators"), ({"base": 17}, "base"),
     ({"notation": "postfix"}, "notation"), ({"colour": "red"}, "unknown"),
+    ({"operand_width": 2}, "operand_width must be 0 .* or 3..12"), ({"answer_width": 3}, "answer_width .* 4..16"),
 ])
 def test_bad_generator_parameters_are_refused_clearly(params, message):
     with pytest.raises(ValueError, match=message):
