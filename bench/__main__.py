@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from bench.common import markdown_table, write_results
@@ -60,23 +61,22 @@ def run_all(sweep: Path) -> Path:
     from bench.serving import bench_serving
     from bench.training import bench_training
 
-    parts = {}
-    print("== decoding", flush=True)
-    parts["decode"] = bench_decode(sweep, out_dir=None)
-    print("== evaluation", flush=True)
-    parts["evaluation"] = bench_evaluation(sweep, out_dir=None)
-    print("== serving", flush=True)
-    parts["serving"] = bench_serving(sweep, out_dir=None)
-    print("== training", flush=True)
-    parts["training"] = bench_training(out_dir=None)
-    print("== edge (pythia-70m's size)", flush=True)
-    parts["edge"] = bench_edge(sweep=sweep, out_dir=None)
+    parts, seconds = {}, {}
+    for name, title, run in (("decode", "decoding", lambda: bench_decode(sweep, out_dir=None)),
+                             ("evaluation", "evaluation", lambda: bench_evaluation(sweep, out_dir=None)),
+                             ("serving", "serving", lambda: bench_serving(sweep, out_dir=None)),
+                             ("training", "training", lambda: bench_training(out_dir=None)),
+                             ("edge", "edge (pythia-70m's size)", lambda: bench_edge(sweep=sweep, out_dir=None))):
+        print(f"== {title}", flush=True)
+        started = time.perf_counter()
+        parts[name] = run()
+        seconds[name] = round(time.perf_counter() - started, 1)
     ratios = {k: v for p in parts.values() for k, v in p["ratios"].items()}
     missing = [k for k in REQUIRED if k not in ratios]
     if missing:
         raise RuntimeError(f"ratios missing from the results: {missing}")
     rows = verdicts(ratios)
-    path = write_results("all", {"sweep": str(sweep), "parts": parts, "ratios": ratios,
+    path = write_results("all", {"sweep": str(sweep), "seconds": seconds, "parts": parts, "ratios": ratios,
                                  "targets": {r[0]: {"target": r[2], "verdict": r[3]} for r in rows}})
     print("\n== ratios against their targets")
     print(markdown_table(["ratio", "value", "target", "verdict"], rows))

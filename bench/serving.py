@@ -6,15 +6,20 @@ Against, in the same run on the same machine:
 - the floor (bench/servers.py floor): the same stack answering a fixed completion;
 - the same fracture server with metrics recording nothing (telemetry overhead);
 - the floor with and without fracture's HTTP guards (header limits and deadlines, body
-  limit, bearer auth, drain): their cost per request, alternated over rounds;
+  limit, bearer auth, drain): their cost per request;
 - fracture's server with and without those guards (bench/servers.py unguarded): their
   cost on the served path itself.
 
-Every server runs in its own process on 127.0.0.1; the load generator is a small async
-client, bounded in requests and seconds per level, with a warm-up it does not
-time. Latency is measured by the client (queueing included). The client is aiohttp: httpx's
-async pool saturated first at concurrency 32 (358 req/s against the floor server, where
-aiohttp reaches 5,655 on the same 2 cores).
+Every server runs in its own process on 127.0.0.1, all of them started before the first
+point and pinned to one half of the cores, the load generator (a small async client) to
+the other. Each point (a server, a model, a concurrency) is loaded for a fixed time
+(``seconds``, 3 by default) after an untimed warm-up, in ``repeats`` (5) rounds that visit
+every point in turn, so a slow spell of the machine falls on a point and its baseline
+alike; every figure keeps the median and quartiles of its rounds, and a ratio is the ratio
+of medians with the quartiles of the per-round ratios as its spread. Latency is measured by
+the client (queueing included). The client is aiohttp: httpx's async pool saturated first
+at concurrency 32 (358 req/s against the floor server, where aiohttp reaches 5,655 on the
+same 2 cores).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, markdown_table, publish
+from bench.common import RESULTS, markdown_table, paired_ratio, publish, record_ratio, spread
 from common.net import free_port, wait_http
 from tasks.dataset import sweep_data
 
@@ -150,104 +155,113 @@ def _default_variants(sweep: Path) -> tuple[str, ...]:
 
 
 def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurrencies=(1, 8, 32),
-                  max_requests: int = 600, max_seconds: float = 12.0, overhead_rounds: int = 2,
-                  baselines: bool = True, out_dir: Path | None = RESULTS) -> dict:
+                  seconds: float = 3.0, repeats: int = 5, baselines: bool = True,
+                  out_dir: Path | None = RESULTS) -> dict:
     """Every server on one half of the cores, the load generator on the other (``split_cores``), so
     that the client's work never preempts the server it measures."""
     server_cores, client_cores = split_cores()
     start = functools.partial(server_process, cores=server_cores)
     cores = {"server": sorted(server_cores or []), "load_generator": sorted(client_cores or [])}
     with pinned(client_cores):
-        return _bench_serving(start, cores, sweep, variants, concurrencies, max_requests, max_seconds,
-                              overhead_rounds, baselines, out_dir)
+        return _bench_serving(start, cores, sweep, variants, concurrencies, seconds, repeats, baselines, out_dir)
+
+
+def timed_rounds(points: dict[str, tuple], seconds: float, repeats: int) -> dict[str, dict]:
+    """Each point (``(url, bodies, concurrency, headers)``) loaded for ``seconds``, in ``repeats``
+    rounds that visit every point in turn: a slow spell of the machine falls on a point and its
+    baseline alike, and a ratio can be paired round by round. Per point: req/s, p50 and p99 of
+    every round (``samples``), their median and quartiles, and the requests counted."""
+    rounds: dict[str, list[dict]] = {name: [] for name in points}
+    for _ in range(repeats):
+        for name, (url, bodies, concurrency, headers) in points.items():
+            rounds[name].append(load(url, bodies, concurrency, 10**9, seconds, headers))
+    return {name: {"concurrency": rs[0]["concurrency"], "completed": sum(r["completed"] for r in rs),
+                   "errors": sum(r["errors"] for r in rs), "seconds": round(sum(r["seconds"] for r in rs), 3),
+                   **{key: {"samples": [r[key] for r in rs], **spread([r[key] for r in rs])}
+                      for key in ("rps", "p50_ms", "p99_ms")}}
+            for name, rs in rounds.items()}
 
 
 def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | None, concurrencies,
-                   max_requests: int, max_seconds: float, overhead_rounds: int, baselines: bool,
-                   out_dir: Path | None) -> dict:
+                   seconds: float, repeats: int, baselines: bool, out_dir: Path | None) -> dict:
+    from bench.servers import BENCH_TOKEN
     from tasks.dataset import read_jsonl
 
     variants = tuple(variants or _default_variants(sweep))
     quantized = next((v for v in QUANTIZED if v in variants), variants[-1])
     run, checkpoint = _pick(sweep, variants)
-    data = sweep_data(sweep)
-    items = read_jsonl(data / "dev.jsonl")[:256]
+    items = read_jsonl(sweep_data(sweep) / "dev.jsonl")[:256]
+    top = f"c{max(concurrencies)}"
 
     def bodies(model: str) -> list[dict]:
         return [{"model": model, "prompt": it["prompt"], "max_tokens": 7, "temperature": 0, "shift": "id",
                  "expected": it["answer"]} for it in items]
 
-    def levels(url: str, model: str) -> dict:
-        return {f"c{c}": load(url, bodies(model), c, max_requests if c > 1 else max_requests // 3, max_seconds)
-                for c in concurrencies}
-
-    results: dict[str, dict] = {}
     # the one run measured: a fleet of every run would spend seconds opening sessions at each server start
-    serve_args = ["-m", "serve", f"--sweep={sweep}", f"--variants={','.join(variants)}", f"--runs={run}"]
-    port = free_port()
-    with start([*serve_args, f"--port={port}"], port) as url:
-        for v in variants:
-            results[v] = levels(url, f"{run}/{v}")
-            print(f"  {v}: " + ", ".join(f"{k} {r['rps']:.0f} req/s" for k, r in results[v].items()), flush=True)
-    if baselines:
-        port = free_port()
-        with start(["-m", "bench.servers", "naive", f"--checkpoint={checkpoint}", f"--port={port}"],
-                            port) as url:
-            results["naive"] = levels(url, "naive")
-        port = free_port()
-        with start(["-m", "bench.servers", "floor", f"--port={port}"], port) as url:
-            results["floor"] = levels(url, "floor")
-
-    top = f"c{max(concurrencies)}"
-    overhead = {"with_metrics": [], "without_metrics": []}
-    for _ in range(overhead_rounds):  # alternate, so drift on the machine hits both alike
-        for key, flag in (("with_metrics", "true"), ("without_metrics", "false")):
-            port = free_port()
-            with start([*serve_args, f"--port={port}", f"--record_metrics={flag}"], port) as url:
-                overhead[key].append(load(url, bodies(f"{run}/{quantized}"), max(concurrencies), max_requests,
-                                          max_seconds)["rps"])
-    served = {"guarded": [], "unguarded": []}
-    for _ in range(overhead_rounds):  # fracture's server with and without its guards, alternated
-        for key in ("guarded", "unguarded"):
-            port = free_port()
-            args = [*serve_args, f"--port={port}"] if key == "guarded" else \
-                ["-m", "bench.servers", "unguarded", f"--sweep={sweep}", f"--variants={','.join(variants)}",
-                 f"--runs={run}", f"--port={port}"]
-            with start(args, port) as url:
-                served[key].append(load(url, bodies(f"{run}/{quantized}"), max(concurrencies), max_requests,
-                                        max_seconds)["rps"])
-    guards = {"guarded": [], "plain": []}
-    if baselines:
-        from bench.servers import BENCH_TOKEN
-
-        for _ in range(overhead_rounds):  # the floor behind fracture's guards vs without, alternated
-            for key, extra, headers in (("guarded", ["--guarded"], {"Authorization": f"Bearer {BENCH_TOKEN}"}),
-                                        ("plain", [], None)):
-                port = free_port()
-                with start(["-m", "bench.servers", "floor", f"--port={port}", *extra], port,
-                                    ready="/healthz") as url:
-                    r = load(url, bodies("floor"), max(concurrencies), 4 * max_requests, max_seconds, headers)
-                if r["errors"]:
-                    raise RuntimeError(f"the {key} floor answered {r['errors']} request(s) with an error")
-                guards[key].append(r["rps"])
-    ratios = {
-        "c32_vs_c1": results[quantized][top]["rps"] / results[quantized]["c1"]["rps"],
-        "metrics_overhead": 1 - (statistics.mean(overhead["with_metrics"])
-                                 / statistics.mean(overhead["without_metrics"])),
-        "guards_overhead_served": 1 - statistics.mean(served["guarded"]) / statistics.mean(served["unguarded"]),
+    serve = ["-m", "serve", f"--sweep={sweep}", f"--variants={','.join(variants)}", f"--runs={run}"]
+    servers = {  # name -> (argv without --port, readiness path, model id, request headers)
+        "fracture": (serve, "/openapi.json", None, None),
+        # the same server recording no metrics, and without its guards: their cost on the served path
+        "no-metrics": ([*serve, "--record_metrics=false"], "/openapi.json", None, None),
+        "unguarded": (["-m", "bench.servers", "unguarded", *serve[2:]], "/openapi.json", None, None),
     }
     if baselines:
-        ratios["quantized_vs_naive_c32"] = results[quantized][top]["rps"] / results["naive"][top]["rps"]
-        ratios["server_vs_floor_c32"] = results[quantized][top]["rps"] / results["floor"][top]["rps"]
-        guarded, plain = statistics.mean(guards["guarded"]), statistics.mean(guards["plain"])
-        ratios["guards_overhead_floor"] = 1 - guarded / plain
+        servers |= {
+            "naive": (["-m", "bench.servers", "naive", f"--checkpoint={checkpoint}"], "/openapi.json", "naive", None),
+            "floor": (["-m", "bench.servers", "floor"], "/openapi.json", "floor", None),
+            # the floor behind fracture's HTTP guards: their cost per request where nothing else costs
+            "floor-guarded": (["-m", "bench.servers", "floor", "--guarded"], "/healthz", "floor",
+                              {"Authorization": f"Bearer {BENCH_TOKEN}"}),
+        }
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for name, (argv, ready, _, _) in servers.items():
+            port = free_port()
+            urls[name] = stack.enter_context(start([*argv, f"--port={port}"], port, ready=ready))
+
+        def point(server: str, concurrency: int, variant: str = quantized) -> tuple:
+            _, _, model, headers = servers[server]
+            return urls[server], bodies(model or f"{run}/{variant}"), concurrency, headers
+
+        points = {(quantized, f"c{c}"): point("fracture", c) for c in concurrencies}
+        points |= {(v, top): point("fracture", max(concurrencies), v) for v in variants if v != quantized}
+        points |= {(name, top): point(name, max(concurrencies)) for name in servers if name != "fracture"}
+        timed = timed_rounds({f"{n}@{c}": p for (n, c), p in points.items()}, seconds, repeats)
+    results: dict[str, dict] = {}
+    for (name, level) in points:
+        results.setdefault(name, {})[level] = timed[f"{name}@{level}"]
+    failed = {f"{n}@{c}": r["errors"] for n, by in results.items() for c, r in by.items() if r["errors"]}
+    if failed:
+        raise RuntimeError(f"requests answered with an error: {failed}")
+
+    def rps(name: str, level: str = top) -> list[float]:
+        return results[name][level]["rps"]["samples"]
+
+    ratios, ratio_spread = {}, {}
+    record_ratio(ratios, ratio_spread, "c32_vs_c1", paired_ratio(rps(quantized), rps(quantized, "c1")))
+    for name, against in (("metrics_overhead", "no-metrics"), ("guards_overhead_served", "unguarded")):
+        r = paired_ratio(rps(quantized), rps(against))  # the share of throughput lost: 1 - ratio
+        ratios[name], ratio_spread[name] = 1 - r["median"], {"q1": 1 - r["q3"], "q3": 1 - r["q1"]}
+    if baselines:
+        record_ratio(ratios, ratio_spread, "quantized_vs_naive_c32", paired_ratio(rps(quantized), rps("naive")))
+        record_ratio(ratios, ratio_spread, "server_vs_floor_c32", paired_ratio(rps(quantized), rps("floor")))
+        r = paired_ratio(rps("floor-guarded"), rps("floor"))
+        ratios["guards_overhead_floor"] = 1 - r["median"]
+        ratio_spread["guards_overhead_floor"] = {"q1": 1 - r["q3"], "q3": 1 - r["q1"]}
         # the guards' seconds per request, as a share of the served path's (the quantized variant, top level)
-        ratios["guards_share_of_served"] = (1 / guarded - 1 / plain) * results[quantized][top]["rps"]
-    payload = {"cores": cores, "run": run, "quantized": quantized, "results": results, "metrics_overhead_rps": overhead,
-               "guards_rps": guards, "served_guards_rps": served, "ratios": ratios}
-    rows = [[name, level, f"{r['rps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r["errors"]]
+        per_round = [(1 / g - 1 / f) * q for g, f, q in zip(rps("floor-guarded"), rps("floor"), rps(quantized))]
+        guarded, plain = (statistics.median(rps(k)) for k in ("floor-guarded", "floor"))
+        ratios["guards_share_of_served"] = (1 / guarded - 1 / plain) * statistics.median(rps(quantized))
+        ratio_spread["guards_share_of_served"] = {k: v for k, v in spread(per_round).items() if k in ("q1", "q3")}
+    payload = {"cores": cores, "run": run, "quantized": quantized, "seconds_per_point": seconds, "repeats": repeats,
+               "results": results, "ratios": ratios, "ratio_spread": ratio_spread}
+    rows = [[name, level, f"{r['rps']['median']:.0f}", f"{r['rps']['q1']:.0f}-{r['rps']['q3']:.0f}",
+             f"{r['p50_ms']['median']:.1f}", f"{r['p99_ms']['median']:.1f}", r["completed"]]
             for name, by_level in results.items() for level, r in by_level.items()]
     publish("serving", payload, out_dir, [
-        markdown_table(["server", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"], rows),
-        markdown_table(list(ratios), [[round(v, 3) for v in ratios.values()]])])
+        markdown_table(["server", "concurrency", "req/s (median)", "req/s IQR", "p50 ms", "p99 ms", "requests"],
+                       rows),
+        markdown_table(["ratio", "median", "q1", "q3"],
+                       [[k, round(v, 3), round(ratio_spread[k]["q1"], 3), round(ratio_spread[k]["q3"], 3)]
+                        for k, v in ratios.items()])])
     return payload
