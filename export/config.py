@@ -33,3 +33,19 @@ class ExportConfig:
             bad.append("variants is empty")
         if bad:
             raise ValueError("invalid export config: " + ", ".join(bad))
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``python -m export evaluate``: grade a sweep's checkpoints and variants on splits added after training."""
+
+    sweep: str = "runs/demo"  # the sweep folder (its accuracy.csv gains the rows)
+    task_config: str = ""  # a task preset with the sweep's in-domain settings and the shifts to add
+    workers: int = 2  # checkpoints graded in parallel processes
+    threads: int = 1  # ONNX Runtime / torch intra-op threads per worker
+
+    def __post_init__(self) -> None:
+        if not self.task_config:
+            raise ValueError("task_config is required: a task preset (tasks/configs/*.yaml) with the shifts to add")
+        if self.workers < 1 or self.threads < 1:
+            raise ValueError(f"workers and threads must be >= 1, got {self.workers} and {self.threads}")

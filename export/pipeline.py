@@ -190,7 +190,7 @@ def _torch_summary(folder: Path, ref: Reference) -> dict:
             "problems": [] if roles.get("blocks") else ["no block weight was stored as an integer tensor"]}
 
 
-def _load_runner(variant: Variant, folder: Path, threads: int):
+def load_runner(variant: Variant, folder: Path, threads: int):
     from export.runtime import OnnxCausalLM
 
     providers = variant.providers(folder) if variant.providers else None
@@ -238,7 +238,7 @@ def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, needs
         build_seconds = time.perf_counter() - started
         if variant.runner == "onnx":
             summary = _check_graph(variant, tmp, fp32_dir)
-            runner = _load_runner(variant, tmp, threads)
+            runner = load_runner(variant, tmp, threads)
         else:
             summary = _torch_summary(tmp, ref)
             runner = built
@@ -331,7 +331,7 @@ def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, hav
             continue
         if runner is None:
             if variant.runner == "onnx":
-                runner = _load_runner(variant, dest, threads)
+                runner = load_runner(variant, dest, threads)
             else:  # a torch variant loads its saved, already quantized weights
                 runner = variant.load(dest, device)
         decode = runner.decoder() if variant.runner == "onnx" else torch_decoder(runner, ref.tokenizer)

@@ -247,7 +247,7 @@ def _is_json(body: bytes) -> bool:
 def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | None = None) -> FastAPI:
     fleet = fleet or Fleet.from_config(config)
     metrics = Metrics(registry) if config.record_metrics else NullMetrics(registry)
-    shifts = sweep_splits(config.sweep)  # the labels a request may carry
+    shifts = sweep_splits(config.sweep, config.task_config)  # the labels a request may carry
     metrics.declare_fleet([(e.run, e.variant, e.step) for e in fleet.entries.values()], shifts)
     batcher = Batcher(config.max_batch_size, config.max_wait_ms, config.queue_size, config.decode_workers,
                       on_batch=lambda model_id, n: metrics.batch(model_id.rsplit("/", 1)[1], n))

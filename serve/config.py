@@ -14,6 +14,9 @@ class ServeConfig:
     sweep: str = "runs/demo"  # serve every (run, variant) exported under this sweep
     variants: tuple[str, ...] = ()  # only these variants (default: every servable one found)
     runs: tuple[str, ...] = ()  # only these runs of the sweep (default: all)
+    # a task preset whose shifts requests may also be labelled with (beside the sweep's own and those
+    # `python -m export evaluate` added to it): new shifts counted in the metrics without retraining
+    task_config: str = ""
     host: str = "127.0.0.1"  # listen address (loopback by default)
     port: int = 8000  # listen port
     provider: str = "auto"  # ONNX Runtime execution provider: "auto" (CUDA if usable, else CPU), "cpu", "cuda"

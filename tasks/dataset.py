@@ -48,16 +48,32 @@ def sweep_data(sweep: str | Path) -> Path:
     return Path(yaml.safe_load(path.read_text())["data"])
 
 
-def sweep_splits(sweep: str | Path) -> list[str]:
+# In a sweep folder: the splits graded after training (`python -m export evaluate`), which its
+# sweep.yaml (rewritten by every resumed sweep) does not list.
+EXTRA_SPLITS = "extra-splits.json"
+
+
+def sweep_extra_splits(sweep: str | Path) -> dict[str, dict]:
+    """``{split: {"params", "description", "file", "task_config"}}`` of the splits added to a sweep after
+    training; ``file`` is relative to the sweep folder."""
+    path = Path(sweep) / EXTRA_SPLITS
+    return json.loads(path.read_text())["splits"] if path.is_file() else {}
+
+
+def sweep_splits(sweep: str | Path, task_config: str | Path | None = None) -> list[str]:
     """The split names ("id" first) of the task a sweep folder was made with (the ``task`` of its
-    sweep.yaml); the default task's when the folder has no sweep.yaml."""
+    sweep.yaml; the default task's when the folder has no sweep.yaml), then those added later, then
+    those of ``task_config`` (a task preset) it lacks."""
     import yaml
 
     from common.config import load_config
 
     path = Path(sweep) / "sweep.yaml"
     task = (yaml.safe_load(path.read_text()) or {}).get("task", {}) if path.is_file() else {}
-    return list(resolve_specs(load_config(TaskConfig, overrides=task)))
+    names = [*resolve_specs(load_config(TaskConfig, overrides=task)), *sweep_extra_splits(sweep)]
+    if task_config:
+        names += [name for name in resolve_specs(load_config(TaskConfig, task_config)) if name not in names]
+    return names
 
 
 def resolve_specs(cfg: TaskConfig) -> dict[str, SplitSpec]:
@@ -129,6 +145,14 @@ def build_eval_splits(cfg: TaskConfig) -> dict[str, list[dict]]:
             item["split"] = ID_NAME if name == ID_NAME else name
         taken.update(item["prompt"] for item in out[split])
     return out
+
+
+def build_added_split(spec: SplitSpec, cfg: TaskConfig, exclude: set[str]) -> list[dict]:
+    """A split added to a task after training: drawn as ``build_eval_splits`` draws it (the same
+    generator and the same seed for its name), none of its prompts in ``exclude`` (every prompt the
+    sweep trained or was evaluated on), so where nothing is excluded the items are the very ones a
+    task with this shift from the start would hold."""
+    return sample_unique(spec, cfg.n_eval, _rng(cfg.seed, spec.name, "eval"), cfg.answer_order, exclude, spec.name)
 
 
 def eval_prompts(eval_splits: Mapping[str, list[dict]]) -> frozenset[str]:
