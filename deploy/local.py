@@ -13,17 +13,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import yaml
 
 from common.cli import ArgumentParser
 from common.net import port_in_use, wait_http
+from dashboards.build import DASHBOARDS
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".run"
@@ -40,6 +43,60 @@ def prometheus_config(server: str, watcher: str, interval: str = "5s") -> str:
         if token and job["job_name"] == "fracture-serve":  # the server's /metrics needs the token when one is set
             job["authorization"] = {"type": "Bearer", "credentials": token}
     return yaml.safe_dump(cfg, sort_keys=False)
+
+
+# The panels `make up` links to in Prometheus' own graph page (Grafana is not part of `make up`): (dashboard
+# uid, panel title). The queries are the dashboards' own, read from dashboards/build.py.
+HEADLINE_PANELS = (
+    ("fracture-serving", "Accuracy by shift over time"),
+    ("fracture-serving", "Requests per second"),
+    ("fracture-serving", "Latency p50 / p99 by variant"),
+    ("fracture-fractures", "Partial correlation per variant, with its 95% interval"),
+    ("fracture-fractures", "Δ fragmentation index vs full precision, with its BCa 95% interval"),
+)
+GRAPH_RANGE = "30m"  # the dashboards' time range (now-30m)
+# Grafana's built-in variables, as Prometheus has no such thing: a rate window of a few 5 s scrapes, the range
+GRAFANA_BUILTINS = {"__rate_interval": "1m", "__range": GRAPH_RANGE}
+
+
+def panel_queries(uid: str, title: str) -> list[str]:
+    """The PromQL of one dashboard panel, as the dashboard holds it (Grafana variables included)."""
+    panels = [p for p in DASHBOARDS[uid]()["panels"] if p["title"] == title]
+    if len(panels) != 1:
+        raise KeyError(f"dashboard {uid} has {len(panels)} panels titled {title!r}")
+    return [t["expr"] for t in panels[0]["targets"]]
+
+
+def expand_variables(expr: str, dashboard: dict) -> str:
+    """``expr`` as Grafana runs it with the dashboard's defaults: "All" (the variable's allValue) where a
+    variable allows it, else its current value; built-ins from GRAFANA_BUILTINS."""
+    values = dict(GRAFANA_BUILTINS)
+    for var in dashboard["templating"]["list"]:
+        values[var["name"]] = var["allValue"] if var.get("includeAll") else var["current"]["value"]
+
+    def value(match: re.Match) -> str:
+        if match[1] not in values:
+            raise KeyError(f"no value for the Grafana variable ${match[1]} in {expr!r}")
+        return values[match[1]]
+    return re.sub(r"\$(\w+)", value, expr)
+
+
+def graph_url(prometheus: str, exprs: list[str], range_: str = GRAPH_RANGE) -> str:
+    """Prometheus' graph page with one graph per expression (g0, g1, ...), URL-encoded."""
+    params = []
+    for i, expr in enumerate(exprs):
+        params += [(f"g{i}.expr", expr), (f"g{i}.tab", "0"), (f"g{i}.range_input", range_)]
+    return f"{prometheus.rstrip('/')}/graph?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+
+
+def headline_urls(prometheus: str) -> list[tuple[str, str]]:
+    """(panel title, Prometheus graph URL) for each of HEADLINE_PANELS."""
+    out = []
+    for uid, title in HEADLINE_PANELS:
+        dashboard = DASHBOARDS[uid]()
+        exprs = [expand_variables(e, dashboard) for e in panel_queries(uid, title)]
+        out.append((title, graph_url(prometheus, exprs)))
+    return out
 
 
 class Services:
@@ -170,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logs and pids in {STATE}; stop everything with `make down`")
     print(f"the fleet has served nothing yet: `make traffic SERVE_PORT={a.port}` replays labelled eval items to it "
           "(or send your own requests, with a shift label and the expected answer)")
+    if where["prometheus"]:
+        print("the headline panels in Prometheus (the Grafana queries, every variant, model and shift):")
+        for title, url in headline_urls(where["prometheus"]):
+            print(f"  {title}\n    {url}")
+    else:
+        print(f"no Prometheus, so no graphs: the watcher's gauges are at {where['telemetry']}; "
+              "`docker compose -f deploy/compose.yaml up` runs Prometheus and Grafana")
     return 0
 
 
