@@ -44,6 +44,7 @@ from tasks.dataset import (
 )
 from tasks.spec import SplitSpec
 from train.checkpoints import verify_checkpoint
+from train.config import RunSpec
 
 SAME = ("seed", "n_train", "n_eval", "answer_order", "id")  # what an added split must share with the sweep's task
 
@@ -86,11 +87,11 @@ def seen_prompts(sweep_dir: Path, sweep: dict) -> set[str]:
         path = sweep_dir / check_name("run", run_id) / "config.json"
         if not path.is_file():
             continue  # never started: it trained on nothing
-        run = json.loads(path.read_text())
-        key = (json.dumps(run["mixture"], sort_keys=True), run["train_items"], run["seed"])
+        run = RunSpec.from_json(json.loads(path.read_text()))
+        key = (json.dumps(run.mixture, sort_keys=True), run.train_items, run.seed)
         if key not in drawn:  # runs that differ only in lr or steps draw the same items
             drawn.add(key)
-            seen |= {it["prompt"] for it in sample_training(specs, run["mixture"], run["train_items"], run["seed"],
+            seen |= {it["prompt"] for it in sample_training(specs, run.mixture, run.train_items, run.seed,
                                                             task_cfg.answer_order, banned)}
     return seen
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from common.files import check_name
@@ -100,3 +100,61 @@ class SweepConfig:
             bad.append(str(exc))
         if bad:
             raise ValueError("invalid sweep config: " + ", ".join(bad))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep with every setting resolved (``train.sweep.expand_runs``), made once and passed on
+    as it is: its ``to_json()`` is the run's config.json, and what done.json must hold for the run to count
+    as finished."""
+
+    run_id: str  # the run's folder name: r<index>-lr<lr>-s<steps>[-<mixture name>]
+    index: int  # position in the sweep
+    seed: int  # the sweep's seed + index: init order, data order and the training items drawn
+    lr: float  # peak learning rate (linear decay)
+    steps: int  # optimizer steps
+    mixture_name: str  # "fixed" (sample=draw) or the grid's name for the mixture
+    mixture: dict[str, float]  # split name -> weight of its generator in the training items
+    train_items: int  # training items drawn
+    batch_size: int
+    grad_accum: int
+    warmup_ratio: float
+    weight_decay: float
+    checkpoint_steps: tuple[int, ...]  # the steps saved and evaluated, the last one final
+    base: str  # what fine-tuning starts from
+    device: str  # "cpu" or "cuda", as resolved
+    precision: str  # "fp32", "fp16" or "bf16", as resolved
+    task_hash: str  # names the data folder the run's splits come from
+    drawn: tuple[str, ...] | None = None  # sample=draw: the settings drawn (the rest are the sweep's constants)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint_steps", tuple(int(s) for s in self.checkpoint_steps))
+        object.__setattr__(self, "mixture", {str(k): float(w) for k, w in self.mixture.items()})
+        if self.drawn is not None:
+            object.__setattr__(self, "drawn", tuple(self.drawn))
+        where = f"run {self.run_id}"
+        check_name("run", self.run_id)
+        if not self.lr > 0:
+            raise ValueError(f"{where}: lr must be > 0, got {self.lr}")
+        if self.steps < 1:
+            raise ValueError(f"{where}: steps must be >= 1, got {self.steps}")
+        weights = list(self.mixture.values())
+        if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"{where}: mixture weights must be >= 0 with a positive sum, got {self.mixture}")
+        if not self.checkpoint_steps or self.checkpoint_steps[-1] != self.steps:
+            raise ValueError(f"{where}: checkpoint_steps must end at the final step {self.steps}, "
+                             f"got {list(self.checkpoint_steps)}")
+
+    def to_json(self) -> dict[str, Any]:
+        """config.json's content (the same keys and values the run dicts of earlier versions had)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["checkpoint_steps"] = list(self.checkpoint_steps)
+        if self.drawn is None:
+            del out["drawn"]
+        else:
+            out["drawn"] = list(self.drawn)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSpec:
+        return cls(**data)

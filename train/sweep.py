@@ -28,7 +28,7 @@ from tasks.config import TaskConfig
 from tasks.dataset import task_hash, write_splits
 from train.base import check_base
 from train.checkpoints import verify_checkpoint
-from train.config import SweepConfig
+from train.config import RunSpec, SweepConfig
 from train.finetune import checkpoint_steps, train_and_evaluate
 from train.signal import base_scores, format_signal_table, signal_check
 
@@ -128,8 +128,8 @@ def replayed_shifts(mixture: dict[str, float]) -> list[str]:
     return sorted(s for s, w in mixture.items() if s != "id" and float(w) > 0)
 
 
-def expand_runs(cfg: SweepConfig, device: str, precision: str, task_hash: str) -> list[dict]:
-    """The resolved config of every run of the sweep, in a stable order."""
+def expand_runs(cfg: SweepConfig, device: str, precision: str, task_hash: str) -> list[RunSpec]:
+    """Every run of the sweep with its settings resolved, in a stable order (each checked as it is made)."""
     settings = _drawn_settings(cfg) if cfg.sample == "draw" else _grid_settings(cfg)
     width = max(2, len(str(len(settings) - 1)))
     runs = []
@@ -139,34 +139,28 @@ def expand_runs(cfg: SweepConfig, device: str, precision: str, task_hash: str) -
             if cfg.train_items < 1:
                 raise ValueError("epochs > 0 needs train_items (the size of the epoch)")
             steps = math.ceil(cfg.epochs * cfg.train_items / (cfg.batch_size * cfg.grad_accum))
-        train_items = cfg.train_items or steps * cfg.batch_size * cfg.grad_accum
         name = f"r{i:0{width}d}-lr{lr:.3g}-s{steps}" + ("" if cfg.sample == "draw" else f"-{s['mixture_name']}")
-        run = {
-            "run_id": name, "index": i, "seed": cfg.seed + i,
-            "lr": lr, "steps": steps, "mixture_name": s["mixture_name"], "mixture": s["mixture"],
-            "train_items": train_items, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-            "warmup_ratio": s.get("warmup_ratio", cfg.warmup_ratio),
-            "weight_decay": s.get("weight_decay", cfg.weight_decay),
-            "checkpoint_steps": checkpoint_steps(steps, cfg.checkpoints), "base": cfg.base,
-            "device": device, "precision": precision, "task_hash": task_hash,
-        }
-        if "drawn" in s:
-            run["drawn"] = s["drawn"]  # which settings are draws (the rest are the sweep's constants)
-        runs.append(run)
+        runs.append(RunSpec(
+            run_id=name, index=i, seed=cfg.seed + i, lr=lr, steps=steps, mixture_name=s["mixture_name"],
+            mixture=s["mixture"], train_items=cfg.train_items or steps * cfg.batch_size * cfg.grad_accum,
+            batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+            warmup_ratio=s.get("warmup_ratio", cfg.warmup_ratio), weight_decay=s.get("weight_decay", cfg.weight_decay),
+            checkpoint_steps=checkpoint_steps(steps, cfg.checkpoints), base=cfg.base, device=device,
+            precision=precision, task_hash=task_hash, drawn=s.get("drawn")))
     return runs
 
 
-def run_is_finished(run_dir: Path, run: dict) -> str | None:
+def run_is_finished(run_dir: Path, run: RunSpec) -> str | None:
     """``None`` when the run is complete and intact, else why it must be redone."""
     done = run_dir / "done.json"
     if not done.is_file():
         return "not finished"
     try:
-        if json.loads(done.read_text()).get("config") != run:
+        if json.loads(done.read_text()).get("config") != run.to_json():
             return "config changed"
     except ValueError:
         return "unreadable done.json"
-    for step in run["checkpoint_steps"]:
+    for step in run.checkpoint_steps:
         problem = verify_checkpoint(run_dir / "checkpoints" / f"step-{step}")
         if problem:
             return problem
@@ -224,24 +218,17 @@ def _check_sweep_yaml(path: Path, resolved: dict) -> None:
     atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
 
 
-def check_runs(runs: list[dict], task_cfg: TaskConfig) -> None:
-    """Every run's settings, checked before anything is written (a corrected config must not then be refused
-    as "made by a different sweep config")."""
+def check_runs(runs: list[RunSpec], task_cfg: TaskConfig) -> None:
+    """What a run cannot check by itself, before anything is written (a corrected config must not then be
+    refused as "made by a different sweep config"): its mixture names splits of the task."""
     from tasks.dataset import resolve_specs
 
     splits = set(resolve_specs(task_cfg))
     for run in runs:
-        where = f"run {run['run_id']}"
-        if not run["lr"] > 0:
-            raise ValueError(f"{where}: lr must be > 0, got {run['lr']}")
-        if run["steps"] < 1:
-            raise ValueError(f"{where}: steps must be >= 1, got {run['steps']}")
-        unknown = sorted(set(run["mixture"]) - splits)
+        unknown = sorted(set(run.mixture) - splits)
         if unknown:
-            raise ValueError(f"{where}: mixture names unknown split(s) {unknown}; the task has {sorted(splits)}")
-        weights = list(run["mixture"].values())
-        if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"{where}: mixture weights must be >= 0 with a positive sum, got {run['mixture']}")
+            raise ValueError(f"run {run.run_id}: mixture names unknown split(s) {unknown}; the task has "
+                             f"{sorted(splits)}")
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
@@ -266,24 +253,24 @@ def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device:
         print(f"note: {note}", file=sys.stderr)
     _check_sweep_yaml(sweep_dir / "sweep.yaml", {
         "config": asdict(cfg), "task": asdict(task_cfg), "data": str(data_dir),
-        "device": device, "precision": precision, "runs": [r["run_id"] for r in runs]})
+        "device": device, "precision": precision, "runs": [r.run_id for r in runs]})
 
     before = base_scores(evaluate_base(cfg, data_dir, task_cfg, sweep_dir, device))
-    ablation = sorted({s for run in runs for s in replayed_shifts(run["mixture"])})
+    ablation = sorted({s for run in runs for s in replayed_shifts(run.mixture)})
     if ablation:
         print(f"note: the training mixture replays eval shift(s) {', '.join(ablation)}: they are in-distribution "
               "for those runs (an ablation, labelled as such in signal.json)", file=sys.stderr)
 
     todo = []
     for run in runs:
-        why = run_is_finished(sweep_dir / run["run_id"], run)
+        why = run_is_finished(sweep_dir / run.run_id, run)
         if why:
-            if why != "not finished" and (sweep_dir / run["run_id"]).exists():
-                print(f"redoing {run['run_id']}: {why}", file=sys.stderr)
+            if why != "not finished" and (sweep_dir / run.run_id).exists():
+                print(f"redoing {run.run_id}: {why}", file=sys.stderr)
             todo.append(run)
     # longest first (a run's cost is about its steps): the last runs to start are short, so no worker sits
     # idle while one long run finishes; results do not depend on the order
-    todo.sort(key=lambda run: -run["steps"])
+    todo.sort(key=lambda run: -run.steps)
     workers = 1 if device == "cuda" else max(1, min(cfg.workers, len(todo)))
     print(f"sweep {cfg.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), "
           f"{workers} worker(s), {device}/{precision}, data {data_dir}")
@@ -303,25 +290,25 @@ def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device:
     args = (str(data_dir), task_cfg)
     if workers == 1:
         for run in todo:
-            train_and_evaluate(run, *args, str(sweep_dir / run["run_id"]), cfg.eval_items, cfg.eval_batch_size,
+            train_and_evaluate(run, *args, str(sweep_dir / run.run_id), cfg.eval_items, cfg.eval_batch_size,
                                cfg.threads_per_worker if device == "cpu" and cfg.workers > 1 else None, show)
-            current.pop(run["run_id"], None)
+            current.pop(run.run_id, None)
             bar.update(1)
     else:
         def finished(i, _):  # a failed run stops the sweep with its error; finished runs stay
-            current.pop(todo[i]["run_id"], None)
+            current.pop(todo[i].run_id, None)
             bar.update(1)
 
         # the workers die with the sweep and report their steps through show (common/workers.py)
-        run_in_workers(_worker_run, [(run, *args, str(sweep_dir / run["run_id"]), cfg.eval_items,
+        run_in_workers(_worker_run, [(run, *args, str(sweep_dir / run.run_id), cfg.eval_items,
                                       cfg.eval_batch_size, cfg.threads_per_worker) for run in todo],
                        workers, finished, on_message=show)
     bar.close()
 
     rows = []
     for run in runs:
-        for step in run["checkpoint_steps"]:
-            rows.extend(json.loads((sweep_dir / run["run_id"] / "eval" / f"step-{step}.json").read_text())["rows"])
+        for step in run.checkpoint_steps:
+            rows.extend(json.loads((sweep_dir / run.run_id / "eval" / f"step-{step}.json").read_text())["rows"])
     table = upsert_rows(sweep_dir / "accuracy.csv", rows)
     check = signal_check(table, measure=cfg.measure)
     wall = time.perf_counter() - started

@@ -90,19 +90,19 @@ def test_checkpoint_steps_are_evenly_spaced_and_end_at_the_last_step():
 def test_sweep_presets_load_and_expand(preset):
     cfg = load_config(SweepConfig, f"train/configs/{preset}.yaml")
     runs = expand_runs(cfg, "cpu", "fp32", "hash")
-    assert len({r["run_id"] for r in runs}) == len(runs) >= 1
-    assert all(len(r["checkpoint_steps"]) >= min(cfg.checkpoints, r["steps"]) for r in runs)
-    json.dumps(runs)  # the resolved config must be saveable
+    assert len({r.run_id for r in runs}) == len(runs) >= 1
+    assert all(len(r.checkpoint_steps) >= min(cfg.checkpoints, r.steps) for r in runs)
+    json.dumps([r.to_json() for r in runs])  # the resolved config must be saveable
 
 
 def test_demo_population_is_a_sample_of_at_least_48_runs_without_eval_shifts_in_training():
     cfg = load_config(SweepConfig, "train/configs/demo.yaml")
     runs = expand_runs(cfg, "cpu", "fp32", "h")
-    assert len(runs) >= 48 and all(len(r["checkpoint_steps"]) >= 2 for r in runs)
-    assert len({r["lr"] for r in runs}) >= 10 and len({r["seed"] for r in runs}) == len(runs)
-    assert all(r["mixture"] == {"id": 1.0} and r["drawn"] == ["lr", "steps"] for r in runs)
+    assert len(runs) >= 48 and all(len(r.checkpoint_steps) >= 2 for r in runs)
+    assert len({r.lr for r in runs}) >= 10 and len({r.seed for r in runs}) == len(runs)
+    assert all(r.mixture == {"id": 1.0} and r.drawn == ("lr", "steps") for r in runs)
     lo, hi = cfg.draws["lr"]["loguniform"]
-    assert all(float(lo) <= r["lr"] <= float(hi) for r in runs)
+    assert all(float(lo) <= r.lr <= float(hi) for r in runs)
 
 
 @pytest.mark.parametrize("preset", ["demo", "study", "pythia70m", "tiny", "small"])
@@ -110,7 +110,7 @@ def test_no_default_preset_replays_an_eval_shift(preset):
     from train.sweep import replayed_shifts
 
     runs = expand_runs(load_config(SweepConfig, f"train/configs/{preset}.yaml"), "cpu", "fp32", "h")
-    assert all(replayed_shifts(r["mixture"]) == [] for r in runs)
+    assert all(replayed_shifts(r.mixture) == [] for r in runs)
 
 
 def test_the_small_preset_is_the_fewest_runs_the_analysis_accepts():
@@ -119,16 +119,16 @@ def test_the_small_preset_is_the_fewest_runs_the_analysis_accepts():
     from telemetry import stats
 
     runs = expand_runs(load_config(SweepConfig, "train/configs/small.yaml"), "cpu", "fp32", "h")
-    assert len(runs) >= stats.MIN_RUNS and len({r["seed"] for r in runs}) == len(runs)
+    assert len(runs) >= stats.MIN_RUNS and len({r.seed for r in runs}) == len(runs)
     assert len(expand_runs(load_config(SweepConfig, "train/configs/tiny.yaml"), "cpu", "fp32", "h")) < stats.MIN_RUNS
 
 
 def test_draws_are_reproducible_and_adding_runs_keeps_the_earlier_ones():
     small = expand_runs(SweepConfig(runs=5), "cpu", "fp32", "h")
     large = expand_runs(SweepConfig(runs=12), "cpu", "fp32", "h")
-    assert [r["lr"] for r in small] == [r["lr"] for r in large[:5]]
+    assert [r.lr for r in small] == [r.lr for r in large[:5]]
     assert expand_runs(SweepConfig(runs=5), "cpu", "fp32", "h") == small
-    assert len({r["lr"] for r in large}) == 12
+    assert len({r.lr for r in large}) == 12
 
 
 @pytest.mark.parametrize("draws, message", [
@@ -218,3 +218,23 @@ def test_evaluate_splits_grades_outputs_already_decoded_without_decoding_again()
     assert calls == [2, 1, 1] and reused == fresh and fresh["id"]["correct"] == 1
     with pytest.raises(ValueError, match="decoded continuations"):
         evaluate_splits(decode, "compact", splits, decoded={"id": ["3"]})
+
+
+def test_a_run_spec_checks_itself_and_round_trips_through_config_json():
+    """expand_runs makes each run once, as a RunSpec that refuses impossible settings; config.json is its
+    to_json() and reads back to an equal spec (what a resumed sweep compares done.json with)."""
+    from train.config import RunSpec
+
+    run = expand_runs(SweepConfig(runs=5), "cpu", "fp32", "h")[0]
+    assert RunSpec.from_json(json.loads(json.dumps(run.to_json()))) == run
+    assert set(run.to_json()) == {"run_id", "index", "seed", "lr", "steps", "mixture_name", "mixture", "train_items",
+                                  "batch_size", "grad_accum", "warmup_ratio", "weight_decay", "checkpoint_steps",
+                                  "base", "device", "precision", "task_hash", "drawn"}
+    grid_run = expand_runs(load_config(SweepConfig, "train/configs/tiny.yaml"), "cpu", "fp32", "h")[0]
+    assert "drawn" not in grid_run.to_json()  # only drawn populations say which settings were drawn
+    for change, message in (({"lr": 0.0}, "lr must be > 0"), ({"steps": 0}, "steps must be >= 1"),
+                            ({"mixture": {"id": -1.0}}, "mixture weights"),
+                            ({"checkpoint_steps": (1, 2)}, "must end at the final step"),
+                            ({"run_id": "../escape"}, "single folder name")):
+        with pytest.raises(ValueError, match=message):
+            RunSpec.from_json(run.to_json() | change)
