@@ -56,19 +56,20 @@ def main(argv: list[str] | None = None) -> int:
         from export.config import EvaluateConfig, ExportConfig
 
         epilog = fields_epilog(EvaluateConfig if "evaluate" in argv else ExportConfig, "export/config.py")
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__, epilog=epilog,
+    parser = argparse.ArgumentParser(prog="python -m export [evaluate]", description=__doc__, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", choices=["evaluate"],
-                        help="evaluate: grade the sweep on shifts added after training (default: export)")
     parser.add_argument("--config", default=None,
                         help="a YAML file of ExportConfig (or EvaluateConfig) fields (export/config.py)")
     parser.add_argument("--list", action="store_true", help="list the registered variants and exit")
-    args, rest = parser.parse_known_args(argv)
+    # the one verb comes first (`python -m export evaluate ...`); a positional argument would swallow the
+    # value of `--sweep runs/demo` written with a space
+    evaluate = argv[:1] == ["evaluate"]
+    args, rest = parser.parse_known_args(argv[1:] if evaluate else argv)
     if args.list:
         _list()
         return 0
     try:
-        if args.command == "evaluate":
+        if evaluate:
             return _evaluate(args.config, rest)
         from export.config import ExportConfig
         from export.pipeline import export_sweep
