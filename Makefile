@@ -32,11 +32,12 @@ $(STAMP): pyproject.toml
 	$(call INSTALL,-e .)
 	touch $(STAMP)
 
-# the test and lint tools (pytest, ruff, the reference implementations tests compare against) come on top, only
-# for the targets that use them: `make demo` on a fresh machine does not wait for them
+# the test and lint tools (pytest, ruff, the reference implementations tests compare against, the API clients the
+# server is tested with: openai, and lm-eval from the `eval` extra) come on top, only for the targets that use
+# them: `make demo` on a fresh machine does not wait for them
 setup-dev: $(DEV_STAMP)
 $(DEV_STAMP): $(STAMP)
-	$(call INSTALL,-e '.[dev]')
+	$(call INSTALL,-e '.[dev,eval]')
 	touch $(DEV_STAMP)
 
 data: setup       ## write the task splits (JSONL) to data/<config-hash>/

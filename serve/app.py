@@ -1,9 +1,13 @@
 """The ASGI app: ``build_app(config, registry)`` (DESIGN.md, HTTP API).
 
-- ``POST /v1/completions``: OpenAI-shaped (model, prompt, max_tokens, temperature 0 only,
-  stop) plus ``shift`` and ``expected``; greedy only. The response adds ``variant``,
-  ``correct`` (true / false / null) and ``usage``. Prompts are the task's canonical
-  text ("123+456="); the server writes digits the way the model was trained.
+- ``POST /v1/completions``: the OpenAI completions request (model, prompt, max_tokens, stop, ...)
+  plus ``shift`` and ``expected``; greedy only. ``prompt`` is a string, a list of strings, a
+  list of token ids or a list of such lists (a batch: one choice per prompt, each graded).
+  Every field of the OpenAI API is accepted; a value that would change a greedy answer
+  (temperature, top_p, n, best_of, penalties, logit_bias, suffix), or that asks for what is
+  not served (logprobs, stream), is refused with a 400 saying why. The response adds
+  ``variant``, ``correct`` (true / false / null, per choice too) and ``usage``. Prompts are
+  the task's canonical text ("123+456="); the server writes digits the way the model was trained.
 - ``GET /v1/models``, ``GET /metrics``, ``GET /healthz`` (alive), ``GET /readyz`` (serving).
 
 Every error is ``{"error": {"type", "message"}}`` with its 4xx (503 + Retry-After for
@@ -20,13 +24,14 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.batching import Batcher, Job, Overloaded
@@ -42,18 +47,51 @@ log = logging.getLogger("fracture.serve")
 
 # -- the API's types (they are the OpenAPI document) ----------------------------------
 
+TokenIds = list[Annotated[int, Field(ge=0)]]
+PROMPT_FORMS = "a string, a list of strings, a list of token ids (integers >= 0) or a list of lists of token ids"
+
+
 class CompletionRequest(BaseModel):
+    """The OpenAI completions request (every field of the API is declared: anything else is refused), plus
+    fracture's ``shift`` and ``expected``. Decoding is greedy: a field that would change a greedy answer is
+    accepted only at its neutral value (the check is in the route, so the 400 can say why)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
     model: str = Field(description='"<run>/<variant>", as listed by GET /v1/models')
-    prompt: str = Field(description='the task prompt in canonical form, e.g. "123+456="')
-    max_tokens: int = Field(16, description="tokens to generate at most (1..max_tokens_limit)")
-    temperature: float = Field(0.0, description="greedy decoding only: must be 0")
+    prompt: str | list[str] | TokenIds | list[TokenIds] = Field(
+        description='the task prompt in canonical form, e.g. "123+456="; or a list of prompts (a batch: one '
+                    "choice per prompt, in order); or token ids of the model's tokenizer (one prompt as a list "
+                    "of ids, a batch as a list of lists), decoded to text and then served as text (refused "
+                    "unless re-encoding that text gives the same ids)")
+    max_tokens: int | None = Field(16, description="tokens to generate at most (1..max_tokens_limit; null: 16)")
+    temperature: float | None = Field(0.0, description="greedy decoding only: must be 0 (null: 0)")
+    top_p: float | None = Field(1.0, description="must be 1 (null: 1): no nucleus sampling")
+    n: int | None = Field(1, description="must be 1 (null: 1): one greedy answer per prompt")
+    best_of: int | None = Field(None, description="must be 1 or null")
     stop: str | list[str] | None = Field(None, description="stop string(s): the text ends before the first one")
-    shift: str | None = Field(None, description='"id" or a shift of the sweep\'s task; labels the metrics')
-    expected: str | None = Field(None, description="the correct answer; when given, the response says if it was")
-    n: Literal[1] = 1
-    stream: Literal[False] = False
-    user: str | None = None
+    echo: bool = Field(False, description="true: each choice's text starts with its prompt (as text)")
+    logprobs: int | None = Field(None, description="not served: must be null")
+    presence_penalty: float | None = Field(0.0, description="must be 0 (null: 0)")
+    frequency_penalty: float | None = Field(0.0, description="must be 0 (null: 0)")
+    logit_bias: dict[str, float] | None = Field(None, description="must be empty or all zero")
+    seed: int | None = Field(None, description="accepted and ignored: greedy decoding is deterministic")
+    suffix: str | None = Field(None, description="not served: must be null or empty")
+    stream: bool = Field(False, description="not served: must be false (the whole answer comes at once)")
+    stream_options: dict | None = Field(None, description="accepted and ignored (stream is false)")
+    user: str | None = Field(None, description="accepted and ignored")
+    shift: str | None = Field(None, description='"id" or a shift of the sweep\'s task; labels the metrics '
+                                                "(of every prompt of a batch)")
+    expected: str | list[str] | None = Field(
+        None, description="the correct answer (a list: one per prompt of a batch); when given, the response "
+                          "says if it was")
+
+    @field_validator("prompt", mode="wrap")
+    @classmethod
+    def _one_prompt_form(cls, value, handler):
+        try:  # one readable error instead of one per member of the union
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("prompt_form", f"must be {PROMPT_FORMS}") from None
 
 
 class Choice(BaseModel):
@@ -61,6 +99,7 @@ class Choice(BaseModel):
     text: str
     finish_reason: Literal["stop", "length"]
     logprobs: None = None
+    correct: bool | None = Field(None, description="this choice's grade (null when its prompt had no expected)")
 
 
 class Usage(BaseModel):
@@ -78,7 +117,8 @@ class CompletionResponse(BaseModel):
     usage: Usage
     variant: str
     shift: str
-    correct: bool | None
+    correct: bool | None = Field(description="the grade of the answer when the request has one prompt (null "
+                                             "without expected); null for several: each choice has its own")
 
 
 class ModelCard(BaseModel):
@@ -234,6 +274,64 @@ class BearerAuth:
             scope, receive, send)
 
 
+# -- the completions request, field by field ------------------------------------------------
+
+def _check_greedy(req: CompletionRequest) -> None:
+    """400, saying why, for a field whose value would change a greedy answer or asks for what is not served.
+    ``seed``, ``user`` and ``stream_options`` cannot change a greedy answer: accepted and ignored."""
+    if req.temperature not in (None, 0):
+        raise APIError(400, "temperature", "only greedy decoding is served: temperature must be 0")
+    why = None
+    if req.top_p not in (None, 1):
+        why = f"top_p={req.top_p}: only greedy decoding is served; top_p must be 1"
+    elif req.n not in (None, 1):
+        why = f"n={req.n}: greedy decoding has one answer per prompt; n must be 1 (send a list of prompts " \
+              "for several answers)"
+    elif req.best_of not in (None, 1):
+        why = f"best_of={req.best_of}: greedy decoding has one answer per prompt; best_of must be 1 or null"
+    elif req.presence_penalty not in (None, 0):
+        why = "presence_penalty would change the greedy answer: it must be 0"
+    elif req.frequency_penalty not in (None, 0):
+        why = "frequency_penalty would change the greedy answer: it must be 0"
+    elif req.logit_bias and any(v != 0 for v in req.logit_bias.values()):
+        why = "logit_bias would change the greedy answer: it must be empty (or all zero)"
+    elif req.logprobs is not None:
+        why = ("logprobs are not served (the decode loop keeps token ids, not their probabilities): leave "
+               "logprobs out or null; generation works, scoring (loglikelihood) does not")
+    elif req.suffix:
+        why = "suffix is not served (no text insertion): leave it out"
+    elif req.stream:
+        why = "stream is not served: the answer (a few tokens) comes in one response; send stream=false"
+    if why:
+        raise APIError(400, "invalid_request", why)
+
+
+def _prompts(prompt) -> tuple[list, bool]:
+    """(the prompts, each a string or a list of token ids; whether the request is a batch: a list of prompts)."""
+    if isinstance(prompt, str):
+        return [prompt], False
+    if prompt and all(isinstance(t, int) for t in prompt):  # one prompt as token ids
+        return [prompt], False
+    return list(prompt), True
+
+
+def _text_of_ids(runner, ids: list[int], where: str) -> str:
+    """The text a token-id prompt stands for, in the model's tokenizer. It is then served as text (formatted and
+    tokenized again), so it is accepted only when encoding that text gives back the very same ids."""
+    tokenizer = runner.tokenizer
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    outside = [t for t in ids if t >= vocab]
+    if outside:
+        raise APIError(400, "invalid_request",
+                       f"{where}token id {outside[0]} is not in the model's vocabulary (0..{vocab - 1})")
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    if tokenizer.encode(text, add_special_tokens=False).ids != ids:
+        raise APIError(400, "unencodable_prompt",
+                       f"{where}the token ids are not the model tokenizer's encoding of their text "
+                       f"{text[:64]!r}: send the prompt as text")
+    return text
+
+
 # -- the app ----------------------------------------------------------------------------
 
 def _is_json(body: bytes) -> bool:
@@ -314,12 +412,20 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
             metrics.inflight.dec()
 
     async def _complete(req: CompletionRequest, started: float) -> JSONResponse:
-        if req.temperature != 0:
-            raise APIError(400, "temperature", "only greedy decoding is served: temperature must be 0")
-        if not 1 <= req.max_tokens <= config.max_tokens_limit:
+        _check_greedy(req)
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens
+        if not 1 <= max_tokens <= config.max_tokens_limit:
             raise APIError(400, "max_tokens_out_of_range", f"max_tokens must be in 1..{config.max_tokens_limit}")
-        if not req.prompt or len(req.prompt) > config.max_prompt_chars:
-            raise APIError(400, "prompt_too_long", f"prompt must have 1..{config.max_prompt_chars} characters")
+        prompts, batch = _prompts(req.prompt)
+        where = (lambda i: f"prompt {i}: ") if batch else (lambda i: "")
+        if not prompts:
+            raise APIError(400, "prompt_too_long", "prompt must hold at least one prompt")
+        if len(prompts) > config.queue_size:
+            raise APIError(400, "invalid_request", f"at most {config.queue_size} prompts per request")
+        for i, p in enumerate(prompts):
+            if isinstance(p, str) and (not p or len(p) > config.max_prompt_chars):
+                raise APIError(400, "prompt_too_long",
+                               f"{where(i)}prompt must have 1..{config.max_prompt_chars} characters")
         shift = req.shift if req.shift is not None else UNLABELLED
         if req.shift is not None and req.shift not in shifts:
             raise APIError(400, "unknown_shift", f"unknown shift {req.shift!r}; known: {', '.join(shifts)}")
@@ -328,7 +434,11 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
             why = fleet.refused.get(req.model)
             raise APIError(404, "unknown_model", f"model {req.model!r} is refused: {why}" if why
                            else f"unknown model {req.model!r}; GET /v1/models lists them")
-        if req.expected is not None and not normalize(req.expected):
+        expected = [req.expected] if isinstance(req.expected, str) else req.expected
+        if expected is not None and len(expected) != len(prompts):
+            raise APIError(400, "invalid_request", f"expected must hold one answer per prompt: {len(expected)} "
+                                                   f"for {len(prompts)} prompt(s)")
+        if expected is not None and not all(normalize(e) for e in expected):
             raise APIError(400, "invalid_request", "expected must hold an answer (or be left out)")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if any(not s for s in stops) or len(stops) > 4:
@@ -339,13 +449,20 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
         except ModelUnavailable as exc:
             raise APIError(404, "model_unavailable", f"model {req.model!r} is refused: {exc}") from None
         metrics.models_loaded.set(len(fleet.loaded_ids()))
-        prompt = format_prompt(req.prompt, entry.digit_format)
-        ids, bad = runner.encode_checked(prompt)
-        if bad:
-            raise APIError(400, "unencodable_prompt", f"the tokenizer cannot encode {bad!r}")
-        job = Job(runner, ids, req.max_tokens, stops, loop.create_future())
+        texts, jobs = [], []
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):  # token ids: served as the text they decode to
+                p = _text_of_ids(runner, p, where(i))
+                if not p or len(p) > config.max_prompt_chars:
+                    raise APIError(400, "prompt_too_long",
+                                   f"{where(i)}prompt must have 1..{config.max_prompt_chars} characters")
+            ids, bad = runner.encode_checked(format_prompt(p, entry.digit_format))
+            if bad:
+                raise APIError(400, "unencodable_prompt", f"{where(i)}the tokenizer cannot encode {bad!r}")
+            texts.append(p)
+            jobs.append(Job(runner, ids, max_tokens, stops, loop.create_future()))
         try:
-            done = await asyncio.wait_for(batcher.submit(req.model, job), config.request_timeout_s)
+            finished = await asyncio.wait_for(batcher.submit_many(req.model, jobs), config.request_timeout_s)
         except Overloaded as exc:
             raise APIError(503, "overloaded", f"server overloaded: {exc}", {"Retry-After": "1"}) from None
         except TimeoutError:
@@ -353,20 +470,28 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
                            {"Retry-After": "1"}) from None
         except ModelUnavailable as exc:
             raise APIError(404, "model_unavailable", f"model {req.model!r} is refused: {exc}") from None
-        graded = None if req.expected is None else grade(done.text, req.expected)
-        correct = None if graded is None else graded.exact
-        result = "ungraded" if correct is None else "correct" if correct else "incorrect"
-        metrics.completed(entry.run, entry.variant, shift, result, time.perf_counter() - started, len(done.token_ids),
-                          None if graded is None else (graded.digit_correct, graded.digit_total))
+        elapsed = time.perf_counter() - started
+        choices, grades = [], []
+        for i, done in enumerate(finished):
+            graded = None if expected is None else grade(done.text, expected[i])
+            correct = None if graded is None else graded.exact
+            result = "ungraded" if correct is None else "correct" if correct else "incorrect"
+            # each prompt of a batch is one sample of the metrics
+            metrics.completed(entry.run, entry.variant, shift, result, elapsed, len(done.token_ids),
+                              None if graded is None else (graded.digit_correct, graded.digit_total))
+            choices.append({"index": i, "text": texts[i] + done.text if req.echo else done.text,
+                            "finish_reason": done.finish_reason, "logprobs": None, "correct": correct})
+            grades.append(correct)
+        prompt_tokens = sum(d.prompt_tokens for d in finished)
+        completion_tokens = sum(len(d.token_ids) for d in finished)
         # a plain dict in the CompletionResponse shape (the tests validate it against the model):
         # FastAPI would otherwise validate and serialize a pydantic object on every request
         return JSONResponse({
             "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-            "model": req.model,
-            "choices": [{"index": 0, "text": done.text, "finish_reason": done.finish_reason, "logprobs": None}],
-            "usage": {"prompt_tokens": done.prompt_tokens, "completion_tokens": len(done.token_ids),
-                      "total_tokens": done.prompt_tokens + len(done.token_ids)},
-            "variant": entry.variant, "shift": shift, "correct": correct})
+            "model": req.model, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+            "variant": entry.variant, "shift": shift, "correct": grades[0] if len(grades) == 1 else None})
 
     @app.get("/v1/models", response_model=ModelList,
              responses=_responses(401))

@@ -9,7 +9,8 @@ decoding is causal and rows are independent under left padding, so the answer is
 one the request would get alone (tests/serve/test_batching.py checks it).
 
 Admission is bounded: beyond ``queue_size`` requests waiting or decoding, ``submit``
-raises ``Overloaded`` at once (the app answers 503 with Retry-After).
+raises ``Overloaded`` at once (the app answers 503 with Retry-After). ``submit_many`` admits the
+prompts of one request together (each counts as one request), all or none.
 """
 
 from __future__ import annotations
@@ -51,18 +52,32 @@ class Batcher:
         self._workers: dict[str, asyncio.Task] = {}
 
     async def submit(self, model_id: str, job: Job) -> Completion:
-        if self.pending >= self.queue_size:
+        return (await self.submit_many(model_id, [job]))[0]
+
+    async def submit_many(self, model_id: str, jobs: list[Job]) -> list[Completion]:
+        """The completions of ``jobs`` (one request's prompts), in order. Admitted all together or not at all:
+        a batch that does not fit in the queue raises ``Overloaded`` before any of it is queued."""
+        if self.pending + len(jobs) > self.queue_size:
             raise Overloaded(f"{self.pending} requests are waiting (queue_size {self.queue_size})")
-        self.pending += 1
+        self.pending += len(jobs)
         try:
             queue = self._queues.get(model_id)
             if queue is None:
                 queue = self._queues[model_id] = asyncio.Queue()
                 self._workers[model_id] = asyncio.create_task(self._work(model_id, queue))
-            queue.put_nowait(job)
-            return await job.future
+            for job in jobs:
+                queue.put_nowait(job)
+            if len(jobs) == 1:
+                return [await jobs[0].future]
+            try:
+                return list(await asyncio.gather(*(j.future for j in jobs)))
+            finally:  # after a failure the others are not waited for: those still queued are cancelled (the
+                # worker skips them), the errors of those already answered are marked as seen
+                for j in jobs:
+                    if not j.future.cancel() and not j.future.cancelled():
+                        j.future.exception()
         finally:
-            self.pending -= 1
+            self.pending -= len(jobs)
 
     async def _work(self, model_id: str, queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
