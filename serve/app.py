@@ -29,6 +29,7 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
@@ -362,7 +363,8 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
         state["ready"] = False
         await batcher.close()
 
-    app = FastAPI(title="fracture", version="0.1.0", lifespan=lifespan,
+    # /docs and /redoc with their scripts and styles served from the package, not a CDN: they work offline
+    app = FastAPIOffline(title="fracture", version="0.1.0", lifespan=lifespan,
                   description="Greedy completions from a fleet of exported variants, graded per shift. "
                               "Errors are {\"error\": {\"type\", \"message\"}}.")
     app.state.fleet, app.state.metrics, app.state.batcher = fleet, metrics, batcher

@@ -165,3 +165,20 @@ def test_served_prompt_is_written_in_the_models_digit_format(server):
     model = first_model(server)
     body = server["client"].post("/v1/completions", json={"model": model, "prompt": "123+456="}).json()
     assert body["usage"]["prompt_tokens"] == 8
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_load_without_the_internet(server, page):
+    """/docs and /redoc name only assets the server itself serves (fastapi-offline ships Swagger UI and
+    ReDoc): an offline edge box shows them. Every script, style and icon they reference answers 200."""
+    import re
+
+    client = server["client"]
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", html.text)
+    assert refs and all(ref.startswith("/") and not ref.startswith("//") for ref in refs), refs
+    assert "cdn" not in html.text and "fonts.googleapis" not in html.text
+    for ref in refs:
+        asset = client.get(ref)
+        assert asset.status_code == 200 and len(asset.content) > 1000, ref
