@@ -78,6 +78,12 @@ def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
             log.warning("refusing %s: %s", model_id, problem)
             continue
         m = read_manifest(folder)
+        if (m.get("run"), m.get("variant")) != (run, variant):  # what it is comes from its manifest, not its folder
+            problem = (f"its manifest describes {m.get('run')}/{m.get('variant')}, not the {model_id} its folder "
+                       "is named for (a copied or renamed folder: export it again)")
+            refused[model_id] = problem
+            log.warning("refusing %s: %s", model_id, problem)
+            continue
         if m.get("runner") != "onnx":
             log.info("not serving %s: a %s variant runs in torch, not on the edge server", model_id, m.get("backend"))
             continue

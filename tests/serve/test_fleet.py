@@ -36,6 +36,19 @@ def test_tampered_and_incomplete_variants_are_refused_and_the_rest_served(sweep_
     assert any("refusing" in r.message for r in caplog.records)
 
 
+def test_a_variant_in_a_folder_its_manifest_does_not_name_is_refused(sweep_copy):
+    """The fleet takes a variant's identity from its manifest: a folder copied under another variant's or run's
+    name (hashes intact) is refused rather than served and counted under the wrong label."""
+    first, second = run_dirs(sweep_copy)
+    shutil.copytree(first / "variants" / "ort-int8", first / "variants" / "renamed")
+    shutil.rmtree(second / "variants" / "ort-int4")
+    shutil.copytree(first / "variants" / "ort-int4", second / "variants" / "ort-int4")
+    fleet = Fleet.from_config(ServeConfig(sweep=str(sweep_copy)))
+    assert "manifest describes" in fleet.refused[f"{first.name}/renamed"]
+    assert f"{first.name}/ort-int4" in fleet.refused[f"{second.name}/ort-int4"]
+    assert f"{first.name}/ort-int8" in fleet.entries and f"{second.name}/ort-int4" not in fleet.entries
+
+
 def test_variant_tampered_after_start_is_refused_at_reload(sweep_copy):
     cfg = ServeConfig(sweep=str(sweep_copy), variants=("onnx-fp32",), memory_budget_mb=0.001)
     fleet = Fleet.from_config(cfg)
