@@ -13,12 +13,13 @@ Against, in the same run on the same machine:
 Every server runs in its own process on 127.0.0.1, all of them started before the first
 point and pinned to one half of the cores, the load generator (a small async client) to
 the other. Each point (a server, a model, a concurrency) is loaded for a fixed time
-(``seconds``, 3 by default) after an untimed warm-up, in ``repeats`` (5) rounds that visit
-every point in turn, so a slow spell of the machine falls on a point and its baseline
-alike; every figure keeps the median and quartiles of its rounds, and a ratio is the ratio
-of medians with the quartiles of the per-round ratios as its spread. Latency is measured by
-the client (queueing included). The client is aiohttp: httpx's async pool saturated first
-at concurrency 32 (358 req/s against the floor server, where aiohttp reaches 5,655 on the
+(``seconds``, 3 by default) after an untimed warm-up, in ``repeats`` (6) rounds that visit
+every point in turn, forwards then backwards, each point next to its baseline, so a slow
+spell of the machine falls on both alike; every figure keeps the median and quartiles of
+its rounds, and a ratio is the ratio of medians with the quartiles of the per-round ratios
+as its spread. Latency is measured by the client (queueing included). The client is
+aiohttp: httpx's async pool saturated first at concurrency 32 (358 req/s against the
+floor server, where aiohttp reaches 5,655 on the
 same 2 cores).
 """
 
@@ -155,7 +156,7 @@ def _default_variants(sweep: Path) -> tuple[str, ...]:
 
 
 def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurrencies=(1, 8, 32),
-                  seconds: float = 3.0, repeats: int = 5, baselines: bool = True,
+                  seconds: float = 3.0, repeats: int = 6, baselines: bool = True,
                   out_dir: Path | None = RESULTS) -> dict:
     """Every server on one half of the cores, the load generator on the other (``split_cores``), so
     that the client's work never preempts the server it measures."""
@@ -168,12 +169,15 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
 
 def timed_rounds(points: dict[str, tuple], seconds: float, repeats: int) -> dict[str, dict]:
     """Each point (``(url, bodies, concurrency, headers)``) loaded for ``seconds``, in ``repeats``
-    rounds that visit every point in turn: a slow spell of the machine falls on a point and its
-    baseline alike, and a ratio can be paired round by round. Per point: req/s, p50 and p99 of
-    every round (``samples``), their median and quartiles, and the requests counted."""
+    rounds that visit every point in turn, in the given order and then in reverse (ABC, CBA, ...):
+    a point and the baseline next to it are measured seconds apart, and over two rounds a drift of
+    the machine's speed falls on both alike; a ratio is paired round by round. Per point: req/s,
+    p50 and p99 of every round (``samples``), their median and quartiles, and the requests counted."""
     rounds: dict[str, list[dict]] = {name: [] for name in points}
-    for _ in range(repeats):
-        for name, (url, bodies, concurrency, headers) in points.items():
+    order = list(points)
+    for r in range(repeats):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            url, bodies, concurrency, headers = points[name]
             rounds[name].append(load(url, bodies, concurrency, 10**9, seconds, headers))
     return {name: {"concurrency": rs[0]["concurrency"], "completed": sum(r["completed"] for r in rs),
                    "errors": sum(r["errors"] for r in rs), "seconds": round(sum(r["seconds"] for r in rs), 3),
@@ -201,9 +205,9 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
     serve = ["-m", "serve", f"--sweep={sweep}", f"--variants={','.join(variants)}", f"--runs={run}"]
     servers = {  # name -> (argv without --port, readiness path, model id, request headers)
         "fracture": (serve, "/openapi.json", None, None),
-        # the same server recording no metrics, and without its guards: their cost on the served path
-        "no-metrics": ([*serve, "--record_metrics=false"], "/openapi.json", None, None),
+        # the same server without its guards, and recording no metrics: their cost on the served path
         "unguarded": (["-m", "bench.servers", "unguarded", *serve[2:]], "/openapi.json", None, None),
+        "no-metrics": ([*serve, "--record_metrics=false"], "/openapi.json", None, None),
     }
     if baselines:
         servers |= {
@@ -223,9 +227,11 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
             _, _, model, headers = servers[server]
             return urls[server], bodies(model or f"{run}/{variant}"), concurrency, headers
 
-        points = {(quantized, f"c{c}"): point("fracture", c) for c in concurrencies}
-        points |= {(v, top): point("fracture", max(concurrencies), v) for v in variants if v != quantized}
+        # each pair of a ratio next to each other: the quantized variant at the top level beside the same
+        # server without its guards and without metrics, the floor beside the guarded floor
+        points = {(quantized, f"c{c}"): point("fracture", c) for c in sorted(concurrencies)}
         points |= {(name, top): point(name, max(concurrencies)) for name in servers if name != "fracture"}
+        points |= {(v, top): point("fracture", max(concurrencies), v) for v in variants if v != quantized}
         timed = timed_rounds({f"{n}@{c}": p for (n, c), p in points.items()}, seconds, repeats)
     results: dict[str, dict] = {}
     for (name, level) in points:
