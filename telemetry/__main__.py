@@ -59,6 +59,7 @@ def cmd_analyze(args) -> int:
     for msg in left_out:
         print(f"warning: {msg}", file=sys.stderr)
     summary["source"] = source
+    summary["source_kind"] = "accuracies" if args.accuracies else ("prometheus" if args.prometheus else "scrape")
     summary["left_out"] = left_out
     summary |= sweep_context(args.accuracies)
     # only its own two files, each replaced atomically: whatever else the folder holds is never touched
