@@ -1,4 +1,4 @@
-"""accuracy.csv, the interchange table every consumer reads (DESIGN.md, Artifacts).
+"""accuracy.csv, the interchange table every consumer reads (docs/design.md, Artifacts).
 
 Long format, one row per (run, step, variant, split). Upserts replace rows with the
 same key, so re-running an evaluation never duplicates them. Standard library only, so

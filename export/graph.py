@@ -1,6 +1,6 @@
 """What an exported graph really holds: operator counts, quantized tensors, stored bits.
 
-A "quantized" model can silently stay full precision (DESIGN.md, Pitfalls), so every
+A "quantized" model can silently stay full precision (docs/design.md, Pitfalls), so every
 claim in a manifest is read off the saved graph rather than off the settings used to
 make it: the operators present, which weights were replaced, and the bits per parameter
 computed from the tensors actually stored.

@@ -1,6 +1,6 @@
 """Noise-matched controls: the fp32 checkpoint plus Gaussian noise of a quantized variant's error energy.
 
-Quantization noise alone attenuates correlations (DESIGN.md, "Noise is not quantization"),
+Quantization noise alone attenuates correlations (docs/design.md, "Noise is not quantization"),
 so ``noise@<q>`` adds to every weight tensor that ``<q>`` quantizes independent Gaussian
 noise whose variance is that tensor's mean squared quantization error, and exports the
 result as fp32. An effect that ``<q>`` shows and ``noise@<q>`` shares is generic weight

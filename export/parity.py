@@ -1,6 +1,6 @@
 """Does an export compute what it claims? Logits and greedy outputs against a reference.
 
-Each variant declares a ``Tolerance`` (DESIGN.md: every export checks itself, looser for
+Each variant declares a ``Tolerance`` (docs/design.md, "Every export checks itself": looser for
 low bits, as TGI's quantized comparators are): the largest absolute logit difference
 on a left-padded dev batch (real positions only) and the share of the whole dev split
 whose greedy output must equal the reference's. ``None`` for the logit bound means the

@@ -2,7 +2,7 @@
 
 - dynamic int8 (``quantize_dynamic``): weights int8 per output channel; MatMul weights
   only unless the embedding and LM head are asked for too (a labelled ablation: quantized
-  embeddings are what collapse small GPT-NeoX models, DESIGN.md Pitfalls). ORT quantizes
+  embeddings are what collapse small GPT-NeoX models, docs/design.md, Pitfalls). ORT quantizes
   activations with one scale for the whole input tensor, i.e. for the whole *batch*, so a
   row's answer would depend on its batch-mates (a served answer would differ from the
   offline one); ``per_token_activations`` rewrites that step to one scale and zero point

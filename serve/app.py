@@ -1,4 +1,4 @@
-"""The ASGI app: ``build_app(config, registry)`` (DESIGN.md, HTTP API).
+"""The ASGI app: ``build_app(config, registry)`` (docs/design.md, HTTP API).
 
 - ``POST /v1/completions``: the OpenAI completions request (model, prompt, max_tokens, stop, ...)
   plus ``shift`` and ``expected``; greedy only. ``prompt`` is a string, a list of strings, a

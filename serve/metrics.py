@@ -1,4 +1,4 @@
-"""The server's Prometheus metrics (DESIGN.md, Metrics), on an injected registry.
+"""The server's Prometheus metrics (docs/design.md, Metrics), on an injected registry.
 
 Labels are closed sets: ``model`` is a run id of the fleet, ``variant`` a registry name,
 ``shift`` a split of the sweep's task (or ``none`` when a request carries no label),

@@ -5,7 +5,7 @@ every model) to every model with its ``shift`` and ``expected`` answer, at a bou
 concurrency, retrying 503s after their Retry-After, within an overall deadline. The
 client is aiohttp: at 32 concurrent connections httpx's async pool spent more time than
 the server (358 vs 5,655 requests/s against a fixed-answer server on 2 cores). The
-accuracy table it observed is written in DESIGN.md's format (accuracy.csv), so it can be
+accuracy table it observed is written in accuracy.csv's format (docs/design.md, Artifacts), so it can be
 compared row for row with the offline one. Grading is the server's (``correct``); the
 per-digit columns are computed here with the same grader from the returned text.
 """

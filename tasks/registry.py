@@ -1,6 +1,6 @@
 """Registered splits: the in-domain one and the named shifts.
 
-Every shift is a registry entry (DESIGN.md: registries, not if-chains); a meta-test
+Every shift is a registry entry (docs/design.md, Registries, not if-chains); a meta-test
 fails when an entry has no test. Presets may add shifts by parameters alone
 (``TaskConfig.shifts``) without touching this file.
 """

@@ -1,6 +1,6 @@
 """The pre-registered answer: one fragmentation index per variant and its paired change.
 
-Defined here, in code, before any data is looked at (DESIGN.md, The statistics):
+Defined here, in code, before any data is looked at (docs/design.md, The statistics):
 
 - **Fragmentation index** of a population: the mean, over every pair of shifts that carries
   signal on the full-precision baseline, of the partial correlation between the two shifts'

@@ -1,4 +1,4 @@
-"""Where the accuracy table comes from. Every source yields DESIGN.md's rows:
+"""Where the accuracy table comes from. Every source yields accuracy.csv's rows (docs/design.md, Artifacts):
 ``{run, step, variant, split, n, correct}``.
 
 - ``accuracy.csv`` written by offline evaluation;

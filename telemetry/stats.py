@@ -7,7 +7,7 @@ For runs i = 1..n with accuracies a1, a2 on two shifts and aID in-domain:
 where rXY is Pearson's correlation across runs. Equivalently, the correlation of the
 residuals of a1 and a2 after regressing each on the controls (an intercept plus the k
 control columns); the residual form is what generalizes to k > 1 controls (probit,
-splines). Honesty rules (DESIGN.md, The statistics): fewer than 5 runs is refused, fewer
+splines). Honesty rules (docs/design.md, The statistics): fewer than 5 runs is refused, fewer
 than 20 warned about, a split without variance is "undefined" with its reason, and
 every interval comes from a bootstrap that resamples runs, never checkpoints. The
 permutation test re-residualizes (Freedman-Lane) and permutes the statistic it reports;

@@ -2,7 +2,7 @@
 
 ``evaluate_splits`` takes a *decoder* (prompts, max_new_tokens, batch_size -> texts), so
 torch checkpoints (``torch_decoder``) and exported variants (``export.runtime``) are
-graded by the same code at the same fixed batch size with left padding (DESIGN.md:
+graded by the same code at the same fixed batch size with left padding (docs/design.md, Pitfalls:
 accuracy depends on batch size and padding). This module imports torch only inside
 ``greedy_decode``, so the ONNX side can use the grading path without it.
 """

@@ -1,6 +1,6 @@
 """The signal check: does a split's accuracy vary across runs more than sampling noise?
 
-A shift on which every run scores 0 (or 1) carries no signal (DESIGN.md, The statistics).
+A shift on which every run scores 0 (or 1) carries no signal (docs/design.md, The statistics).
 Per split, over the final checkpoints of the runs: mean accuracy, across-run standard
 deviation, the binomial standard error sqrt(p(1-p)/N) of one run's accuracy, and the
 share of runs at the floor (0 correct) and at the ceiling (all correct).
@@ -19,7 +19,7 @@ import statistics
 
 from common.accuracy_table import TORCH_VARIANT
 
-# The foundation issue's bar for "this shift carries signal".
+# The bar for "this shift carries signal" (docs/design.md, The signal check).
 MEAN_RANGE = (0.1, 0.9)
 MAX_FLOOR_CEILING_SHARE = 0.2
 MIN_SPREAD_OVER_SE = 2.0

@@ -1,6 +1,6 @@
 """A fine-tuning sweep: a population of runs, resumable, evaluated at every checkpoint.
 
-Layout (DESIGN.md, Artifacts): runs/<sweep>/sweep.yaml, <run>/config.json,
+Layout (docs/design.md, Artifacts): runs/<sweep>/sweep.yaml, <run>/config.json,
 <run>/checkpoints/step-<N>/, <run>/eval/step-<N>.json, <run>/done.json, accuracy.csv,
 signal.json. A run counts as finished only when done.json matches its config and every
 checkpoint re-verifies; anything else is redone from scratch by the next invocation.
