@@ -17,7 +17,11 @@ per-digit measure comes from ``fracture_answer_digits_total{model,variant,shift,
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
+
+from serve.metrics import UNLABELLED
+from telemetry.population import DataWarning
 
 REQUESTS = "fracture_requests_total"
 DIGITS = "fracture_answer_digits_total"
@@ -62,8 +66,12 @@ def rows_from_samples(requests: Iterable[tuple[dict, float]], info: Iterable[dic
     """
     steps = {(i["model"], i["variant"]): int(float(i["step"])) for i in info if "step" in i}
     cells: dict[tuple[str, str, str], list[int]] = {}
+    unlabelled = 0
     for labels, value in requests:
         if labels.get("result") not in GRADED:
+            continue
+        if labels.get("shift") == UNLABELLED:  # graded, but no split to put it in
+            unlabelled += int(round(float(value)))
             continue
         key = (labels["model"], labels["variant"], labels["shift"])
         cell = cells.setdefault(key, [0, 0])
@@ -71,9 +79,12 @@ def rows_from_samples(requests: Iterable[tuple[dict, float]], info: Iterable[dic
         cell[0] += count
         if labels["result"] == "correct":
             cell[1] += count
+    if unlabelled:
+        warnings.warn(f"{unlabelled} graded request(s) without a shift label (shift=\"{UNLABELLED}\"): left out, "
+                      "as no split holds them", DataWarning, stacklevel=2)
     digit_cells: dict[tuple[str, str, str], list[int]] = {}
     for labels, value in digits:
-        if labels.get("result") in GRADED:
+        if labels.get("result") in GRADED and labels.get("shift") != UNLABELLED:
             cell = digit_cells.setdefault((labels["model"], labels["variant"], labels["shift"]), [0, 0])
             count = int(round(float(value)))
             cell[0] += count

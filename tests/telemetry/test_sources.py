@@ -219,3 +219,16 @@ def test_watch_waits_for_traffic_with_one_warning_not_an_error_per_round(caplog)
     state["traffic"] = True
     assert w.tick() and ("fracture_population_runs", (("variant", "torch-fp32"),)) in gauge_values(registry)
     assert issubclass(NoGradedTraffic, SourceError)
+
+
+def test_graded_requests_without_a_shift_label_are_left_out_with_a_warning():
+    """A request with `expected` but no `shift` is counted under shift="none" by the server: no split holds it,
+    so the table leaves it out (and says so) instead of inventing a split named "none"."""
+    from telemetry.population import DataWarning
+
+    samples = [({"model": "m", "variant": "v", "shift": "id", "result": "correct"}, 3.0),
+               ({"model": "m", "variant": "v", "shift": "none", "result": "incorrect"}, 2.0),
+               ({"model": "m", "variant": "v", "shift": "none", "result": "ungraded"}, 7.0)]
+    with pytest.warns(DataWarning, match="2 graded request"):
+        rows = rows_from_samples(samples)
+    assert [(r["split"], r["n"], r["correct"]) for r in rows] == [("id", 3, 3)]
