@@ -26,7 +26,7 @@ from common.config import ConfigError, load_config, parse_cli_overrides
 
 def _replay(argv: list[str]) -> int:
     from serve.replay import replay
-    from tasks.dataset import sweep_data
+    from tasks.dataset import sweep_data, sweep_extra_splits
 
     p = ArgumentParser(prog="python -m serve replay")
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -45,7 +45,9 @@ def _replay(argv: list[str]) -> int:
         p.error("--concurrency must be >= 1 and --per-split >= 0")
     try:
         data = a.data or sweep_data(a.sweep)
-        rows = replay(a.url, data, a.out, models=a.models.split(","), concurrency=a.concurrency,
+        # with --sweep, the splits `python -m export evaluate` added after training are sent too
+        added = {name: a.sweep / e["file"] for name, e in sweep_extra_splits(a.sweep).items()} if a.sweep else None
+        rows = replay(a.url, data, a.out, added=added, models=a.models.split(","), concurrency=a.concurrency,
                       per_split=a.per_split, max_tokens=a.max_tokens, token=a.token, deadline_s=a.deadline,
                       progress=sys.stderr.isatty())
     except (OSError, ValueError, RuntimeError, TimeoutError) as exc:

@@ -25,17 +25,17 @@ from tasks.grader import grade
 from train.evaluate import max_answer_tokens
 
 
-def load_splits(data_dir: Path, per_split: int = 0) -> dict[str, list[dict]]:
-    """{split label: items}: dev.jsonl is the in-domain split ``id``; train.jsonl is not sent."""
+def load_splits(data_dir: Path, per_split: int = 0, added: dict[str, Path] | None = None) -> dict[str, list[dict]]:
+    """{split label: items}: dev.jsonl is the in-domain split ``id``; train.jsonl is not sent. ``added``:
+    {split: JSONL file} of splits graded after training (a sweep's extra-splits.json), sent as well."""
     data_dir = Path(data_dir)
     if not (data_dir / "dev.jsonl").is_file():
         raise FileNotFoundError(f"{data_dir} has no dev.jsonl: pass the data/<task-hash>/ folder of the sweep")
+    files = {split_of_file(path.stem): path for path in sorted(data_dir.glob("*.jsonl")) if path.stem != "train"}
     splits = {}
-    for path in sorted(data_dir.glob("*.jsonl")):
-        if path.stem == "train":
-            continue
+    for name, path in {**files, **(added or {})}.items():
         items = read_jsonl(path)
-        splits[split_of_file(path.stem)] = items[:per_split] if per_split else items
+        splits[name] = items[:per_split] if per_split else items
     return splits
 
 
@@ -55,11 +55,12 @@ async def _send(client: aiohttp.ClientSession, body: dict, deadline: float, retr
 
 async def replay_async(url: str, data_dir: Path, models: list[str] | None = None, concurrency: int = 32,
                        per_split: int = 0, max_tokens: int = 0, token: str = "", deadline_s: float = 3600,
-                       retries: int = 20, progress: bool = True) -> list[dict]:
+                       retries: int = 20, progress: bool = True, added: dict[str, Path] | None = None
+                       ) -> list[dict]:
     from tqdm import tqdm
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    splits = load_splits(data_dir, per_split)
+    splits = load_splits(data_dir, per_split, added)
     # offline evaluation's budget (longest answer + 2), so per-digit scores match too
     max_tokens = max_tokens or max_answer_tokens(splits)
     connector = aiohttp.TCPConnector(limit=concurrency)

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from common.accuracy_table import read_table
@@ -19,10 +20,12 @@ def _evaluate(sweep, task_config, *args):
                           cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
-def _without_a_shift(exported, tmp_path):
-    """A copy of the exported tiny sweep as if its task had never had ``ADDED``: no split file, no
-    rows, not in sweep.yaml."""
-    sweep, data = tmp_path / "runs" / "tiny", tmp_path / "data"
+@pytest.fixture(scope="module")
+def evaluated(exported, tmp_path_factory):
+    """A copy of the exported tiny sweep as if its task had never had ``ADDED`` (no split file, no rows, not
+    in sweep.yaml), then given it back by `python -m export evaluate`."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    sweep, data = tmp / "runs" / "tiny", tmp / "data"
     shutil.copytree(exported["sweep"], sweep)
     meta = yaml.safe_load((sweep / "sweep.yaml").read_text())
     shutil.copytree(meta["data"], data)
@@ -32,6 +35,9 @@ def _without_a_shift(exported, tmp_path):
     (sweep / "sweep.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     table = (sweep / "accuracy.csv").read_text().splitlines(keepends=True)
     (sweep / "accuracy.csv").write_text("".join(line for line in table if f",{ADDED}," not in line))
+    assert ADDED not in sweep_splits(sweep)
+    res = _evaluate(sweep, REPO / "tasks/configs/default.yaml")
+    assert res.returncode == 0, res.stdout + res.stderr
     return sweep
 
 
@@ -39,14 +45,11 @@ def _rows(path, split):
     return {(r["run"], r["step"], r["variant"]): r for r in read_table(path) if r["split"] == split}
 
 
-def test_an_added_shift_gets_the_rows_a_sweep_with_it_from_the_start_has(exported, tmp_path):
+def test_an_added_shift_gets_the_rows_a_sweep_with_it_from_the_start_has(exported, evaluated):
     """Every (run, step, variant) of the table, torch-fp32 at each checkpoint and every exported variant,
     graded on the added split: exactly the rows the original sweep (which had the shift all along) holds,
     and a second run adds nothing."""
-    sweep = _without_a_shift(exported, tmp_path)
-    assert ADDED not in sweep_splits(sweep)
-    res = _evaluate(sweep, REPO / "tasks/configs/default.yaml")
-    assert res.returncode == 0, res.stdout + res.stderr
+    sweep = evaluated
     assert ADDED in sweep_splits(sweep)  # what the server, replay and the telemetry now accept
     want = _rows(exported["sweep"] / "accuracy.csv", ADDED)
     got = _rows(sweep / "accuracy.csv", ADDED)
@@ -58,6 +61,22 @@ def test_an_added_shift_gets_the_rows_a_sweep_with_it_from_the_start_has(exporte
     res = _evaluate(sweep, REPO / "tasks/configs/default.yaml")
     assert res.returncode == 0 and "0 row(s) written" in res.stdout, res.stdout + res.stderr
     assert (sweep / "accuracy.csv").read_text() == table
+
+
+def test_replay_of_the_sweep_sends_the_added_split_and_served_equals_offline(evaluated, tmp_path):
+    """`serve replay --sweep` sends the added split too; what the server graded equals the offline rows."""
+    from tests.serve.conftest import running, serve_config
+
+    out = tmp_path / "served.csv"
+    with running(serve_config(evaluated)) as (url, _, _):
+        res = subprocess.run([sys.executable, "-m", "serve", "replay", f"--url={url}", f"--sweep={evaluated}",
+                              "--per-split=40", f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+                             timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    served = _rows(out, ADDED)
+    offline = _rows(evaluated / "accuracy.csv", ADDED)
+    assert served and all(served[k]["n"] == offline[k]["n"] == 40 and served[k]["correct"] == offline[k]["correct"]
+                          and served[k]["digit_correct"] == offline[k]["digit_correct"] for k in served)
 
 
 def test_a_preset_that_changes_the_in_domain_task_or_a_shift_is_refused(exported, tmp_path):
