@@ -172,24 +172,25 @@ class Fleet:
         # the graph is hashed once, below, from the bytes the session is built from
         problem = verify_variant(entry.folder, skip=frozenset() if external else frozenset({MODEL_FILE}))
         if problem:
-            self._refuse(entry.id, problem)
+            raise self._refusal(entry.id, problem)
         try:
             graph = None if external else read_verified(entry.folder, MODEL_FILE)  # external weights: by path
         except (OSError, ValueError) as exc:
-            self._refuse(entry.id, str(exc))
+            raise self._refusal(entry.id, str(exc)) from None
         try:
             runner = OnnxCausalLM(entry.folder, threads=self.cfg.threads, providers=entry.providers,
                                   model_bytes=graph)
         except Exception as exc:  # noqa: BLE001 - a broken variant must not take the server down
-            self._refuse(entry.id, f"cannot open session: {type(exc).__name__}: {exc}")
+            raise self._refusal(entry.id, f"cannot open session: {type(exc).__name__}: {exc}") from None
         log.info("loaded %s in %.2fs", entry.id, time.perf_counter() - started)
         return runner
 
-    def _refuse(self, model_id: str, reason: str):
+    def _refusal(self, model_id: str, reason: str) -> ModelUnavailable:
+        """Take the model out of the fleet (refused, with ``reason``); returns the error to raise."""
         entry = self.entries.get(model_id)
         if entry is not None:  # clients see the model id, never the server's file paths
             reason = reason.replace(str(entry.folder), model_id)
         self.entries.pop(model_id, None)
         self.refused[model_id] = reason
         log.warning("refusing %s: %s", model_id, reason)
-        raise ModelUnavailable(reason)
+        return ModelUnavailable(reason)
