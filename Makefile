@@ -35,9 +35,11 @@ $(STAMP): pyproject.toml
 # the test and lint tools (pytest, ruff, the reference implementations tests compare against, the API clients the
 # server is tested with: openai, and lm-eval from the `eval` extra) come on top, only for the targets that use
 # them: `make demo` on a fresh machine does not wait for them
+# a variable: a comma written inside $(call ...) would split its argument
+DEV_EXTRAS := .[dev,eval]
 setup-dev: $(DEV_STAMP)
 $(DEV_STAMP): $(STAMP)
-	$(call INSTALL,-e '.[dev,eval]')
+	$(call INSTALL,-e '$(DEV_EXTRAS)')
 	touch $(DEV_STAMP)
 
 data: setup       ## write the task splits (JSONL) to data/<config-hash>/
