@@ -49,7 +49,7 @@ train: sweep
 sweep: setup      ## fine-tune the demo population (runs/demo/), resumable
 	$(PY) -m train sweep --config train/configs/demo.yaml
 
-export: setup     ## ONNX / int8 / 4-bit / 2-bit / sim-w3 variants of every final checkpoint, checked and evaluated
+export: setup     ## the default variants (onnx-fp32, ort-int4, ort-int2, noise@ort-int2) of every final checkpoint, checked and evaluated
 	$(PY) -m export --sweep runs/demo
 
 report: setup     ## partial correlations of the demo sweep -> reports/demo/{summary.json,report.html}

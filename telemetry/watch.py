@@ -38,7 +38,8 @@ class TelemetryGauges:
                             "interval", pair, registry=registry)
         self.ci_high = Gauge("fracture_partial_correlation_ci_high", "Upper end of its 95% cluster-bootstrap "
                              "interval", pair, registry=registry)
-        self.accuracy = Gauge("fracture_shift_accuracy", "Mean exact-match accuracy over the population",
+        self.accuracy = Gauge("fracture_shift_accuracy", "Mean accuracy over the population, on the analysis measure "
+                              "(per-digit by default; exact match with --measure exact)",
                               ["variant", "shift"], registry=registry)
         self.runs = Gauge("fracture_population_runs", "Runs in the population", ["variant"], registry=registry)
         self.index = Gauge("fracture_fragmentation_index", "Mean partial correlation over the shift pairs with "
