@@ -32,7 +32,7 @@ from common.files import atomic_write_json, atomic_write_text, check_name, folde
 from common.progress import progress_bar
 from common.workers import run_in_workers
 from export.config import EvaluateConfig
-from export.pipeline import load_runner, load_sweep, reusable, variant_dir
+from export.pipeline import CheckpointJob, load_runner, load_sweep, reusable
 from tasks.config import TaskConfig
 from tasks.dataset import (
     EXTRA_SPLITS,
@@ -114,7 +114,7 @@ def add_splits(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict[str, d
     return extras
 
 
-def evaluate_checkpoint(job: dict, variants: list[str], split_files: dict[str, str], eval_items: int,
+def evaluate_checkpoint(job: CheckpointJob, variants: list[str], split_files: dict[str, str], eval_items: int,
                         batch: int, max_new: int, threads: int) -> dict:
     """Worker: grade one checkpoint's torch-fp32 and published variants on the given splits."""
     import torch
@@ -125,12 +125,10 @@ def evaluate_checkpoint(job: dict, variants: list[str], split_files: dict[str, s
     from train.evaluate import evaluate_splits, torch_decoder
 
     torch.set_num_threads(threads)
-    run_dir = Path(job["run_dir"])
-    ckpt = run_dir / "checkpoints" / f"step-{job['step']}"
-    where = f"{job['run']} step {job['step']}"
+    ckpt = job.checkpoint
     problem = verify_checkpoint(ckpt)
     if problem:
-        return {"rows": [], "failed": [f"{where}: {problem}"]}
+        return {"rows": [], "failed": [f"{job}: {problem}"]}
     splits = {name: read_jsonl(path)[:eval_items or None] for name, path in split_files.items()}
     digit_format = json.loads((ckpt / "fracture.json").read_text())["digit_format"]
     tokenizer = load_tokenizer(str(ckpt))
@@ -143,18 +141,18 @@ def evaluate_checkpoint(job: dict, variants: list[str], split_files: dict[str, s
                 decode = torch_decoder(AutoModelForCausalLM.from_pretrained(ckpt).eval(), tokenizer)
             else:
                 variant = get_variant(name)
-                dest = variant_dir(run_dir, name, job["step"], job["final_step"])
+                dest = job.variant_dir(name)
                 why = reusable(dest, ckpt_sha)
                 if why:
-                    failed.append(f"{where} {name}: {why} (`python -m export` rebuilds it; nothing is rebuilt here)")
+                    failed.append(f"{job} {name}: {why} (`python -m export` rebuilds it; nothing is rebuilt here)")
                     continue
                 decode = (load_runner(variant, dest, threads).decoder() if variant.runner == "onnx"
                           else torch_decoder(variant.load(dest, device), tokenizer))
             results = evaluate_splits(decode, digit_format, splits, batch_size=batch, max_new_tokens=max_new)
         except Exception:  # noqa: BLE001 - one variant that cannot be graded must not stop the others
-            failed.append(f"{where} {name}: {traceback.format_exc(limit=3)}")
+            failed.append(f"{job} {name}: {traceback.format_exc(limit=3)}")
             continue
-        rows += [{"run": job["run"], "step": job["step"], "variant": name, "split": split, **r}
+        rows += [{"run": job.run, "step": job.step, "variant": name, "split": split, **r}
                  for split, r in results.items()]
     return {"rows": rows, "failed": failed}
 
@@ -198,7 +196,7 @@ def _evaluate_sweep(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict:
         steps = json.loads((run_dir / "config.json").read_text())["checkpoint_steps"]
         missing = sorted(set(extras) - set.intersection(*(by_variant[v] for v in todo)))
         files = {name: str(sweep_dir / extras[name]["file"]) for name in missing}
-        jobs.append(({"run": run, "step": step, "final_step": steps[-1], "run_dir": str(run_dir)}, todo, files,
+        jobs.append((CheckpointJob(run, step, steps[-1], run_dir), todo, files,
                      eval_items, sweep["config"]["eval_batch_size"], max_new, cfg.threads))
     print(f"evaluate {sweep_dir}: split(s) {', '.join(extras) or '(none)'} "
           f"({', '.join(sorted(set(extras) - before)) or 'none'} new); {len(jobs)} checkpoint(s) to grade")

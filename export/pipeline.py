@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,12 +43,28 @@ from tasks.formatting import format_prompt
 from train.checkpoints import verify_checkpoint
 
 
-def variant_dir(run_dir: Path, variant: str, step: int, final_step: int) -> Path:
-    """The final checkpoint's variants sit at variants/<variant>/ (what the server serves);
-    earlier checkpoints' at variants/step-<N>/<variant>/."""
-    if step == final_step:
-        return run_dir / "variants" / variant
-    return run_dir / "variants" / f"step-{step}" / variant
+@dataclass(frozen=True)
+class CheckpointJob:
+    """One checkpoint of a finished run: what a worker exports (or grades) its variants of."""
+
+    run: str
+    step: int
+    final_step: int  # the run's last checkpoint: its variants are the ones served
+    run_dir: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / f"step-{self.step}"
+
+    def variant_dir(self, variant: str) -> Path:
+        """The final checkpoint's variants sit at variants/<variant>/ (what the server serves); earlier
+        checkpoints' at variants/step-<N>/<variant>/."""
+        if self.step == self.final_step:
+            return self.run_dir / "variants" / variant
+        return self.run_dir / "variants" / f"step-{self.step}" / variant
+
+    def __str__(self) -> str:
+        return f"{self.run} step {self.step}"
 
 
 def load_sweep(sweep_dir: Path) -> dict:
@@ -57,7 +74,7 @@ def load_sweep(sweep_dir: Path) -> dict:
     return read_yaml(path)
 
 
-def plan_jobs(cfg: ExportConfig, sweep_dir: Path, sweep: dict) -> list[dict]:
+def plan_jobs(cfg: ExportConfig, sweep_dir: Path, sweep: dict) -> list[CheckpointJob]:
     """One job per (run, checkpoint) to export; finished runs only."""
     runs = sweep["runs"]
     if cfg.runs:
@@ -73,7 +90,7 @@ def plan_jobs(cfg: ExportConfig, sweep_dir: Path, sweep: dict) -> list[dict]:
             continue
         steps = json.loads((run_dir / "config.json").read_text())["checkpoint_steps"]
         for step in (steps if cfg.checkpoints == "all" else steps[-1:]):
-            jobs.append({"run": run_id, "step": step, "final_step": steps[-1], "run_dir": str(run_dir)})
+            jobs.append(CheckpointJob(run_id, step, steps[-1], run_dir))
     return jobs
 
 
@@ -221,8 +238,8 @@ def _parity(variant: Variant, runner, ref: Reference, folder: Path) -> tuple[dic
     return result, outputs
 
 
-def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, needs_dir: Path | None, ref: Reference,
-           threads: int, dest: Path, device: str) -> tuple[dict, object, list[str]]:
+def _build(variant: Variant, job: CheckpointJob, ckpt: Path, fp32_dir: Path | None, needs_dir: Path | None,
+           ref: Reference, threads: int, dest: Path, device: str) -> tuple[dict, object, list[str]]:
     """Build, check and publish one variant; returns (manifest, runner, its outputs on the id split) or
     raises ExportCheckFailed. Its scratch folders have names of their own (a worker of a killed export can
     never share one with a resumed export); the sweep's lock means any older ones are leftovers."""
@@ -245,9 +262,9 @@ def _build(variant: Variant, job: dict, ckpt: Path, fp32_dir: Path | None, needs
         parity, id_outputs = _parity(variant, runner, ref, tmp)
         problems = summary.pop("problems") + parity["failures"]
         if problems:
-            raise ExportCheckFailed(f"{job['run']} step {job['step']} {variant.name}: " + "; ".join(problems))
+            raise ExportCheckFailed(f"{job} {variant.name}: " + "; ".join(problems))
         manifest = {
-            "variant": variant.name, "run": job["run"], "step": job["step"],
+            "variant": variant.name, "run": job.run, "step": job.step,
             "source": {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt / "model.safetensors")},
             "backend": variant.backend, "runner": variant.runner, "weight_bits": variant.bits,
             "method": variant.method,
@@ -280,7 +297,7 @@ def reusable(dest: Path, ckpt_sha: str) -> str | None:
     return None
 
 
-def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, have_rows: list[str],
+def export_checkpoint(job: CheckpointJob, variant_names: list[str], splits_src: dict, have_rows: list[str],
                       cfg_dict: dict) -> dict:
     """Worker: build/reuse and evaluate the variants of one checkpoint. Returns rows and a log."""
     import torch
@@ -291,11 +308,10 @@ def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, hav
 
     threads = cfg_dict["threads"]
     torch.set_num_threads(threads)
-    run_dir = Path(job["run_dir"])
-    ckpt = run_dir / "checkpoints" / f"step-{job['step']}"
+    ckpt = job.checkpoint
     problem = verify_checkpoint(ckpt)
     if problem:
-        return {"job": job, "rows": [], "log": [], "failed": [f"{job['run']} step {job['step']}: {problem}"]}
+        return {"job": job, "rows": [], "log": [], "failed": [f"{job}: {problem}"]}
     task_cfg = load_config(TaskConfig, overrides=splits_src["task"])
     splits, _ = load_eval_splits(Path(splits_src["data"]), task_cfg, splits_src["eval_items"])
     batch = splits_src["eval_batch_size"]
@@ -306,10 +322,10 @@ def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, hav
     rows, log, failed, published = [], [], [], {}
     for name in variant_names:
         variant = get_variant(name)
-        dest = variant_dir(run_dir, name, job["step"], job["final_step"])
+        dest = job.variant_dir(name)
         needs_dir = published.get(variant.needs) if variant.needs else None
         if variant.needs and needs_dir is None:
-            failed.append(f"{job['run']} step {job['step']} {name}: needs {variant.needs}, which is not available")
+            failed.append(f"{job} {name}: needs {variant.needs}, which is not available")
             continue
         fp32_dir = published.get(FP32) if variant.needs else None  # resolve() built it first where needed
         why = "forced" if cfg_dict["force"] else reusable(dest, ckpt_sha)
@@ -324,7 +340,7 @@ def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, hav
                 log.append((name, "built", manifest))
         except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the others
             detail = str(exc) if isinstance(exc, ExportCheckFailed) else traceback.format_exc(limit=3)
-            failed.append(f"{job['run']} step {job['step']} {name}: {detail}")
+            failed.append(f"{job} {name}: {detail}")
             continue
         published[name] = dest
         if name in have_rows and why is None:
@@ -338,7 +354,7 @@ def export_checkpoint(job: dict, variant_names: list[str], splits_src: dict, hav
         started = time.perf_counter()
         results = evaluate_splits(decode, ref.digit_format, splits, batch_size=batch, decoded=decoded)
         log.append((name, "evaluated", {"seconds": round(time.perf_counter() - started, 2)}))
-        rows += [{"run": job["run"], "step": job["step"], "variant": name, "split": split, **r}
+        rows += [{"run": job.run, "step": job.step, "variant": name, "split": split, **r}
                  for split, r in results.items()]
     return {"job": job, "rows": rows, "log": log, "failed": failed}
 
@@ -407,7 +423,7 @@ def _export_sweep(cfg: ExportConfig) -> dict:
         bar.update(1)
 
     def args(job):
-        return (job, names, splits_src, present.get((job["run"], job["step"]), []), cfg_dict)
+        return (job, names, splits_src, present.get((job.run, job.step), []), cfg_dict)
 
     if workers == 1:
         for job in jobs:

@@ -214,14 +214,15 @@ def test_pipeline_rebuild_is_reproducible_and_records_the_noise(built, tmp_path)
 
     from common.files import sha256_file
     from export.manifest import verify_variant
-    from export.pipeline import Reference, _build
+    from export.pipeline import CheckpointJob, Reference, _build
 
     rng = random.Random(0)
     pairs = [(rng.randrange(1000), rng.randrange(1000)) for _ in range(12)]
     splits = {"id": [{"prompt": f"{a}+{b}=", "answer": str(a + b)[::-1]} for a, b in pairs]}
     ref = Reference(CHECKPOINT, splits, batch_size=12, parity_batch=12)
     dest = tmp_path / "variants" / "noise@ort-int4"
-    manifest, _, _ = _build(get_variant("noise@ort-int4"), {"run": "embedded", "step": 0}, CHECKPOINT,
+    job = CheckpointJob("embedded", 0, 0, tmp_path)
+    manifest, _, _ = _build(get_variant("noise@ort-int4"), job, CHECKPOINT,
                          built / "onnx-fp32", built / "ort-int4", ref, 1, dest, "cpu")
     assert verify_variant(dest) is None
     assert manifest["files"]["model.onnx"]["sha256"] == sha256_file(built / "noise@ort-int4" / "model.onnx")
