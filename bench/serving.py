@@ -245,15 +245,16 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
 
     ratios, ratio_spread = {}, {}
     record_ratio(ratios, ratio_spread, "c32_vs_c1", paired_ratio(rps(quantized), rps(quantized, "c1")))
-    for name, against in (("metrics_overhead", "no-metrics"), ("guards_overhead_served", "unguarded")):
-        r = paired_ratio(rps(quantized), rps(against))  # the share of throughput lost: 1 - ratio
-        ratios[name], ratio_spread[name] = 1 - r["median"], {"q1": 1 - r["q3"], "q3": 1 - r["q1"]}
+    overheads = [("metrics_overhead", rps(quantized), rps("no-metrics")),
+                 ("guards_overhead_served", rps(quantized), rps("unguarded"))]
     if baselines:
         record_ratio(ratios, ratio_spread, "quantized_vs_naive_c32", paired_ratio(rps(quantized), rps("naive")))
         record_ratio(ratios, ratio_spread, "server_vs_floor_c32", paired_ratio(rps(quantized), rps("floor")))
-        r = paired_ratio(rps("floor-guarded"), rps("floor"))
-        ratios["guards_overhead_floor"] = 1 - r["median"]
-        ratio_spread["guards_overhead_floor"] = {"q1": 1 - r["q3"], "q3": 1 - r["q1"]}
+        overheads.append(("guards_overhead_floor", rps("floor-guarded"), rps("floor")))
+    for name, num, den in overheads:  # the share of throughput lost: 1 - ratio (its quartiles swap ends)
+        r = paired_ratio(num, den)
+        ratios[name], ratio_spread[name] = 1 - r["median"], {"q1": 1 - r["q3"], "q3": 1 - r["q1"]}
+    if baselines:
         # the guards' seconds per request, as a share of the served path's (the quantized variant, top level)
         per_round = [(1 / g - 1 / f) * q for g, f, q in zip(rps("floor-guarded"), rps("floor"), rps(quantized))]
         guarded, plain = (statistics.median(rps(k)) for k in ("floor-guarded", "floor"))

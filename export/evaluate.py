@@ -41,6 +41,7 @@ from tasks.dataset import (
     resolve_specs,
     sample_training,
     sweep_extra_splits,
+    sweep_splits,
 )
 from tasks.spec import SplitSpec
 from train.checkpoints import verify_checkpoint
@@ -159,7 +160,7 @@ def evaluate_checkpoint(job: CheckpointJob, variants: list[str], split_files: di
 
 def evaluate_sweep(cfg: EvaluateConfig) -> dict:
     """Add the preset's new splits to the sweep and grade every (run, step, variant) of its accuracy.csv on
-    the added splits it has no rows for. Returns {splits, added, rows, kept, failed, seconds}."""
+    the added splits it has no rows for. Returns {splits, added, rows, failed, seconds}."""
     sweep_dir = Path(cfg.sweep)
     sweep = load_sweep(sweep_dir)
     with folder_lock(sweep_dir, f"an evaluation ({' '.join(sys.argv)})"):
@@ -176,13 +177,14 @@ def _evaluate_sweep(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict:
     before = set(sweep_extra_splits(sweep_dir))
     extras = add_splits(sweep_dir, sweep, cfg)
     table_path = sweep_dir / "accuracy.csv"
-    table = read_table(table_path, [*resolve_specs(load_config(TaskConfig, overrides=sweep["task"])), *extras])
+    table = read_table(table_path, sweep_splits(sweep_dir))  # the task's splits and every added one
     have: dict[tuple[str, int], dict[str, set]] = {}
     for r in table:
         have.setdefault((r["run"], int(r["step"])), {}).setdefault(r["variant"], set()).add(r["split"])
     runs = set(sweep["runs"])
     eval_items = sweep["config"].get("eval_items", 0)
-    originals, _ = load_eval_splits(Path(sweep["data"]), load_config(TaskConfig, overrides=sweep["task"]), eval_items)
+    task_cfg = load_config(TaskConfig, overrides=sweep["task"])
+    originals, _ = load_eval_splits(Path(sweep["data"]), task_cfg, eval_items)
     added = {name: read_jsonl(sweep_dir / e["file"])[:eval_items or None] for name, e in extras.items()}
     max_new = max_answer_tokens({**originals, **added})  # the decode length a task with these splits would use
     jobs = []

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from common.accuracy_table import TORCH_VARIANT
+from export.manifest import read_manifest
 from telemetry import stats
 from telemetry.population import ID, build_population
 
@@ -229,7 +230,7 @@ def _checkpoint_footprint(ckpt: Path) -> dict:
 
 
 def _manifest_footprint(path: Path, step: int) -> dict:
-    m = json.loads(path.read_text())
+    m = read_manifest(path.parent)
     if m.get("step") is not None and int(m["step"]) != step:
         raise ValueError(f"{path} is the export of step {m['step']}, the table's final step is {step}")
     size = m.get("total_bytes") or sum(f["bytes"] for f in m["files"].values())
