@@ -27,7 +27,7 @@ def bench_training(steps: int = 40, batch_size: int = 64, threads: int = 1, repe
 
     from tasks.dataset import resolve_specs, sample_training, write_splits
     from train.base import load_base
-    from train.config import RunSpec
+    from train.config import RunSpec, TrainJob
     from train.data import PadCollator, encode_items
     from train.finetune import checkpoint_steps, train_and_evaluate
 
@@ -42,8 +42,8 @@ def bench_training(steps: int = 40, batch_size: int = 64, threads: int = 1, repe
                           mixture={"id": 1.0}, train_items=items, batch_size=batch_size, grad_accum=1,
                           warmup_ratio=0.0, weight_decay=0.0, checkpoint_steps=checkpoint_steps(steps, 3),
                           base="embedded", device="cpu", precision="fp32", task_hash="bench")
-            summary = train_and_evaluate(run, str(data_dir), task_cfg, str(Path(tmp) / f"sweep{r}"), eval_items=1,
-                                         eval_batch_size=1, threads=threads)
+            summary = train_and_evaluate(TrainJob(run, str(data_dir), task_cfg, str(Path(tmp) / f"sweep{r}"),
+                                                  eval_items=1, eval_batch_size=1, threads=threads))
             sweep_s.append(summary["train_seconds"])
 
             transformers.set_seed(r)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.executor import check_executor_settings
+
 # The demo's default set: full precision, 4-bit, real 2-bit (MatMulNBits), and the noise-matched control
 # of the lowest-bit variant (int8 is left to the study: it stays within 0.1-0.2% of fp32 accuracy, and a
 # variant costs the demo about a minute) (`make study` builds every variant's control). `python -m export --list`
@@ -22,9 +24,13 @@ class ExportConfig:
     eval_batch_size: int = 0  # 0 = the sweep's eval_batch_size, so variants and torch are graded alike
     parity_batch: int = 64  # dev items in the logit comparison
     force: bool = False  # rebuild and re-evaluate even when a verified variant exists
+    executor: str = "local"  # "local" (worker processes here) or "ray" (one task per checkpoint on a Ray cluster)
+    ray_address: str = ""  # executor=ray: the cluster to join; empty = $RAY_ADDRESS, else a local Ray for this run
+    max_retries: int = 3  # executor=ray: times a checkpoint's task is retried after its worker dies
 
     def __post_init__(self) -> None:
         bad = [f"{k}={getattr(self, k)}" for k in ("workers", "threads", "parity_batch") if getattr(self, k) < 1]
+        bad += check_executor_settings(self.executor, self.max_retries)
         if self.eval_batch_size < 0:
             bad.append(f"eval_batch_size={self.eval_batch_size}")
         if self.checkpoints not in ("final", "all"):
@@ -43,8 +49,14 @@ class EvaluateConfig:
     task_config: str = ""  # a task preset with the sweep's in-domain settings and the shifts to add
     workers: int = 2  # checkpoints graded in parallel processes
     threads: int = 1  # ONNX Runtime / torch intra-op threads per worker
+    executor: str = "local"  # "local" (worker processes here) or "ray" (one task per checkpoint on a Ray cluster)
+    ray_address: str = ""  # executor=ray: the cluster to join; empty = $RAY_ADDRESS, else a local Ray for this run
+    max_retries: int = 3  # executor=ray: times a checkpoint's task is retried after its worker dies
 
     def __post_init__(self) -> None:
+        bad = check_executor_settings(self.executor, self.max_retries)
+        if bad:
+            raise ValueError("invalid evaluate config: " + ", ".join(bad))
         if not self.task_config:
             raise ValueError("task_config is required: a task preset (tasks/configs/*.yaml) with the shifts to add")
         if self.workers < 1 or self.threads < 1:

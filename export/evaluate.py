@@ -28,9 +28,9 @@ from pathlib import Path
 
 from common.accuracy_table import TORCH_VARIANT, read_table, upsert_rows
 from common.config import load_config
+from common.executor import Resources, open_executor
 from common.files import atomic_write_json, atomic_write_text, check_name, folder_lock, sha256_file
 from common.progress import progress_bar
-from common.workers import run_in_workers
 from export.config import EvaluateConfig
 from export.pipeline import CheckpointJob, load_runner, load_sweep, reusable
 from tasks.config import TaskConfig
@@ -188,16 +188,17 @@ def _evaluate_sweep(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict:
     added = {name: read_jsonl(sweep_dir / e["file"])[:eval_items or None] for name, e in extras.items()}
     max_new = max_answer_tokens({**originals, **added})  # the decode length a task with these splits would use
     jobs = []
+    root = sweep_dir.resolve() if cfg.executor == "ray" else sweep_dir  # a Ray worker may start elsewhere
     for (run, step), by_variant in sorted(have.items()):
         if run not in runs:
             continue  # e.g. the base's rows: not a checkpoint of this sweep
         todo = sorted(v for v, splits in by_variant.items() if set(extras) - splits)
         if not todo:
             continue
-        run_dir = sweep_dir / check_name("run", run)
+        run_dir = root / check_name("run", run)
         steps = json.loads((run_dir / "config.json").read_text())["checkpoint_steps"]
         missing = sorted(set(extras) - set.intersection(*(by_variant[v] for v in todo)))
-        files = {name: str(sweep_dir / extras[name]["file"]) for name in missing}
+        files = {name: str(root / extras[name]["file"]) for name in missing}
         jobs.append((CheckpointJob(run, step, steps[-1], run_dir), todo, files,
                      eval_items, sweep["config"]["eval_batch_size"], max_new, cfg.threads))
     print(f"evaluate {sweep_dir}: split(s) {', '.join(extras) or '(none)'} "
@@ -217,11 +218,9 @@ def _evaluate_sweep(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict:
         bar.update(1)
 
     if jobs:
-        if cfg.workers == 1 or len(jobs) == 1:
-            for i, job in enumerate(jobs):
-                done(i, evaluate_checkpoint(*job))
-        else:
-            run_in_workers(evaluate_checkpoint, jobs, min(cfg.workers, len(jobs)), done)
+        with open_executor(cfg.executor, cfg.ray_address, cfg.max_retries) as executor:
+            executor.map(evaluate_checkpoint, jobs, done, workers=min(cfg.workers, len(jobs)),
+                         resources=Resources(cpus=cfg.threads))
     bar.close()
     return {"splits": sorted(extras), "added": sorted(set(extras) - before), "rows": written, "failed": failed,
             "seconds": round(time.perf_counter() - started, 1)}

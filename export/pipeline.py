@@ -26,15 +26,15 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from common.accuracy_table import read_table, upsert_rows
 from common.config import load_config, read_yaml
+from common.executor import Resources, open_executor
 from common.files import check_name, folder_lock, sha256_file
 from common.progress import progress_bar
-from common.workers import run_in_workers
 from export.config import ExportConfig
 from export.manifest import publish, read_manifest, tool_versions, verify_variant
 from export.registry import FP32, BuildContext, Variant, resolve
@@ -422,14 +422,13 @@ def _export_sweep(cfg: ExportConfig) -> dict:
             tqdm.write(f"FAILED {msg}", file=sys.stderr)
         bar.update(1)
 
-    def args(job):
-        return (job, names, splits_src, present.get((job.run, job.step), []), cfg_dict)
-
-    if workers == 1:
-        for job in jobs:
-            done(export_checkpoint(*args(job)))
-    else:
-        run_in_workers(export_checkpoint, [args(job) for job in jobs], workers, lambda _, res: done(res))
+    if cfg.executor == "ray":  # a Ray worker may start elsewhere: absolute paths (on the shared filesystem)
+        jobs = [replace(job, run_dir=job.run_dir.resolve()) for job in jobs]
+        splits_src["data"] = str(Path(splits_src["data"]).resolve())
+    with open_executor(cfg.executor, cfg.ray_address, cfg.max_retries) as executor:
+        executor.map(export_checkpoint, [(job, names, splits_src, present.get((job.run, job.step), []), cfg_dict)
+                                         for job in jobs], lambda _, res: done(res), workers=workers,
+                     resources=Resources(cpus=cfg.threads))
     bar.close()
 
     summary = {"built": 0, "reused": 0, "evaluated": 0, "skipped": skipped,

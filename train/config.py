@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from common.executor import check_executor_settings
 from common.files import check_name
 from train.signal import DEFAULT_MEASURE
 
@@ -39,6 +40,12 @@ class PretrainConfig:
             bad.append("corpus is empty")
         if bad:
             raise ValueError("invalid pretrain config: " + ", ".join(bad))
+
+
+# SweepConfig fields that say how a sweep is run, not what it computes: a sweep folder may be resumed with
+# other values of these (e.g. moved from the local executor to a Ray cluster); any other change is refused
+EXECUTION_FIELDS = frozenset({"workers", "threads_per_worker", "runs_per_gpu", "executor", "ray_address",
+                              "max_retries", "loss_every", "log_runs"})
 
 
 @dataclass(frozen=True)
@@ -78,9 +85,20 @@ class SweepConfig:
     eval_batch_size: int = 256  # fixed batch size of greedy evaluation (left padding)
     workers: int = 2  # runs trained in parallel processes (CPU); 1 = in this process
     threads_per_worker: int = 1  # torch intra-op threads per worker
+    # CUDA: runs trained at once on each GPU, as concurrent worker processes (one small run leaves a GPU
+    # mostly idle; `make gpu-check` measures the aggregate throughput at 1, 4, 8 and 16)
+    runs_per_gpu: int = 4
+    executor: str = "local"  # "local" (worker processes on this machine) or "ray" (tasks on a Ray cluster)
+    # executor=ray: the cluster to join ("auto", "ray://head:10001", ...); empty = $RAY_ADDRESS, else a local
+    # Ray started for this sweep and stopped after it
+    ray_address: str = ""
+    max_retries: int = 3  # executor=ray: times a run is retried after its worker dies (it resumes)
+    loss_every: int = 10  # log the training loss every this many steps (<run>/loss.json)
+    log_runs: bool = False  # a line per run as it starts, resumes and finishes (the population bar always shows)
 
     def __post_init__(self) -> None:
-        positive = ("checkpoints", "batch_size", "grad_accum", "eval_batch_size", "workers", "threads_per_worker")
+        positive = ("checkpoints", "batch_size", "grad_accum", "eval_batch_size", "workers", "threads_per_worker",
+                    "runs_per_gpu", "loss_every")
         bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         bad += [f"{k}={getattr(self, k)}" for k in ("eval_items", "train_items", "runs", "epochs")
                 if getattr(self, k) < 0]
@@ -94,6 +112,7 @@ class SweepConfig:
             bad.append(f"measure={self.measure!r} (exact or digit)")
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(f"device={self.device!r} (auto, cpu or cuda)")
+        bad += check_executor_settings(self.executor, self.max_retries)
         try:
             check_name("sweep", self.name)
         except ValueError as exc:
@@ -158,3 +177,19 @@ class RunSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSpec:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What one worker needs to train and evaluate one run: the run, where its data and folder are, and the
+    sweep's evaluation and logging settings. Picklable, so the same job goes to a worker process or a Ray
+    task; its paths are absolute (a Ray worker does not share the sweep's working directory)."""
+
+    run: RunSpec
+    data_dir: str  # the task's split files (data/<task-hash>/)
+    task: Any  # tasks.config.TaskConfig of the sweep
+    run_dir: str  # runs/<sweep>/<run_id>
+    eval_items: int  # items per eval split; 0 = the task's n_eval
+    eval_batch_size: int
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    loss_every: int = 10  # log the training loss every this many steps (<run>/loss.json)

@@ -14,31 +14,32 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import yaml
 
 from common.accuracy_table import TORCH_VARIANT, upsert_rows
 from common.config import load_config, read_yaml
+from common.executor import Executor, Resources, Throttle, open_executor, report
 from common.files import atomic_write_json, atomic_write_text, folder_lock
-from common.progress import progress_bar
-from common.workers import progress_queue, run_in_workers
+from common.progress import PopulationProgress
 from tasks.config import TaskConfig
 from tasks.dataset import task_hash, write_splits
 from train.base import check_base
 from train.checkpoints import verify_checkpoint
-from train.config import RunSpec, SweepConfig
+from train.config import EXECUTION_FIELDS, RunSpec, SweepConfig, TrainJob
 from train.finetune import checkpoint_steps, train_and_evaluate
 from train.signal import base_scores, format_signal_table, signal_check
 
 
-def resolve_hardware(cfg: SweepConfig) -> tuple[str, str, list[str]]:
-    """(device, precision, notes). A CUDA preset on a machine without a GPU falls back to CPU fp32."""
+def resolve_hardware(cfg: SweepConfig, gpus: int) -> tuple[str, str, list[str]]:
+    """(device, precision, notes), given the GPUs the executor's jobs can use (this machine's, or the Ray
+    cluster's). A CUDA preset without a GPU falls back to CPU fp32."""
     import torch
 
     notes = []
-    has_cuda = torch.cuda.is_available()
+    has_cuda = gpus > 0
     device = cfg.device
     if device == "auto":
         device = "cuda" if has_cuda else "cpu"
@@ -48,7 +49,9 @@ def resolve_hardware(cfg: SweepConfig) -> tuple[str, str, list[str]]:
         device = "cpu"
     precision = cfg.precision
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+        # the driver of a Ray cluster may have no GPU to ask: bf16 then (set precision=fp16 for pre-Ampere GPUs)
+        bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+        precision = ("bf16" if bf16 else "fp16") if device == "cuda" else "fp32"
     elif precision in ("fp16", "bf16") and device == "cpu":
         notes.append(f"{precision} mixed precision needs a CUDA GPU here: using fp32 on the CPU")
         precision = "fp32"
@@ -169,14 +172,23 @@ def run_is_finished(run_dir: Path, run: RunSpec) -> str | None:
     return None
 
 
-def _worker_run(run, data_dir, task_cfg, run_dir, eval_items, eval_batch_size, threads):
-    queue = progress_queue()
+def run_resources(cfg: SweepConfig, device: str) -> Resources:
+    """What one run holds: on CUDA one CPU (the training loop's) and 1/runs_per_gpu of a GPU; on the CPU its
+    threads."""
+    if device == "cuda":
+        return Resources(cpus=1, gpus=1 / cfg.runs_per_gpu)
+    return Resources(cpus=cfg.threads_per_worker)
+
+
+def _train_job(job: TrainJob) -> dict:
+    """One run in a worker, a Ray task or this process: its steps are reported to the sweep's progress bar."""
+    throttle = Throttle()
 
     def progress(run_id, step, total):
-        queue.put((run_id, step, total))
+        if throttle(force=step in (0, total)):
+            report(run_id, step, total)
 
-    return train_and_evaluate(run, data_dir, task_cfg, run_dir, eval_items, eval_batch_size, threads, progress,
-                              in_worker=True)
+    return train_and_evaluate(job, progress, in_worker=True)
 
 
 def evaluate_base(cfg: SweepConfig, data_dir: Path, task_cfg: TaskConfig, sweep_dir: Path, device: str) -> list[dict]:
@@ -210,9 +222,13 @@ def evaluate_base(cfg: SweepConfig, data_dir: Path, task_cfg: TaskConfig, sweep_
 
 
 def _check_sweep_yaml(path: Path, resolved: dict) -> None:
+    """A sweep folder holds one population: its config may change only in how it is run (EXECUTION_FIELDS)."""
+    def population(config: dict | None) -> dict | None:
+        return None if config is None else {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
+
     if path.is_file():
         previous = read_yaml(path)
-        if previous.get("config") != resolved["config"]:
+        if population(previous.get("config")) != population(resolved["config"]):
             raise ValueError(f"{path.parent} was made by a different sweep config; pass another --name "
                              f"or remove the folder (nothing was changed)")
     atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
@@ -236,15 +252,17 @@ def run_sweep(cfg: SweepConfig) -> dict:
     checked before anything is written."""
     task_cfg = load_config(TaskConfig, cfg.task_config)
     check_base(cfg.base)  # an unreachable hub fails here, in seconds, with nothing written
-    device, precision, notes = resolve_hardware(cfg)
-    runs = expand_runs(cfg, device, precision, task_hash(task_cfg))
-    check_runs(runs, task_cfg)
-    with folder_lock(Path(cfg.out_root) / cfg.name, f"a sweep ({' '.join(sys.argv)})"):
-        return _run_sweep(cfg, task_cfg, runs, device, precision, notes)
+    check_runs(expand_runs(cfg, "cpu", "fp32", task_hash(task_cfg)), task_cfg)
+    with folder_lock(Path(cfg.out_root) / cfg.name, f"a sweep ({' '.join(sys.argv)})"), \
+            open_executor(cfg.executor, cfg.ray_address, cfg.max_retries) as executor:
+        gpus = executor.gpus()
+        device, precision, notes = resolve_hardware(cfg, gpus)
+        runs = expand_runs(cfg, device, precision, task_hash(task_cfg))
+        return _run_sweep(cfg, task_cfg, runs, device, precision, notes, executor, gpus)
 
 
-def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device: str, precision: str,
-               notes: list[str]) -> dict:
+def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[RunSpec], device: str, precision: str,
+               notes: list[str], executor: Executor, gpus: int) -> dict:
 
     started = time.perf_counter()
     sweep_dir = Path(cfg.out_root) / cfg.name
@@ -271,38 +289,28 @@ def _run_sweep(cfg: SweepConfig, task_cfg: TaskConfig, runs: list[dict], device:
     # longest first (a run's cost is about its steps): the last runs to start are short, so no worker sits
     # idle while one long run finishes; results do not depend on the order
     todo.sort(key=lambda run: -run.steps)
-    workers = 1 if device == "cuda" else max(1, min(cfg.workers, len(todo)))
-    print(f"sweep {cfg.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), "
-          f"{workers} worker(s), {device}/{precision}, data {data_dir}")
+    # a Ray worker may start elsewhere: it gets absolute paths (on the shared filesystem); locally they stay
+    # as given, and so do the paths recorded in the results
+    path = (lambda p: str(p.resolve())) if executor.name == "ray" else str
+    jobs = [TrainJob(run=run, data_dir=path(data_dir), task=task_cfg,
+                     run_dir=path(sweep_dir / run.run_id), eval_items=cfg.eval_items,
+                     eval_batch_size=cfg.eval_batch_size, loss_every=cfg.loss_every,
+                     threads=cfg.threads_per_worker if device == "cpu" else None) for run in todo]
+    resources = run_resources(cfg, device)
+    # on CUDA, runs_per_gpu runs share each GPU (common/executor.py)
+    workers = max(1, min(cfg.runs_per_gpu * max(1, gpus) if device == "cuda" else cfg.workers, len(todo)))
+    if device == "cpu" and cfg.workers == 1 and executor.name == "local":
+        jobs = [replace(job, threads=None) for job in jobs]  # in this process: torch's own thread count
+    where = (f"{workers} worker(s)" if executor.name == "local" else
+             f"Ray tasks of {resources.cpus:g} CPU" + (f" and {resources.gpus:g} GPU" if resources.gpus else ""))
+    print(f"sweep {cfg.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), {where}, "
+          f"{device}/{precision}, data {data_dir}")
 
-    bar = progress_bar(len(runs), "runs", "run", initial=len(runs) - len(todo))
-    current: dict[str, str] = {}
-    last_refresh = [0.0]
-
-    def show(run_id, step, total):
-        """Steps of the runs in flight, refreshed at most twice a second (less in a log file)."""
-        current[run_id] = f"{run_id.split('-')[0]} step {step}/{total}"
-        now = time.monotonic()
-        if now - last_refresh[0] >= bar.mininterval:
-            last_refresh[0] = now
-            bar.set_postfix_str(" | ".join(current.values()))
-
-    args = (str(data_dir), task_cfg)
-    if workers == 1:
-        for run in todo:
-            train_and_evaluate(run, *args, str(sweep_dir / run.run_id), cfg.eval_items, cfg.eval_batch_size,
-                               cfg.threads_per_worker if device == "cpu" and cfg.workers > 1 else None, show)
-            current.pop(run.run_id, None)
-            bar.update(1)
-    else:
-        def finished(i, _):  # a failed run stops the sweep with its error; finished runs stay
-            current.pop(todo[i].run_id, None)
-            bar.update(1)
-
-        # the workers die with the sweep and report their steps through show (common/workers.py)
-        run_in_workers(_worker_run, [(run, *args, str(sweep_dir / run.run_id), cfg.eval_items,
-                                      cfg.eval_batch_size, cfg.threads_per_worker) for run in todo],
-                       workers, finished, on_message=show)
+    bar = PopulationProgress(len(runs), len(runs) - len(todo), {run.run_id: run.steps for run in todo},
+                             log_runs=cfg.log_runs)
+    # a failed run stops the sweep with its error; finished runs stay
+    executor.map(_train_job, [(job,) for job in jobs], lambda i, summary: bar.finished(todo[i].run_id, summary),
+                 workers=workers, resources=resources, on_message=bar.step)
     bar.close()
 
     rows = []

@@ -149,7 +149,7 @@ def test_pythia_preset_values_and_cpu_fallback():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: no fallback to check")
-    device, precision, notes = resolve_hardware(cfg)
+    device, precision, notes = resolve_hardware(cfg, gpus=0)
     assert (device, precision) == ("cpu", "fp32") and "no CUDA GPU" in notes[0]
 
 
