@@ -55,14 +55,37 @@ def cmdline(pid: str) -> str:
         return ""
 
 
-def test_ray_executor_gives_the_local_executors_table(tmp_path, ray_cluster):
-    local = subprocess.run(write_tiny_sweep(tmp_path / "local", workers=2), cwd=REPO, capture_output=True,
+@pytest.fixture(scope="module")
+def local_and_ray(tmp_path_factory, ray_cluster):
+    """The tiny sweep twice: by the local executor (2 worker processes, through the CLI) and through Ray."""
+    root = tmp_path_factory.mktemp("executors")
+    local = subprocess.run(write_tiny_sweep(root / "local", workers=2), cwd=REPO, capture_output=True,
                            text=True, timeout=600)
     assert local.returncode == 0, local.stderr
-    run_sweep(tiny(tmp_path / "ray", executor="ray", workers=2))
-    sweep_local, sweep_ray = tmp_path / "local/runs/tiny", tmp_path / "ray/runs/tiny"
+    run_sweep(tiny(root / "ray", executor="ray", workers=2))
+    return root / "local/runs/tiny", root / "ray/runs/tiny"
+
+
+def test_ray_executor_gives_the_local_executors_table(local_and_ray):
+    sweep_local, sweep_ray = local_and_ray
     assert (sweep_ray / "accuracy.csv").read_bytes() == (sweep_local / "accuracy.csv").read_bytes()
     assert checkpoint_digests(sweep_ray) == checkpoint_digests(sweep_local)
+
+
+def test_the_export_through_ray_gives_the_local_exports_rows(local_and_ray):
+    """Each checkpoint's variants built and graded in a Ray task: the same rows as the local export's."""
+    from export.config import ExportConfig
+    from export.pipeline import export_sweep
+
+    sweep_local, sweep_ray = local_and_ray
+    variants = "onnx-fp32,ort-int4"
+    local = subprocess.run([sys.executable, "-m", "export", f"--sweep={sweep_local}", f"--variants={variants}",
+                            "--workers=2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert local.returncode == 0, local.stderr
+    summary = export_sweep(ExportConfig(sweep=str(sweep_ray), variants=tuple(variants.split(",")), workers=2,
+                                        executor="ray"))
+    assert not summary["failed"] and summary["built"] == 4
+    assert (sweep_ray / "accuracy.csv").read_bytes() == (sweep_local / "accuracy.csv").read_bytes()
 
 
 def test_a_ray_worker_killed_mid_run_is_retried_and_resumes_to_the_same_table(tmp_path, ray_cluster):
