@@ -26,7 +26,7 @@ class PopulationProgress:
         self.steps, self.log_runs = steps, log_runs
         self.at: dict[str, int] = {}  # run -> its last reported step, while in flight
         self.ended: set[str] = set()  # a step report can arrive after its run's end (another channel)
-        self.work_done, self.work = 0, max(1, sum(steps.values()))
+        self.work_done, self.work = 0, sum(steps.values())
         self.started = self.drawn = time.monotonic()
         self.bar = tqdm(total=total, initial=done, unit="run", dynamic_ncols=True,
                         mininterval=0.5 if sys.stderr.isatty() else 15.0,
@@ -56,6 +56,9 @@ class PopulationProgress:
         if not force and now - self.drawn < self.bar.mininterval:
             return
         self.drawn = now
+        if not self.work:
+            self.bar.set_description_str("nothing left to run")
+            return
         done = self.work_done + sum(self.at.values())
         elapsed = now - self.started
         eta = tqdm.format_interval(elapsed * (self.work - done) / done) if done else "?"
