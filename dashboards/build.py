@@ -117,6 +117,11 @@ def fractures_dashboard() -> dict:
           defaults={"min": -1, "max": 1},
           description="Fragmentation index = mean partial correlation over the shift pairs with signal "
                       "(lower = more fragmented); Δ = variant − full precision on the same runs.")
+    p.add("timeseries", "Fragmentation index per variant", "short",
+          [(f"fracture_fragmentation_index{{{pair}}}", "{{variant}}")], width=24, defaults={"min": -1, "max": 1},
+          description="Mean partial correlation over the shift pairs with signal, each variant on its own "
+                      "population (lower = more fragmented); the Δ panel above compares it with full precision "
+                      "on the same runs.")
     p.add("timeseries", "Partial correlation per variant, with its 95% interval", "short",
           [(f"fracture_partial_correlation{{{pair}}}", "{{variant}} {{shift_a}} x {{shift_b}}"),
            (f"fracture_partial_correlation_ci_low{{{pair}}}", "low {{variant}} {{shift_a}} x {{shift_b}}"),
