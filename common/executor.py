@@ -82,10 +82,25 @@ class LocalExecutor(Executor):
         local_workers.run_in_workers(fn, jobs, workers, on_done, on_message=on_message, gpus=gpus)
 
 
-def _ray_job(fn: Callable, job: tuple, queue) -> Any:
-    """A Ray task: ``fn(*job)``, with ``report`` sending to the driver's queue."""
-    with local_workers.reporting_to(queue.put if queue is not None else None):
+def _ray_job(fn: Callable, job: tuple, inbox) -> Any:
+    """A Ray task: ``fn(*job)``, with ``report`` sending to the driver's inbox. The send does not wait: a task
+    blocked in ``ray.get`` lends its CPUs to another task (Ray's rule), which ran three runs on two cores."""
+    with local_workers.reporting_to((lambda message: inbox.put.remote(message)) if inbox is not None else None):
         return fn(*job)
+
+
+class _Inbox:
+    """A Ray actor holding the messages tasks report until the driver collects them."""
+
+    def __init__(self):
+        self.messages: list = []
+
+    def put(self, message) -> None:
+        self.messages.append(message)
+
+    def take(self) -> list:
+        out, self.messages = self.messages, []
+        return out
 
 
 class RayExecutor(Executor):
@@ -111,29 +126,29 @@ class RayExecutor(Executor):
 
     def map(self, fn, jobs, on_done, *, workers=1, resources=Resources(), on_message=None):
         import ray
-        from ray.util.queue import Queue
 
-        queue = Queue() if on_message else None
+        inbox = ray.remote(num_cpus=0)(_Inbox).remote() if on_message else None
         task = ray.remote(_ray_job).options(num_cpus=resources.cpus, num_gpus=resources.gpus,
                                             max_retries=self.max_retries, retry_exceptions=False)
-        pending = {task.remote(fn, job, queue): i for i, job in enumerate(jobs)}
+        pending = {task.remote(fn, job, inbox): i for i, job in enumerate(jobs)}
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                while queue is not None and not queue.empty():
-                    for message in queue.get_nowait_batch(queue.qsize()):
-                        on_message(*message)
+                for message in ray.get(inbox.take.remote()) if inbox is not None else ():
+                    on_message(*message)
                 for ref in ready:
                     on_done(pending.pop(ref), ray.get(ref))
+            for message in ray.get(inbox.take.remote()) if inbox is not None else ():
+                on_message(*message)  # what arrived with the last results
         except BaseException:
             for ref in pending:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             raise
         finally:
-            if queue is not None:
+            if inbox is not None:
                 with contextlib.suppress(Exception):
-                    queue.shutdown()
+                    ray.kill(inbox)
 
     def close(self) -> None:
         import ray
