@@ -32,7 +32,7 @@ from common.executor import Resources, open_executor
 from common.files import atomic_write_json, atomic_write_text, check_name, folder_lock, sha256_file
 from common.progress import progress_bar
 from export.config import EvaluateConfig
-from export.pipeline import CheckpointJob, load_runner, load_sweep, reusable
+from export.pipeline import CheckpointJob, load_sweep, reusable
 from tasks.config import TaskConfig
 from tasks.dataset import (
     EXTRA_SPLITS,
@@ -147,8 +147,7 @@ def evaluate_checkpoint(job: CheckpointJob, variants: list[str], split_files: di
                 if why:
                     failed.append(f"{job} {name}: {why} (`python -m export` rebuilds it; nothing is rebuilt here)")
                     continue
-                decode = (load_runner(variant, dest, threads).decoder() if variant.runner == "onnx"
-                          else torch_decoder(variant.load(dest, device), tokenizer))
+                decode = variant.open(dest, threads, device, tokenizer).decoder()
             results = evaluate_splits(decode, digit_format, splits, batch_size=batch, max_new_tokens=max_new)
         except Exception:  # noqa: BLE001 - one variant that cannot be graded must not stop the others
             failed.append(f"{job} {name}: {traceback.format_exc(limit=3)}")

@@ -37,7 +37,7 @@ from common.files import check_name, folder_lock, sha256_file
 from common.progress import progress_bar
 from export.config import ExportConfig
 from export.manifest import publish, read_manifest, tool_versions, verify_variant
-from export.registry import FP32, BuildContext, Variant, resolve
+from export.registry import FP32, BuildContext, TorchRunner, Variant, resolve
 from tasks.config import TaskConfig
 from tasks.formatting import format_prompt
 from train.checkpoints import verify_checkpoint
@@ -207,13 +207,6 @@ def _torch_summary(folder: Path, ref: Reference) -> dict:
             "problems": [] if roles.get("blocks") else ["no block weight was stored as an integer tensor"]}
 
 
-def load_runner(variant: Variant, folder: Path, threads: int):
-    from export.runtime import OnnxCausalLM
-
-    providers = variant.providers(folder) if variant.providers else None
-    return OnnxCausalLM(folder, threads=threads, providers=providers)
-
-
 def _parity(variant: Variant, runner, ref: Reference, folder: Path) -> tuple[dict, list[str]]:
     """The parity verdict, and the variant's greedy outputs on the id split (its evaluation grades them)."""
     from export.parity import agreement, judge, max_logit_diff
@@ -225,12 +218,8 @@ def _parity(variant: Variant, runner, ref: Reference, folder: Path) -> tuple[dic
     else:
         ref_logits, mask = ref.logits()
         ref_outputs = ref.outputs
-    if variant.runner == "onnx":
-        logits, _ = runner.logits(ref.parity_ids)
-        outputs = runner.decoder()(ref.prompts, ref.max_new, ref.batch_size)
-    else:
-        logits, _ = ref.logits(runner)
-        outputs = ref.greedy(runner)
+    logits, _ = runner.logits(ref.parity_ids)
+    outputs = runner.decoder()(ref.prompts, ref.max_new, ref.batch_size)
     result = judge(variant.tolerance, max_logit_diff(logits, ref_logits, mask), agreement(outputs, ref_outputs),
                    len(ref_outputs), len(ref.parity_ids))
     if variant.tolerance.reference == "simulated":  # how far the rounding (or noise) itself moved the model
@@ -255,10 +244,10 @@ def _build(variant: Variant, job: CheckpointJob, ckpt: Path, fp32_dir: Path | No
         build_seconds = time.perf_counter() - started
         if variant.runner == "onnx":
             summary = _check_graph(variant, tmp, fp32_dir)
-            runner = load_runner(variant, tmp, threads)
-        else:
+            runner = variant.open(tmp, threads)
+        else:  # the model the builder returns, as it is (a reload would quantize it again)
             summary = _torch_summary(tmp, ref)
-            runner = built
+            runner = TorchRunner(built, ref.tokenizer)
         parity, id_outputs = _parity(variant, runner, ref, tmp)
         problems = summary.pop("problems") + parity["failures"]
         if problems:
@@ -303,7 +292,7 @@ def export_checkpoint(job: CheckpointJob, variant_names: list[str], splits_src: 
     import torch
 
     from export.registry import get_variant
-    from train.evaluate import evaluate_splits, torch_decoder
+    from train.evaluate import evaluate_splits
     from train.finetune import load_eval_splits
 
     threads = cfg_dict["threads"]
@@ -345,12 +334,9 @@ def export_checkpoint(job: CheckpointJob, variant_names: list[str], splits_src: 
         published[name] = dest
         if name in have_rows and why is None:
             continue
-        if runner is None:
-            if variant.runner == "onnx":
-                runner = load_runner(variant, dest, threads)
-            else:  # a torch variant loads its saved, already quantized weights
-                runner = variant.load(dest, device)
-        decode = runner.decoder() if variant.runner == "onnx" else torch_decoder(runner, ref.tokenizer)
+        if runner is None:  # a torch variant loads its saved, already quantized weights
+            runner = variant.open(dest, threads, device, ref.tokenizer)
+        decode = runner.decoder()
         started = time.perf_counter()
         results = evaluate_splits(decode, ref.digit_format, splits, batch_size=batch, decoded=decoded)
         log.append((name, "evaluated", {"seconds": round(time.perf_counter() - started, 2)}))

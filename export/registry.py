@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from export.parity import Tolerance
 
@@ -61,6 +62,48 @@ class Variant:
     simulated_bits: int | None = None  # sim-w{k}: values rounded to k bits, stored as fp32
     noise_of: str | None = None  # noise@{q}: fp32 plus noise of q's per-tensor error energy
     load: Callable[[Path, str], object] | None = None  # torch runners: (published folder, device) -> model
+
+    def open(self, folder: Path, threads: int = 1, device: str = "cpu", tokenizer=None) -> Runner:
+        """The variant in ``folder`` behind the one interface every caller uses (``Runner``): an ONNX Runtime
+        session over model.onnx, or the torch model ``load`` returns (graded with ``tokenizer``, the
+        checkpoint's, or the one saved beside the model)."""
+        if self.runner == "onnx":
+            from export.runtime import OnnxCausalLM
+
+            return OnnxCausalLM(folder, threads=threads, providers=self.providers(folder) if self.providers else None)
+        if tokenizer is None:
+            from train.base import load_tokenizer
+
+            tokenizer = load_tokenizer(str(folder))
+        return TorchRunner(self.load(folder, device), tokenizer)
+
+
+class Runner(Protocol):
+    """What the export's parity check and every evaluation need of a variant."""
+
+    def logits(self, ids: list[list[int]]) -> tuple[Any, Any]:
+        """Full-sequence logits of a left-padded batch of token ids, and its mask."""
+
+    def decoder(self) -> Callable[[list[str], int, int], list[str]]:
+        """``decode(prompts, max_new_tokens, batch_size)``: batched greedy continuations."""
+
+
+class TorchRunner:
+    """A torch variant (bitsandbytes) behind the ONNX runner's interface; also what a freshly built torch
+    variant is checked through."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def logits(self, ids: list[list[int]]):
+        from export.parity import torch_logits
+
+        return torch_logits(self.model, ids, self.tokenizer.pad_token_id)
+
+    def decoder(self):
+        from train.evaluate import torch_decoder
+
+        return torch_decoder(self.model, self.tokenizer)
 
 
 # -- builders (each imports its heavy dependencies when called) ------------------------
