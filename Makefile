@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEMO_PER_SPLIT ?= 10  # items of each split replayed to every served model in `make demo` (a sample showing the
+DEMO_EVAL_ITEMS ?= 10  # items of each split replayed to every served model in `make demo` (a sample showing the
                      # loop: the headline comes from the offline evaluation of 400 items per split)
 STAMP  := $(VENV)/.installed-stamp
 DEV_STAMP := $(VENV)/.dev-installed-stamp
@@ -65,7 +65,7 @@ watch: setup      ## recompute from Prometheus every 30 s; gauges on 127.0.0.1:9
 	$(PY) -m telemetry watch --prometheus http://127.0.0.1:9090 --port 9108
 
 demo: setup data sweep export  ## the main job: splits, sweep, export, serve + replay + Prometheus, analysis, report
-	$(PY) -m deploy.demo --sweep runs/demo --per-split $(DEMO_PER_SPLIT)
+	$(PY) -m deploy.demo --sweep runs/demo --eval-items $(DEMO_EVAL_ITEMS)
 
 # `make up SERVE_PORT=8001 WATCH_PORT=9109 PROM_PORT=9091` where the defaults are taken
 SERVE_PORT ?= 8000
@@ -75,9 +75,9 @@ up: setup         ## start Prometheus (if installed), the server and the telemet
 	$(PY) -m deploy.local up --sweep runs/demo --port $(SERVE_PORT) --watch-port $(WATCH_PORT) \
 		--prometheus-port $(PROM_PORT)
 
-TRAFFIC_PER_SPLIT ?= 20
+TRAFFIC_EVAL_ITEMS ?= 20
 traffic: setup    ## replay labelled eval items to the server `make up` started (fills the dashboards)
-	$(PY) -m serve replay --url http://127.0.0.1:$(SERVE_PORT) --sweep runs/demo --per-split $(TRAFFIC_PER_SPLIT) \
+	$(PY) -m serve replay --url http://127.0.0.1:$(SERVE_PORT) --sweep runs/demo --eval-items $(TRAFFIC_EVAL_ITEMS) \
 		--out runs/demo/served-accuracy.csv
 
 down:             ## stop what `make up` started (by process id)

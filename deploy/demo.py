@@ -4,7 +4,7 @@ Runs after the task splits, the sweep and the export (the Makefile does those fi
 
 1. the server in the background, Prometheus if installed (1 s scrapes), and the telemetry
    watcher (on Prometheus, or straight on the server when Prometheus is missing);
-2. the replay of the first ``--per-split`` items of every split to every model (the same
+2. the replay of the first ``--eval-items`` items of every split to every model (the same
    items for every model), written to runs/<sweep>/served-accuracy.csv;
 3. the telemetry analysis of the offline table (reports/<sweep>/), in the background from
    the start, and of the served one as Prometheus (or the server's /metrics) counted it
@@ -12,7 +12,7 @@ Runs after the task splits, the sweep and the export (the Makefile does those fi
 4. a short summary per variant, the path of report.html; every process it started is
    stopped, also on failure or Ctrl-C.
 
-    python -m deploy.demo --sweep runs/demo --per-split 100
+    python -m deploy.demo --sweep runs/demo --eval-items 100
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def summary_lines(offline: dict, served: dict | None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m deploy.demo")
     p.add_argument("--sweep", default="runs/demo")
-    p.add_argument("--per-split", type=int, default=100, help="items of each split replayed to every model")
+    p.add_argument("--eval-items", "--per-split", type=int, default=100,
+                   help="items of each eval split replayed to every model")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--reports", type=Path, default=REPO / "reports", help="parent folder of the reports")
     a = p.parse_args(argv)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         served_csv = sweep / "served-accuracy.csv"
         served_csv.unlink(missing_ok=True)
         _run("replay", [py, "-m", "serve", "replay", "--url", where["server"], "--data", data,
-                        "--per-split", str(a.per_split), "--concurrency", str(a.concurrency),
+                        "--eval-items", str(a.eval_items), "--concurrency", str(a.concurrency),
                         "--out", str(served_csv)], timings)
         if where["prometheus"]:
             time.sleep(3)  # three scrapes at 1 s: the last counters are in Prometheus

@@ -4,9 +4,9 @@
     python -m serve --sweep runs/demo --variants onnx-fp32,ort-int8 --port 8001
     python -m serve --sweep runs/demo --memory_budget_mb=50    # lazy loading, LRU release
     FRACTURE_API_TOKEN=secret python -m serve --sweep runs/demo   # bearer auth on all but /healthz, /readyz
-    python -m serve replay --url http://127.0.0.1:8000 --data data/<task-hash> --per-split 100 \\
+    python -m serve replay --url http://127.0.0.1:8000 --data data/<task-hash> --eval-items 100 \\
         --out runs/demo/served-accuracy.csv
-    python -m serve replay --sweep runs/demo --per-split 20    # the sweep's own eval splits (`make traffic`)
+    python -m serve replay --sweep runs/demo --eval-items 20    # the sweep's own eval splits (`make traffic`)
 
 Any field of serve/config.py can be given as --field=value. The server never imports
 torch or transformers.
@@ -35,20 +35,21 @@ def _replay(argv: list[str]) -> int:
     source.add_argument("--sweep", type=Path, help="the sweep folder: its sweep.yaml names its data/<task-hash>/")
     p.add_argument("--models", default="all", help='"all" or model ids, comma-separated')
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--per-split", type=int, default=0, help="first N items of each split (0 = all)")
+    p.add_argument("--eval-items", "--per-split", type=int, default=0,
+                   help="first N items of each eval split (0 = all; the sweep's eval_items)")
     p.add_argument("--max-tokens", type=int, default=0, help="0 = longest answer + 2, as offline evaluation")
     p.add_argument("--deadline", type=float, default=3600, help="seconds for the whole replay")
     p.add_argument("--out", type=Path, default=None, help="accuracy table to write (accuracy.csv format)")
     p.add_argument("--token", default=os.environ.get("FRACTURE_API_TOKEN", ""))
     a = p.parse_args(argv)
-    if a.concurrency < 1 or a.per_split < 0:
-        p.error("--concurrency must be >= 1 and --per-split >= 0")
+    if a.concurrency < 1 or a.eval_items < 0:
+        p.error("--concurrency must be >= 1 and --eval-items >= 0")
     try:
         data = a.data or sweep_data(a.sweep)
         # with --sweep, the splits `python -m export evaluate` added after training are sent too
         added = {name: a.sweep / e["file"] for name, e in sweep_extra_splits(a.sweep).items()} if a.sweep else None
         rows = replay(a.url, data, a.out, added=added, models=a.models.split(","), concurrency=a.concurrency,
-                      per_split=a.per_split, max_tokens=a.max_tokens, token=a.token, deadline_s=a.deadline,
+                      eval_items=a.eval_items, max_tokens=a.max_tokens, token=a.token, deadline_s=a.deadline,
                       progress=sys.stderr.isatty())
     except (OSError, ValueError, RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The replay client: labelled traffic from the task's eval splits to every served model.
 
-Sends every item of every split (or the first ``per_split`` of each, the same items for
+Sends every item of every split (or the first ``eval_items`` of each, the same items for
 every model) to every model with its ``shift`` and ``expected`` answer, at a bounded
 concurrency, retrying 503s after their Retry-After, within an overall deadline. The
 client is aiohttp: at 32 concurrent connections httpx's async pool spent more time than
@@ -25,7 +25,7 @@ from tasks.grader import grade
 from train.evaluate import max_answer_tokens
 
 
-def load_splits(data_dir: Path, per_split: int = 0, added: dict[str, Path] | None = None) -> dict[str, list[dict]]:
+def load_splits(data_dir: Path, eval_items: int = 0, added: dict[str, Path] | None = None) -> dict[str, list[dict]]:
     """{split label: items}: dev.jsonl is the in-domain split ``id``; train.jsonl is not sent. ``added``:
     {split: JSONL file} of splits graded after training (a sweep's extra-splits.json), sent as well."""
     data_dir = Path(data_dir)
@@ -35,7 +35,7 @@ def load_splits(data_dir: Path, per_split: int = 0, added: dict[str, Path] | Non
     splits = {}
     for name, path in {**files, **(added or {})}.items():
         items = read_jsonl(path)
-        splits[name] = items[:per_split] if per_split else items
+        splits[name] = items[:eval_items] if eval_items else items
     return splits
 
 
@@ -54,13 +54,13 @@ async def _send(client: aiohttp.ClientSession, body: dict, deadline: float, retr
 
 
 async def replay_async(url: str, data_dir: Path, models: list[str] | None = None, concurrency: int = 32,
-                       per_split: int = 0, max_tokens: int = 0, token: str = "", deadline_s: float = 3600,
+                       eval_items: int = 0, max_tokens: int = 0, token: str = "", deadline_s: float = 3600,
                        retries: int = 20, progress: bool = True, added: dict[str, Path] | None = None
                        ) -> list[dict]:
     from tqdm import tqdm
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    splits = load_splits(data_dir, per_split, added)
+    splits = load_splits(data_dir, eval_items, added)
     # offline evaluation's budget (longest answer + 2), so per-digit scores match too
     max_tokens = max_tokens or max_answer_tokens(splits)
     connector = aiohttp.TCPConnector(limit=concurrency)

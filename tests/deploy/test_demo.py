@@ -8,7 +8,7 @@ from tests.train.conftest import REPO
 
 def test_reduced_demo_runs_end_to_end_and_stops_what_it_started(population, tmp_path):
     reports = tmp_path / "reports"
-    res = subprocess.run([sys.executable, "-m", "deploy.demo", f"--sweep={population['sweep']}", "--per-split=10",
+    res = subprocess.run([sys.executable, "-m", "deploy.demo", f"--sweep={population['sweep']}", "--eval-items=10",
                           "--concurrency=8", f"--reports={reports}"], cwd=REPO, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -72,7 +72,7 @@ def test_the_whole_loop_against_a_real_prometheus(population, tmp_path):
                             prom_port=free_port(), scrape="1s", interval=1.0)
         prom = where["prometheus"]
         assert prom, "Prometheus must be running for this test"
-        replay(where["server"], data, per_split=40, concurrency=16, progress=False)
+        replay(where["server"], data, eval_items=40, concurrency=16, progress=False)
 
         def rebuilt():
             try:

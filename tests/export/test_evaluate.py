@@ -70,7 +70,7 @@ def test_replay_of_the_sweep_sends_the_added_split_and_served_equals_offline(eva
     out = tmp_path / "served.csv"
     with running(serve_config(evaluated)) as (url, _, _):
         res = subprocess.run([sys.executable, "-m", "serve", "replay", f"--url={url}", f"--sweep={evaluated}",
-                              "--per-split=40", f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+                              "--eval-items=40", f"--out={out}"], cwd=REPO, capture_output=True, text=True,
                              timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     served = _rows(out, ADDED)

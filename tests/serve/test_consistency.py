@@ -25,7 +25,7 @@ def test_replay_equals_offline_and_metrics_equal_both(exported, tmp_path):
     with running(serve_config(exported["sweep"])) as (url, _, _):
         # --sweep, as `make traffic` replays: the sweep's own splits (sweep.yaml names them)
         res = subprocess.run([sys.executable, "-m", "serve", "replay", "--url", url, "--sweep", str(exported["sweep"]),
-                              "--concurrency", "32", "--per-split", "40", "--out", str(out)],
+                              "--concurrency", "32", "--eval-items", "40", "--out", str(out)],
                              cwd=REPO, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr
         scraped = {_key(r): r for r in from_scrape(url)}

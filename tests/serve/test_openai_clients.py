@@ -214,7 +214,7 @@ def test_lm_eval_local_completions_gets_exactly_the_offline_accuracy(server, tmp
     n, model = int(row["n"]), f"{row['run']}/{row['variant']}"
     data = sweep_data(sweep)
     # offline evaluation's budget: the longest answer of the evaluated items of every split, + 2
-    max_gen_toks = max_answer_tokens(load_splits(data, per_split=n))
+    max_gen_toks = max_answer_tokens(load_splits(data, eval_items=n))
     task = _lm_eval_task(tmp_path / "tasks", row["split"], data, max_gen_toks, tmp_path / "hf-datasets")
     run, variant = model.split("/")
     ungraded = sample(server["registry"], "fracture_requests_total", model=run, variant=variant, shift="none",
