@@ -51,10 +51,11 @@ class GuardedHttpTools(HttpToolsProtocol):
     max_header_bytes = 16384
     max_headers = 100
     header_timeout_s = 10.0
+    on_refused = staticmethod(lambda reason: None)  # counts a refusal (fracture_request_errors_total{reason})
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._refusal: tuple[int, str] | None = None
+        self._refusal: tuple[int, str, str] | None = None
         self._header_timer = None
         self._arm()
 
@@ -71,10 +72,11 @@ class GuardedHttpTools(HttpToolsProtocol):
     def _headers_too_slow(self) -> None:
         self._header_timer = None
         if not self.transport.is_closing():
-            self._refuse(408, f"request headers not received within {self.header_timeout_s:g} s")
+            self._refuse(408, f"request headers not received within {self.header_timeout_s:g} s", "header_timeout")
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, reason: str) -> None:
         log.warning("refused a connection from %s: %s", self.client, message)
+        self.on_refused(reason)
         self.transport.write(_error_bytes(status, message))
         self.transport.close()
 
@@ -99,9 +101,10 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._header_bytes += size
         self._header_count += headers
         if self._header_bytes > self.max_header_bytes:
-            self._refusal = (431, f"request line and headers larger than {self.max_header_bytes} bytes")
+            self._refusal = (431, f"request line and headers larger than {self.max_header_bytes} bytes",
+                             "headers_too_large")
         elif self._header_count > self.max_headers:
-            self._refusal = (431, f"more than {self.max_headers} request headers")
+            self._refusal = (431, f"more than {self.max_headers} request headers", "headers_too_large")
         if self._refusal:
             raise _Refused
 
@@ -109,21 +112,29 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._disarm()
         limit = self.limit_concurrency
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
-            self._refusal = (503, f"the server is at its limit of {limit} connections; retry later")
+            self._refusal = (503, f"the server is at its limit of {limit} connections; retry later", "overloaded")
             raise _Refused  # before uvicorn's own check, which would answer in plain text
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error: ours when a limit stopped the parser, JSON otherwise."""
         self._disarm()
-        self._refuse(*(self._refusal or (400, "malformed HTTP request")))
+        self._refuse(*(self._refusal or (400, "malformed HTTP request", "malformed_http")))
 
 
-def protocol_class(cfg: ServeConfig) -> type:
-    """``GuardedHttpTools`` with this config's limits."""
-    return type("FractureHttp", (GuardedHttpTools,), {
-        "max_header_bytes": cfg.max_header_bytes, "max_headers": cfg.max_headers,
-        "header_timeout_s": cfg.header_timeout_s})
+def protocol_class(cfg: ServeConfig, on_refused=None) -> type:
+    """``GuardedHttpTools`` with this config's limits; ``on_refused(reason)`` counts each refusal."""
+    limits = {"max_header_bytes": cfg.max_header_bytes, "max_headers": cfg.max_headers,
+              "header_timeout_s": cfg.header_timeout_s}
+    if on_refused is not None:
+        limits["on_refused"] = staticmethod(on_refused)
+    return type("FractureHttp", (GuardedHttpTools,), limits)
+
+
+def _metrics_error(app):
+    """The app's ``Metrics.error``, so that what this layer refuses is counted with the app's refusals."""
+    metrics = getattr(getattr(app, "state", None), "metrics", None)
+    return metrics.error if metrics is not None else None
 
 
 def raise_fd_limit() -> int:
@@ -139,5 +150,5 @@ def uvicorn_config(app, cfg: ServeConfig, log_level: str = "info") -> uvicorn.Co
     """The one uvicorn configuration the server (and its tests) run with. One worker: the batcher and
     the Prometheus registry live in this process."""
     return uvicorn.Config(app, host=cfg.host, port=cfg.port, workers=1, access_log=False, log_level=log_level,
-                          http=protocol_class(cfg), timeout_keep_alive=cfg.keep_alive_s,
+                          http=protocol_class(cfg, _metrics_error(app)), timeout_keep_alive=cfg.keep_alive_s,
                           limit_concurrency=cfg.max_connections, timeout_graceful_shutdown=cfg.drain_timeout_s)

@@ -19,6 +19,8 @@ ERROR_REASONS = (
     "body_too_large", "body_timeout", "malformed_json", "invalid_request", "unknown_model", "unknown_shift",
     "prompt_too_long", "unencodable_prompt", "max_tokens_out_of_range", "temperature", "unauthorized", "not_found",
     "method_not_allowed", "overloaded", "timeout", "model_unavailable", "internal",
+    # refused by the HTTP layer under the app (serve/http.py), before a request reaches it
+    "headers_too_large", "header_timeout", "malformed_http",
 )
 # 0.1 ms to 10 s: a tiny model answers in about a millisecond, a busy batch in tens
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -48,24 +48,32 @@ def well_formed(client) -> int:
     return client.post("/v1/completions", json={"model": model, "prompt": "1+1="}).status_code
 
 
+def errors(registry, reason: str) -> float:
+    return registry.get_sample_value("fracture_request_errors_total", {"reason": reason})
+
+
 def test_oversized_or_too_many_headers_get_431_and_the_server_keeps_answering(guarded):
-    url, client, _ = guarded
+    url, client, registry = guarded
+    before = errors(registry, "headers_too_large")
     big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n"
     status, body = status_and_body(raw(url, big)[0])
     assert status == 431 and "larger than 4096 bytes" in body["error"]["message"]
     many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(50)) + b"\r\n"
     status, body = status_and_body(raw(url, many)[0])
     assert status == 431 and "more than 20 request headers" in body["error"]["message"]
+    assert errors(registry, "headers_too_large") == before + 2  # counted like the app's own refusals
     assert well_formed(client) == 200
 
 
 def test_headers_never_finished_or_an_idle_connection_get_408_at_the_deadline(guarded):
-    url, client, _ = guarded
+    url, client, registry = guarded
+    before = errors(registry, "header_timeout")
     response, took = raw(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # slowloris: never ends
     status, body = status_and_body(response)
     assert status == 408 and "not received within 1 s" in body["error"]["message"] and took < 4
     response, took = raw(url, b"")  # connects and says nothing
     assert status_and_body(response)[0] == 408 and took < 4
+    assert errors(registry, "header_timeout") == before + 2
     assert well_formed(client) == 200
 
 
@@ -81,9 +89,11 @@ def test_a_body_that_never_arrives_gets_408(guarded):
 
 
 def test_malformed_http_is_a_json_400(guarded):
-    url, _, _ = guarded
+    url, _, registry = guarded
+    before = errors(registry, "malformed_http")
     status, body = status_and_body(raw(url, b"NOT HTTP AT ALL\r\n\r\n")[0])
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    assert errors(registry, "malformed_http") == before + 1
 
 
 def test_token_guards_everything_but_health_and_is_checked_before_the_body(exported, monkeypatch, tmp_path):
@@ -117,9 +127,10 @@ def test_beyond_max_connections_a_request_gets_a_json_503_with_retry_after_at_on
     """Idle connections up to the cap: the next request is refused at once (not left hanging), in the
     app's JSON shape; once they close, the server answers again."""
     cfg = serve_config(exported["sweep"], max_connections=3, header_timeout_s=5.0)
-    with running(cfg) as (url, _, _):
+    with running(cfg) as (url, _, registry):
         host, port = url.removeprefix("http://").split(":")
         idle = [socket.create_connection((host, int(port))) for _ in range(3)]
+        before = errors(registry, "overloaded")
         try:
             time.sleep(0.3)  # the server has accepted them
             response, took = raw(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -127,6 +138,7 @@ def test_beyond_max_connections_a_request_gets_a_json_503_with_retry_after_at_on
             assert status == 503 and body["error"]["type"] == "overloaded_error" and took < 2
             assert "limit of 3 connections" in body["error"]["message"]
             assert b"retry-after: 1" in response.lower()
+            assert errors(registry, "overloaded") == before + 1
         finally:
             for sock in idle:
                 sock.close()
