@@ -42,6 +42,9 @@ class PretrainConfig:
             raise ValueError("invalid pretrain config: " + ", ".join(bad))
 
 
+# settings sample=draw can draw for each run, with their types
+DRAWABLE = {"lr": float, "steps": int, "weight_decay": float, "warmup_ratio": float}
+
 # SweepConfig fields that say how a sweep is run, not what it computes: a sweep folder may be resumed with
 # other values of these (e.g. moved from the local executor to a Ray cluster); any other change is refused
 EXECUTION_FIELDS = frozenset({"workers", "threads_per_worker", "runs_per_gpu", "executor", "ray_address",
@@ -106,6 +109,16 @@ class SweepConfig:
             bad.append(f"warmup_ratio={self.warmup_ratio}")
         if self.sample not in ("draw", "grid", "random"):
             bad.append(f"sample={self.sample!r} (draw, grid or random)")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            bad.append(f"precision={self.precision!r} (auto, fp32, fp16 or bf16)")
+        if self.sample == "draw" and set(self.draws) - set(DRAWABLE):
+            bad.append(f"draws: unknown setting(s) {sorted(set(self.draws) - set(DRAWABLE))}; drawable: "
+                       f"{sorted(DRAWABLE)}")
+        if self.sample in ("grid", "random"):
+            if not isinstance(self.grid, dict) or set(self.grid) - {"lr", "steps", "mixture", "repeat"}:
+                bad.append(f"grid keys must be lr, steps, mixture and repeat; got {self.grid!r}")
+            elif int(self.grid.get("repeat", 1)) < 1:
+                bad.append("grid.repeat must be >= 1")
         if self.sample in ("draw", "random") and self.runs < 1:
             bad.append(f"runs={self.runs} (sample={self.sample} needs runs >= 1)")
         if self.measure not in ("exact", "digit"):

@@ -140,6 +140,17 @@ def test_bad_draws_are_refused(draws, message):
         expand_runs(SweepConfig(draws=draws), "cpu", "fp32", "h")
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"precision": "fp8"}, "precision='fp8'"), ({"draws": {"momentum": {"uniform": [0, 1]}}}, "unknown setting"),
+    ({"sample": "grid", "grid": {"lr": [1e-3], "epochs": [2]}}, "grid keys must be"),
+    ({"sample": "grid", "grid": {"lr": [1e-3], "repeat": 0}}, "grid.repeat must be >= 1"),
+])
+def test_the_config_itself_refuses_bad_precision_grid_and_draws(fields, message):
+    """Checked when the config is made (before a sweep resolves hardware or expands runs)."""
+    with pytest.raises(ValueError, match=message):
+        SweepConfig(**fields)
+
+
 def test_pythia_preset_values_and_cpu_fallback():
     cfg = load_config(SweepConfig, "train/configs/pythia70m.yaml")
     assert (cfg.base, cfg.batch_size, cfg.grad_accum, cfg.weight_decay, cfg.epochs) == \
