@@ -53,11 +53,12 @@ def _cache_key(arch: dict, names: tuple[str, ...]) -> str:
     import optimum.version
     import transformers
 
+    from export.fusion import FUSION_VERSION
     from export.registry import get_variant
 
     methods = [get_variant(n).method for n in names]
     stamp = json.dumps([arch, onnxruntime.__version__, optimum.version.__version__, transformers.__version__,
-                        methods], sort_keys=True)
+                        methods, FUSION_VERSION], sort_keys=True)
     return hashlib.sha256(stamp.encode()).hexdigest()[:12]
 
 

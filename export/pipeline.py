@@ -155,6 +155,7 @@ def _check_graph(variant: Variant, folder: Path, fp32_dir: Path | None) -> dict:
     derived = bool(fp32_dir and variant.needs and not variant.noise_of)
     reference = graph.load(fp32_dir / "model.onnx") if derived else model
     summary = graph.quantization_summary(model, reference)
+    summary["fused_attention_layers"] = sum(n.op_type == "MultiHeadAttention" for n in model.graph.node)
     problems = [f"graph has no {op} (it would silently stay full precision)"
                 for op in variant.expect_ops if not summary["quantized_ops"].get(op)]
     for role in ("blocks", "embeddings", "lm_head"):

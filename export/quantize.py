@@ -64,6 +64,9 @@ def dynamic_int8(fp32_dir: Path, dest: Path, include_embeddings_and_head: bool) 
             str(fp32_dir / MODEL_FILE), str(dest / MODEL_FILE), per_channel=True, weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gather"] if include_embeddings_and_head else ["MatMul"],
             nodes_to_exclude=[] if include_embeddings_and_head else _lm_head_nodes(model),
+            # ONNX shape inference stops at contrib ops (the fused attention, export.fusion): the tensors
+            # it cannot type are the graph's float activations
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     quantized = onnx.load(str(dest / MODEL_FILE))
     if not per_token_activations(quantized):

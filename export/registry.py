@@ -178,9 +178,13 @@ def _requires_bnb() -> str | None:
 
 
 def _build_trt(ctx: BuildContext, dest: Path) -> None:
+    from export.onnx_export import export_onnx
     from export.tensorrt import build_trt_fp16
 
-    build_trt_fp16(ctx.fp32_dir, dest)
+    # TensorRT has no kernels for ONNX Runtime's contrib ops: the engine is built from optimum's graph
+    unfused = ctx.scratch / "onnx-fp32-unfused"
+    export_onnx(ctx.checkpoint, unfused, fuse=False)
+    build_trt_fp16(unfused, dest)
 
 
 def _requires_trt() -> str | None:
@@ -240,7 +244,9 @@ def noise_variant(source: str) -> Variant:
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("onnx-fp32", "onnxruntime", 32, (), "optimum-onnx text-generation-with-past (KV cache), fp32",
+    Variant("onnx-fp32", "onnxruntime", 32, (),
+            "optimum-onnx text-generation-with-past (KV cache), fp32, attention fused into ONNX Runtime's "
+            "MultiHeadAttention and RotaryEmbedding",
             Tolerance(max_logit_diff=1e-4, min_agreement=EXACT_AGREEMENT), _build_onnx_fp32),
     Variant("ort-int8", "onnxruntime", 8, ("blocks",),
             "ONNX Runtime dynamic int8: per-channel int8 weights, per-token int8 activations; MatMul only "

@@ -1,0 +1,227 @@
+"""Fused attention for GPT-NeoX graphs: ONNX Runtime's contrib ops in place of optimum's op-by-op attention.
+
+optimum exports each layer's attention as ~60 small ONNX nodes (reshapes, slices of the fused QKV
+projection, the partial rotary embedding written out op by op, the cache concatenation, the mask, the
+softmax and its NaN guard). At pythia-70m's size a batch-1 decode step spends more time in those nodes'
+dispatch than in reading the weights of a 4-bit or int8 model. This pass replaces, in every layer, the
+nodes between the QKV projection and the output projection by three contrib ops that ONNX Runtime's
+CPU provider runs as single kernels (they are in every onnxruntime wheel, domain ``com.microsoft``):
+
+- ``RotaryEmbedding`` on the query and on the key (non-interleaved, ``rotary_embedding_dim`` = the
+  partial rotary width, cos/sin tables computed once from the config as transformers computes them);
+- ``MultiHeadAttention`` with the past key/value in and the present key/value out (BNSH, the graph's
+  existing ``past_key_values.*`` / ``present.*`` names), causal (``unidirectional``), and the
+  attention mask as its key padding mask, so left-padded batches decode as before.
+
+The projections (the MatMuls the quantizers act on), the layer norms, the MLP and the LM head are left
+as they are, and the graph's inputs and outputs keep their names and shapes: ``export/runtime.py``
+runs the fused graph unchanged. The pass finds each layer's attention by structure (from the
+``present.<i>.value`` output back to the QKV projection and forward to the output projection) and
+refuses, naming the layer, when the graph is not the shape it expects; ``fuse_attention`` then checks
+the fused graph against the original on a left-padded batch with a past before it is kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FUSION_VERSION = 1  # bumped whenever the fused graph changes (the benchmark's model cache is keyed on it)
+MS = "com.microsoft"
+MASK = "fracture_attention_mask_int32"
+COS, SIN = "fracture_rotary_cos", "fracture_rotary_sin"
+# fused vs unfused logits on the self-check: float reordering only (the softmax and rotary are computed in
+# a different order), far below the 1e-2 scale at which a greedy answer could move on its own
+SELF_CHECK_ATOL = 1e-3
+
+
+class FusionError(ValueError):
+    """The graph is not the GPT-NeoX attention this pass knows; nothing was changed."""
+
+
+def rotary_tables(config: dict) -> tuple[np.ndarray, np.ndarray, int]:
+    """(cos, sin, rotary width) as transformers' GPTNeoXRotaryEmbedding computes them, in float32,
+    one row per position up to ``max_position_embeddings`` and ``rotary width / 2`` columns."""
+    if config.get("rope_scaling"):
+        raise FusionError(f"rope_scaling {config['rope_scaling']!r} is not handled (plain RoPE only)")
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    pct = config.get("partial_rotary_factor", config.get("rotary_pct", 1.0))
+    width = int(head_dim * pct)
+    base = float(config.get("rope_theta", config.get("rotary_emb_base", 10000)))
+    inv_freq = (1.0 / (base ** (np.arange(0, width, 2, dtype=np.int64).astype(np.float32) / width))).astype(np.float32)
+    t = np.arange(config["max_position_embeddings"], dtype=np.float32)
+    freqs = np.outer(t, inv_freq).astype(np.float32)
+    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32), width
+
+
+def _index(graph):
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producer, consumers
+
+
+def _expect(node, op: str, layer: int, what: str):
+    if node is None or node.op_type != op:
+        found = "nothing" if node is None else f"{node.op_type} {node.name!r}"
+        raise FusionError(f"layer {layer}: expected a {op} for {what}, found {found}")
+    return node
+
+
+def _only_consumer(consumers, name: str, op: str, layer: int, what: str):
+    users = consumers.get(name, [])
+    if len(users) != 1:
+        raise FusionError(f"layer {layer}: {what} ({name}) has {len(users)} consumers, expected one {op}")
+    return _expect(users[0], op, layer, what)
+
+
+def _layer_anchors(graph, producer, consumers, layer: int) -> tuple[str, object]:
+    """(the QKV projection's output, the Reshape whose output feeds the output projection)."""
+    concat = _expect(producer.get(f"present.{layer}.value"), "Concat", layer, "the value cache")
+    if concat.input[0] != f"past_key_values.{layer}.value":
+        raise FusionError(f"layer {layer}: the value cache does not start from past_key_values.{layer}.value")
+    value = _expect(producer.get(concat.input[1]), "Slice", layer, "the value slice of QKV")
+    heads_first = _expect(producer.get(value.input[0]), "Transpose", layer, "QKV to heads-first")
+    split_heads = _expect(producer.get(heads_first.input[0]), "Reshape", layer, "QKV into heads")
+    mixes = [n for n in consumers.get(f"present.{layer}.value", []) if n.op_type == "MatMul"]
+    if len(mixes) != 1:
+        raise FusionError(f"layer {layer}: expected one MatMul of the probabilities with the values, found {len(mixes)}")
+    back = _only_consumer(consumers, mixes[0].output[0], "Transpose", layer, "the attention output")
+    merged = _only_consumer(consumers, back.output[0], "Reshape", layer, "the merged heads")
+    return split_heads.input[0], merged
+
+
+def fuse_graph(model: onnx.ModelProto, config: dict) -> int:
+    """Fuse every layer's attention in place; returns the number of layers fused. Raises FusionError,
+    leaving ``model`` as it was, when a layer is not the expected pattern."""
+    graph = model.graph
+    layers = config["num_hidden_layers"]
+    heads = config["num_attention_heads"]
+    head_dim = config["hidden_size"] // heads
+    inputs = {i.name: i for i in graph.input}
+    for name in ("attention_mask", "position_ids", "past_key_values.0.key"):
+        if name not in inputs:
+            raise FusionError(f"the graph has no {name} input (export with text-generation-with-past)")
+    if inputs["past_key_values.0.key"].type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise FusionError("only float32 graphs are fused")
+    cos, sin, width = rotary_tables(config)
+    producer, consumers = _index(graph)
+    anchors = [_layer_anchors(graph, producer, consumers, i) for i in range(layers)]  # all or nothing
+
+    replacements: dict[str, list] = {}  # name of the Reshape replaced -> nodes that take its place
+    for i, (qkv, merged) in enumerate(anchors):
+        p = f"/fracture/layers.{i}/attention"
+        q4, k4, v4 = f"{p}/q4", f"{p}/k4", f"{p}/v4"
+        replacements[merged.name] = [
+            # GPT-NeoX's fused projection is laid out [batch, seq, heads, 3 * head_dim]
+            helper.make_node("Reshape", [qkv, "fracture_qkv_shape"], [f"{p}/qkv4"], name=f"{p}/SplitHeads"),
+            helper.make_node("Split", [f"{p}/qkv4", "fracture_qkv_split"], [q4, k4, v4], name=f"{p}/Split", axis=-1),
+            *[helper.make_node("Reshape", [x, "fracture_merge_shape"], [f"{x}_3d"], name=f"{x}/Merge")
+              for x in (q4, k4, v4)],
+            *[helper.make_node("RotaryEmbedding", [f"{x}_3d", "position_ids", COS, SIN], [f"{x}_rot"],
+                               name=f"{x}/Rotary", domain=MS, interleaved=0, num_heads=heads,
+                               rotary_embedding_dim=width)
+              for x in (q4, k4)],
+            helper.make_node("MultiHeadAttention",
+                             [f"{q4}_rot", f"{k4}_rot", f"{v4}_3d", "", MASK, "",
+                              f"past_key_values.{i}.key", f"past_key_values.{i}.value"],
+                             [merged.output[0], f"present.{i}.key", f"present.{i}.value"],
+                             name=f"{p}/MultiHeadAttention", domain=MS, num_heads=heads, unidirectional=1),
+        ]
+
+    nodes = [helper.make_node("Cast", ["attention_mask"], [MASK], name="/fracture/MaskToInt32", to=TensorProto.INT32)]
+    for node in graph.node:
+        nodes += replacements.get(node.name, [node])
+    graph.initializer.extend([
+        numpy_helper.from_array(cos, COS), numpy_helper.from_array(sin, SIN),
+        numpy_helper.from_array(np.array([0, 0, heads, 3 * head_dim], np.int64), "fracture_qkv_shape"),
+        numpy_helper.from_array(np.array([head_dim] * 3, np.int64), "fracture_qkv_split"),
+        numpy_helper.from_array(np.array([0, 0, heads * head_dim], np.int64), "fracture_merge_shape"),
+    ])
+    # the old producers of present.* now write names the fused nodes write too: keep the last writer only
+    written: dict[str, int] = {}
+    for k, node in enumerate(nodes):
+        for o in node.output:
+            written[o] = k
+    nodes = [n for k, n in enumerate(nodes) if all(written.get(o) == k for o in n.output if o)]
+    del graph.node[:]
+    graph.node.extend(_live(nodes, [o.name for o in graph.output]))
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.value_info[:]  # intermediate shapes of the removed nodes
+    if not any(o.domain == MS for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS, 1))
+    return layers
+
+
+def _live(nodes: list, outputs: list[str]) -> list:
+    """The nodes the graph outputs depend on, in their order."""
+    producer = {o: n for n in nodes for o in n.output}
+    needed, stack, seen = set(), list(outputs), set()
+    while stack:
+        name = stack.pop()
+        node = producer.get(name)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        needed.add(id(node))
+        stack += [i for i in node.input if i]
+        for sub in (a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH):
+            stack += [i for n in sub.node for i in n.input if i]
+    return [n for n in nodes if id(n) in needed]
+
+
+def fuse_attention(model_path: Path, config_path: Path) -> int:
+    """Fuse ``model_path`` in place when it is a GPT-NeoX graph; returns the layers fused (0 when the
+    architecture is not GPT-NeoX). The fused graph must give the original's logits on a left-padded
+    batch, prefill then two cached steps, within ``SELF_CHECK_ATOL``, or nothing is written."""
+    config = json.loads(config_path.read_text())
+    if config.get("model_type") != "gpt_neox":
+        return 0
+    original = onnx.load(str(model_path))
+    fused = onnx.ModelProto()
+    fused.CopyFrom(original)
+    count = fuse_graph(fused, config)
+    gap = self_check(original, fused, config)
+    if not gap <= SELF_CHECK_ATOL:
+        raise FusionError(f"the fused graph's logits differ from the original's by {gap:.3g} (> {SELF_CHECK_ATOL})")
+    onnx.save(fused, str(model_path))
+    return count
+
+
+def self_check(original: onnx.ModelProto, fused: onnx.ModelProto, config: dict) -> float:
+    """Largest |Δlogit| between the two graphs over a left-padded batch of 3: a prefill, then two steps
+    fed from each graph's own cache."""
+    import onnxruntime as ort
+
+    from export.runtime import PAST_PREFIX, left_pad, position_ids
+
+    rng = np.random.default_rng(0)
+    vocab = config["vocab_size"]
+    prompts = [rng.integers(2, vocab, n).tolist() for n in (5, 9, 2)]
+    heads = config["num_attention_heads"]
+    head_dim = config["hidden_size"] // heads
+    gap = 0.0
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (original, fused)]
+    names = [i.name for i in sessions[0].get_inputs() if i.name.startswith(PAST_PREFIX)]
+    outputs = ["logits"] + ["present" + n[len(PAST_PREFIX) - 1:] for n in names]
+    ids, mask = left_pad(prompts, 0)
+    states = [[np.zeros((3, heads, 0, head_dim), np.float32) for _ in names] for _ in sessions]
+    for step in range(3):
+        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)[:, -ids.shape[1]:]}
+        results = [s.run(outputs, feed | dict(zip(names, past))) for s, past in zip(sessions, states)]
+        real = mask[:, -ids.shape[1]:].astype(bool)  # padded positions' logits are never read
+        gap = max(gap, float(np.abs(results[0][0] - results[1][0])[real].max()))
+        states = [r[1:] for r in results]
+        ids = results[0][0][:, -1, :].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((3, 1), np.int64)], axis=1)
+    return gap
