@@ -21,7 +21,9 @@ class ServeConfig:
     port: int = 8000  # listen port
     provider: str = "auto"  # ONNX Runtime execution provider: "auto" (CUDA if usable, else CPU), "cpu", "cuda"
     threads: int = 1  # ONNX Runtime intra-op threads per session
-    decode_workers: int = 2  # batches decoded at the same time (one thread each)
+    # batches decoded at the same time (one thread each); 0 = one per core this process may run on: more
+    # workers than cores only split the requests into smaller batches (c32 on one core: 583 -> 689 req/s)
+    decode_workers: int = 0
     max_batch_size: int = 64  # requests decoded together for one model
     max_wait_ms: float = 0.0  # extra wait for more requests before a batch starts (requests that arrive
     # while a batch decodes already form the next one, so 0 costs a lone request nothing)
@@ -46,16 +48,24 @@ class ServeConfig:
     record_metrics: bool = True  # False: metrics go to objects that record nothing (the benchmark's baseline)
 
     def __post_init__(self) -> None:
-        positive = ("port", "threads", "decode_workers", "max_batch_size", "queue_size", "max_body_bytes",
+        positive = ("port", "threads", "max_batch_size", "queue_size", "max_body_bytes",
                     "max_prompt_chars", "max_tokens_limit", "max_header_bytes", "max_headers", "max_connections")
         bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
-        bad += [f"{k}={getattr(self, k)}" for k in ("max_wait_ms", "memory_budget_mb") if getattr(self, k) < 0]
+        bad += [f"{k}={getattr(self, k)}" for k in ("max_wait_ms", "memory_budget_mb", "decode_workers")
+                if getattr(self, k) < 0]
         bad += [f"{k}={getattr(self, k)}" for k in ("request_timeout_s", "drain_timeout_s", "header_timeout_s",
                                                     "body_timeout_s", "keep_alive_s") if getattr(self, k) <= 0]
         if self.provider not in ("auto", "cpu", "cuda"):
             bad.append(f"provider={self.provider!r} (auto, cpu or cuda)")
         if bad:
             raise ValueError("invalid serve config: " + ", ".join(bad))
+
+    @property
+    def workers(self) -> int:
+        """Decode worker threads: ``decode_workers``, or one per core available to this process."""
+        if self.decode_workers:
+            return self.decode_workers
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     @property
     def token(self) -> str:

@@ -151,12 +151,22 @@ def test_bearer_auth_guards_the_api_and_metrics_but_not_health(exported, monkeyp
         assert sample(registry, "fracture_request_errors_total", reason="unauthorized") == 3
 
 
-@pytest.mark.parametrize("field, value", [("max_batch_size", 0), ("provider", "tpu"), ("request_timeout_s", 0)])
+@pytest.mark.parametrize("field, value", [("max_batch_size", 0), ("provider", "tpu"), ("request_timeout_s", 0),
+                                          ("decode_workers", -1)])
 def test_invalid_config_is_refused(field, value):
     from serve.config import ServeConfig
 
     with pytest.raises(ValueError, match=field):
         ServeConfig(**{field: value})
+
+
+def test_decode_workers_default_to_the_cores_the_process_may_use():
+    import os
+
+    from serve.config import ServeConfig
+
+    assert ServeConfig().workers == len(os.sched_getaffinity(0))
+    assert ServeConfig(decode_workers=3).workers == 3
 
 
 def test_served_prompt_is_written_in_the_models_digit_format(server):
