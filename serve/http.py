@@ -26,8 +26,8 @@ import resource
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from serve.app import ERROR_TYPES
 from serve.config import ServeConfig
+from serve.schema import ERROR_TYPES
 
 log = logging.getLogger("fracture.serve")
 

@@ -4,7 +4,7 @@
 import httpx
 import pytest
 
-from serve.app import CompletionResponse
+from serve.schema import CompletionResponse
 from tasks.formatting import normalize
 from tasks.grader import grade
 from tests.serve.conftest import SERVED, running, sample, serve_config

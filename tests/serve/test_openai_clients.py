@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from common.accuracy_table import read_table
-from serve.app import CompletionResponse
+from serve.schema import CompletionResponse
 from tasks.formatting import normalize
 from tasks.grader import grade
 from tests.serve.conftest import SERVED, sample
@@ -160,7 +160,8 @@ def test_token_ids_that_do_not_round_trip_are_refused():
 
     from tokenizers import Tokenizer, decoders, models
 
-    from serve.app import APIError, _text_of_ids
+    from serve.completions import _text_of_ids
+    from serve.schema import APIError
 
     bpe = Tokenizer(models.BPE({"1": 0, "2": 1, "12": 2, "+": 3}, [("1", "2")]))
     bpe.decoder = decoders.Fuse()
