@@ -11,7 +11,8 @@ every engine decodes the same number of steps:
 - optimum's ``ORTModelForCausalLM`` on the same ONNX file (onnx-fp32 and the variants with a speed-up target);
 - transformers ``generate`` on the torch weights (fp32 only: the variants have no torch twin);
 - the floor: the bytes of stored weights a step reads (``export.graph.bytes_read_per_token``) over the
-  read bandwidth of this machine, measured in the same run with every core.
+  read bandwidth of this machine with every core, measured in each round of the batch-1 points (every
+  core summing its own 256 MiB array), so the floor of a round is that round's.
 
 A decode step's time is (t(16 new tokens) - t(1 new token)) / 15, both timed in the same round, so the
 prompt's prefill cancels. Every point runs in interleaved rounds (``bench.common.interleaved``): the
@@ -94,25 +95,42 @@ def build_models(arch: dict, names: tuple[str, ...] = VARIANTS, root: Path = CAC
     return checkpoint, {n: folders[n] for n in names}
 
 
+class ReadPass:
+    """One pass of every core reading its own array (numpy's reductions release the GIL): called inside
+    the timed rounds, so that each round has its own bandwidth and the floor moves with the machine."""
+
+    def __init__(self, threads: int, mib_per_thread: int = 256):
+        self.arrays = [np.ones(mib_per_thread * 2**20 // 8) for _ in range(threads)]
+        self.nbytes = sum(a.nbytes for a in self.arrays)
+        self.pool = ThreadPoolExecutor(threads)
+        self()  # faults the pages in
+
+    def __call__(self) -> None:
+        list(self.pool.map(np.sum, self.arrays))
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 def read_bandwidth(threads: int, mib_per_thread: int = 256, repeats: int = 5) -> dict:
-    """Memory read bandwidth (bytes/s) with ``threads`` threads each summing its own array (numpy's
-    reductions release the GIL), best of ``repeats``; and one thread's copy bandwidth (read + write)."""
-    arrays = [np.ones(mib_per_thread * 2**20 // 8) for _ in range(threads)]
-    nbytes = sum(a.nbytes for a in arrays)
-    with ThreadPoolExecutor(threads) as pool:
-        reads = []
-        for _ in range(repeats + 1):  # the first pass faults the pages in
-            t = time.perf_counter()
-            list(pool.map(np.sum, arrays))
-            reads.append(nbytes / (time.perf_counter() - t))
-    dest = np.empty_like(arrays[0])
+    """Memory read bandwidth (bytes/s) with ``threads`` threads, best of ``repeats`` passes; and one thread's
+    copy bandwidth (read + write)."""
+    reader = ReadPass(threads, mib_per_thread)
+    reads = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        reader()
+        reads.append(reader.nbytes / (time.perf_counter() - t))
+    reader.close()
+    source = reader.arrays[0]
+    dest = np.empty_like(source)
     copies = []
     for _ in range(repeats + 1):
         t = time.perf_counter()
-        np.copyto(dest, arrays[0])
-        copies.append(2 * arrays[0].nbytes / (time.perf_counter() - t))
-    return {"read_bytes_per_s": max(reads[1:]), "copy_bytes_per_s_one_thread": max(copies[1:]),
-            "threads": threads, "bytes": nbytes}
+        np.copyto(dest, source)
+        copies.append(2 * source.nbytes / (time.perf_counter() - t))
+    return {"read_bytes_per_s": max(reads), "copy_bytes_per_s_one_thread": max(copies[1:]),
+            "threads": threads, "bytes": reader.nbytes}
 
 
 def _prompts(n: int, length: int, seed: int = 0) -> list[str]:
@@ -157,6 +175,7 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
     arch = QUICK_ARCH if quick else PYTHIA_70M
     checkpoint, folders = build_models(arch, VARIANTS, cache)
     bandwidth = read_bandwidth(threads, mib_per_thread=16 if quick else 256)
+    reader = ReadPass(threads, mib_per_thread=16 if quick else 256)
 
     runners = {v: OnnxCausalLM(f, threads=threads, providers=["CPUExecutionProvider"]) for v, f in folders.items()}
     opts = ort.SessionOptions()
@@ -198,7 +217,7 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
         logits, _ = r.logits(ids)
         tokens = decoded[v, max(batches)]
         variants[v] = {
-            "bytes_read_per_token": per_token, "floor_s_per_step_b1": per_token / bandwidth["read_bytes_per_s"],
+            "bytes_read_per_token": per_token,
             "file_bytes": (folders[v] / MODEL_FILE).stat().st_size,
             "parity_vs_fp32": {"max_abs_logit_diff": float(np.abs(logits - fp32_logits)[mask.astype(bool)].max()),
                                "greedy_agreement": float(np.mean([a == b for a, b in zip(tokens, fp32_tokens)]))},
@@ -216,7 +235,12 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
                 variants[v].setdefault("engines_agree", {})[f"{engine}_b{batch}"] = float(
                     np.mean([a == b for a, b in zip(decode(new_tokens), decoded[v, batch])]))
         points = {f"{e}/{v}/{n}": (lambda d=d, n=n: d(n)) for (e, v), d in decoders.items() for n in (1, new_tokens)}
+        if batch == 1:  # the floor's bandwidth, read in every round beside the steps it is the floor of
+            points["read"] = reader
         timed = interleaved(points, repeats=repeats, min_seconds=min_seconds)
+        if batch == 1:
+            read_s = timed["read"]["samples"]
+            results["read_bytes_per_s_in_rounds"] = spread([reader.nbytes / t for t in read_s])
         for (engine, v) in decoders:
             full, first = timed[f"{engine}/{v}/{new_tokens}"]["samples"], timed[f"{engine}/{v}/1"]["samples"]
             steps = [(a - b) / (new_tokens - 1) for a, b in zip(full, first)]
@@ -227,17 +251,19 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
         put(f"int4_vs_fp32_b{batch}", f"runtime_onnx-fp32_b{batch}", f"runtime_{INT4}_b{batch}")
         put(f"edge_runtime_vs_generate_b{batch}", f"generate_onnx-fp32_b{batch}", f"runtime_onnx-fp32_b{batch}")
         put(f"edge_runtime_vs_optimum_b{batch}", f"optimum_onnx-fp32_b{batch}", f"runtime_onnx-fp32_b{batch}")
-    for v in VARIANTS:  # the floor over the measured step: 1.0 is the limit of this machine's memory
-        steps = results[f"runtime_{v}_b1"]["step_samples"]
-        floor = variants[v]["floor_s_per_step_b1"]
+    reader.close()
+    for v in VARIANTS:  # the floor over the measured step, round by round: 1.0 is the limit of the memory
+        floors = [variants[v]["bytes_read_per_token"] * t / reader.nbytes for t in read_s]
+        variants[v]["floor_s_per_step_b1"] = statistics.median(floors)
         record_ratio(ratios, ratio_spread, f"decode_b1_{v}_vs_floor",
-                     spread([floor / x for x in steps]) | {"median": floor / statistics.median(steps)})
+                     paired_ratio(floors, results[f"runtime_{v}_b1"]["step_samples"]))
 
     payload = {"arch": arch, "quick": quick, "threads": threads, "batches": list(batches),
                "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
                "bandwidth": bandwidth, "variants": variants, "results": results, "ratios": ratios,
                "ratio_spread": ratio_spread}
-    print(f"read bandwidth {bandwidth['read_bytes_per_s'] / 1e9:.1f} GB/s ({threads} threads); "
+    print(f"read bandwidth {results['read_bytes_per_s_in_rounds']['median'] / 1e9:.1f} GB/s in the rounds "
+          f"(median; best pass before them {bandwidth['read_bytes_per_s'] / 1e9:.1f}, {threads} threads); "
           f"one thread's copy {bandwidth['copy_bytes_per_s_one_thread'] / 1e9:.1f} GB/s (read + write)")
     rows = []
     for v in VARIANTS:
