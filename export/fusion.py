@@ -91,7 +91,8 @@ def _layer_anchors(graph, producer, consumers, layer: int) -> tuple[str, object]
     split_heads = _expect(producer.get(heads_first.input[0]), "Reshape", layer, "QKV into heads")
     mixes = [n for n in consumers.get(f"present.{layer}.value", []) if n.op_type == "MatMul"]
     if len(mixes) != 1:
-        raise FusionError(f"layer {layer}: expected one MatMul of the probabilities with the values, found {len(mixes)}")
+        raise FusionError(f"layer {layer}: expected one MatMul of the probabilities with the values, "
+                          f"found {len(mixes)}")
     back = _only_consumer(consumers, mixes[0].output[0], "Transpose", layer, "the attention output")
     merged = _only_consumer(consumers, back.output[0], "Reshape", layer, "the merged heads")
     return split_heads.input[0], merged
@@ -216,7 +217,7 @@ def self_check(original: onnx.ModelProto, fused: onnx.ModelProto, config: dict) 
     outputs = ["logits"] + ["present" + n[len(PAST_PREFIX) - 1:] for n in names]
     ids, mask = left_pad(prompts, 0)
     states = [[np.zeros((3, heads, 0, head_dim), np.float32) for _ in names] for _ in sessions]
-    for step in range(3):
+    for _ in range(3):  # the prefill, then two steps
         feed = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)[:, -ids.shape[1]:]}
         results = [s.run(outputs, feed | dict(zip(names, past))) for s, past in zip(sessions, states)]
         real = mask[:, -ids.shape[1]:].astype(bool)  # padded positions' logits are never read
