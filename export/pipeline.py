@@ -34,9 +34,10 @@ from common.accuracy_table import read_table, upsert_rows
 from common.config import load_config, read_yaml
 from common.executor import Resources, open_executor
 from common.files import check_name, folder_lock, sha256_file
+from common.manifest import publish, read_manifest, verify
 from common.progress import progress_bar
 from export.config import ExportConfig
-from export.manifest import publish, read_manifest, tool_versions, verify_variant
+from export.manifest import tool_versions
 from export.registry import FP32, BuildContext, TorchRunner, Variant, resolve
 from tasks.config import TaskConfig
 from tasks.formatting import format_prompt
@@ -264,7 +265,7 @@ def _build(variant: Variant, job: CheckpointJob, ckpt: Path, fp32_dir: Path | No
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         # the session read the graph into memory when it was created: it stays valid after the move
-        return publish(tmp, dest, manifest), runner, id_outputs
+        return publish(tmp, dest, "variant", manifest), runner, id_outputs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -276,7 +277,7 @@ class ExportCheckFailed(RuntimeError):
 
 def reusable(dest: Path, ckpt_sha: str) -> str | None:
     """``None`` when the published variant can be reused, else why it must be rebuilt."""
-    problem = verify_variant(dest)
+    problem = verify(dest, "variant")
     if problem:
         return problem
     manifest = read_manifest(dest)

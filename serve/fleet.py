@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.manifest import read_manifest, read_verified, verify_variant
+from common.manifest import read_manifest, read_verified, verify
 from export.runtime import MODEL_FILE, OnnxCausalLM, default_providers
 from serve.config import ServeConfig
 
@@ -72,7 +72,7 @@ def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
         model_id = f"{run}/{variant}"
         if (cfg.variants and variant not in cfg.variants) or (cfg.runs and run not in cfg.runs):
             continue
-        problem = verify_variant(folder)
+        problem = verify(folder, "variant")
         if problem:
             refused[model_id] = problem.replace(str(folder), model_id)  # no server paths in what clients see
             log.warning("refusing %s: %s", model_id, problem)
@@ -170,7 +170,7 @@ class Fleet:
         started = time.perf_counter()
         external = any(n != MODEL_FILE and n.endswith((".onnx_data", ".data")) for n in entry.files)
         # the graph is hashed once, below, from the bytes the session is built from
-        problem = verify_variant(entry.folder, skip=frozenset() if external else frozenset({MODEL_FILE}))
+        problem = verify(entry.folder, "variant", skip=frozenset() if external else frozenset({MODEL_FILE}))
         if problem:
             raise self._refusal(entry.id, problem)
         try:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from common.accuracy_table import TORCH_VARIANT
-from export.manifest import read_manifest
+from common.manifest import read_manifest
 from telemetry import stats
 from telemetry.population import ID, build_population
 

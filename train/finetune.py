@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.accuracy_table import TORCH_VARIANT
-from common.files import atomic_write_json, sha256_file
+from common.files import atomic_write_json
+from common.manifest import verify, write_manifest
 from tasks.config import TaskConfig
 from tasks.dataset import eval_prompts, read_jsonl, resolve_specs, sample_training, split_file
 from train.checkpoints import save_checkpoint, verify_checkpoint
@@ -52,11 +53,7 @@ RESUME_MANIFEST = "fracture-resume.json"  # in .trainer/checkpoint-<N>/: the Tra
 def _trainer_state_ok(folder: Path) -> bool:
     """The Trainer's own checkpoint (optimizer, scheduler, RNG, data position) is whole: its manifest, written
     after the Trainer saved it, lists every file with its sha256."""
-    try:
-        files = json.loads((folder / RESUME_MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return all((folder / name).is_file() and sha256_file(folder / name) == digest for name, digest in files.items())
+    return verify(folder, "trainer-state", name=RESUME_MANIFEST) is None
 
 
 def resume_point(run: RunSpec, run_dir: Path) -> int:
@@ -101,8 +98,7 @@ def _trainer_callback(run_id: str, total: int, save_at: set[int], save: Callable
 
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
-            atomic_write_json(folder / RESUME_MANIFEST, {"files": files})
+            write_manifest(folder, "trainer-state", name=RESUME_MANIFEST)
             for old in Path(args.output_dir).glob("checkpoint-*"):  # the previous one only once this one is whole
                 if old != folder:
                     shutil.rmtree(old, ignore_errors=True)

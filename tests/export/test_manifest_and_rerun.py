@@ -2,24 +2,24 @@
 
 import shutil
 
-from export.manifest import verify_variant
+from common.manifest import verify
 from tests.conftest import ALL_BUT_GPU, export_cli, run_dirs
 
 
 def test_manifest_sha256_detects_a_modified_or_missing_file(exported, tmp_path):
     src = run_dirs(exported["sweep"])[0] / "variants" / "ort-int8"
-    assert verify_variant(src) is None
+    assert verify(src, "variant") is None
     copy = tmp_path / "ort-int8"
     shutil.copytree(src, copy)
     data = bytearray((copy / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / "model.onnx").write_bytes(bytes(data))
-    assert "does not match its sha256" in verify_variant(copy)
+    assert "does not match its sha256" in verify(copy, "variant")
     shutil.copytree(src, tmp_path / "b")
     (tmp_path / "b" / "tokenizer.json").unlink()
-    assert "tokenizer.json is missing" in verify_variant(tmp_path / "b")
+    assert "tokenizer.json is missing" in verify(tmp_path / "b", "variant")
     (tmp_path / "b" / "manifest.json").write_text("{not json")
-    assert "unreadable" in verify_variant(tmp_path / "b")
+    assert "unreadable" in verify(tmp_path / "b", "variant")
 
 
 def test_rerun_is_idempotent_and_rebuilds_only_a_tampered_variant(exported):
@@ -35,7 +35,7 @@ def test_rerun_is_idempotent_and_rebuilds_only_a_tampered_variant(exported):
     res = export_cli(sweep, "--variants=ort-int4")
     assert res.returncode == 0, res.stderr
     assert "built 1," in res.stdout and "reused 3," in res.stdout  # 2 onnx-fp32 + the intact ort-int4
-    assert verify_variant(victim.parent) is None
+    assert verify(victim.parent, "variant") is None
     assert (sweep / "accuracy.csv").read_text() == table  # same checkpoint, same rows
 
 

@@ -213,7 +213,7 @@ def test_pipeline_rebuild_is_reproducible_and_records_the_noise(built, tmp_path)
     import random
 
     from common.files import sha256_file
-    from export.manifest import verify_variant
+    from common.manifest import verify
     from export.pipeline import CheckpointJob, Reference, _build
 
     rng = random.Random(0)
@@ -224,7 +224,7 @@ def test_pipeline_rebuild_is_reproducible_and_records_the_noise(built, tmp_path)
     job = CheckpointJob("embedded", 0, 0, tmp_path)
     manifest, _, _ = _build(get_variant("noise@ort-int4"), job, CHECKPOINT,
                          built / "onnx-fp32", built / "ort-int4", ref, 1, dest, "cpu")
-    assert verify_variant(dest) is None
+    assert verify(dest, "variant") is None
     assert manifest["files"]["model.onnx"]["sha256"] == sha256_file(built / "noise@ort-int4" / "model.onnx")
     assert manifest["parity"]["passed"] and manifest["parity"]["tolerance"]["reference"] == "simulated"
     assert manifest["parity"]["greedy_agreement"] == 1.0 and "agreement_with_checkpoint" in manifest["parity"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.manifest import read_manifest
+from common.manifest import read_manifest
 from export.registry import VARIANTS
 from tests.conftest import run_dirs
 

@@ -44,7 +44,8 @@ def tiny(tmp_path: Path, **overrides) -> SweepConfig:
 
 def checkpoint_digests(sweep: Path) -> dict[str, str]:
     """Every checkpoint's weights, by sha256 (from its manifest, re-verified by the sweep)."""
-    return {f"{p.parents[1].name}/{p.name}": json.loads((p / "manifest.json").read_text())["files"]["model.safetensors"]
+    return {f"{p.parents[1].name}/{p.name}":
+            json.loads((p / "manifest.json").read_text())["files"]["model.safetensors"]["sha256"]
             for p in sorted(sweep.glob("*/checkpoints/step-*"))}
 
 
