@@ -2,201 +2,48 @@
 
 The page leads with one line per variant (size and bits per parameter from the export
 manifests beside the accuracy table, accuracy per split, the pre-registered answer); the
-per-pair detail is collapsed below it. Every plot takes a variant's colour and marker from
-one mapping (``variant_styles``), its titles from the options the analysis ran with, and
-marks the same two flags as the tables: † a pair with a shift that carries no signal, ‡ an
-interval and a p-value that disagree about 0.
+per-pair detail is collapsed below it. The figures are ``telemetry.figures`` (every plot takes a
+variant's colour and marker from one mapping, its titles from the options the analysis ran
+with); tables and figures mark the same two flags (``telemetry.flags``): † a pair with a shift
+that carries no signal, ‡ an interval and a p-value that disagree about 0.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import html
-import io
 import json
 import math
 import statistics
 import struct
-import warnings
 from pathlib import Path
-
-import numpy as np
 
 from common.accuracy_table import TORCH_VARIANT
 from common.manifest import read_manifest
-from telemetry import stats
-from telemetry.population import ID, build_population
-
-NO_SIGNAL = "†"
-DISAGREE = "‡"
-NOISE_PREFIX = "noise@"
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    return f"{v:.{digits}f}"
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def figure_title(fig) -> str:
-    """The title a figure shows: its suptitle, else its axes' titles."""
-    if fig.get_suptitle():
-        return fig.get_suptitle()
-    return "; ".join(t for t in (ax.get_title() for ax in fig.axes) if t)
-
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    alt = figure_title(fig).replace("\n", " ") or "figure"
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return (f'<figure><img alt="{html.escape(alt)}" '
-            f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></figure>')
-
-
-# ---- one colour and marker per variant, shared by every plot ---------------------------------------------------
-
-# Fixed for the variants the export registry names, so a variant looks the same in every report; a noise-matched
-# control noise@<q> takes <q>'s hue, lightened, and <q>'s marker, hollow.
-_KNOWN_STYLES = {
-    TORCH_VARIANT: ("#222222", "o"),
-    "onnx-fp32": ("#ff7f0e", "+"),  # a line marker: visible on top of torch-fp32's discs where they coincide
-    "ort-int8": ("#1f77b4", "s"),
-    "ort-int8-all": ("#17becf", "D"),
-    "ort-int4": ("#2ca02c", "^"),
-    "ort-int4-all": ("#bcbd22", "v"),
-    "ort-int2": ("#d62728", "X"),
-    "sim-w3": ("#9467bd", "d"),
-}
-_SPARE_STYLES = [("#8c564b", "<"), ("#e377c2", ">"), ("#7f7f7f", "h"), ("#393b79", "*"), ("#637939", "p"),
-                 ("#843c39", "8"), ("#5254a3", "H"), ("#8ca252", "P")]
-
-
-def _noise_of(variant: str) -> str | None:
-    return variant[len(NOISE_PREFIX):] if variant.startswith(NOISE_PREFIX) else None
-
-
-def _lighten(color: str, amount: float = 0.45) -> str:
-    from matplotlib.colors import to_hex, to_rgb
-
-    return to_hex([c + (1 - c) * amount for c in to_rgb(color)])
-
-
-def variant_styles(variants) -> dict[str, dict]:
-    """variant -> {color, marker, filled}: the one mapping every plot of a report uses."""
-    names = sorted(set(variants))
-    bases = sorted({_noise_of(n) or n for n in names})
-    spare = iter(_SPARE_STYLES * (1 + len(bases) // len(_SPARE_STYLES)))
-    base_style = {b: _KNOWN_STYLES[b] if b in _KNOWN_STYLES else next(spare) for b in bases}
-    out = {}
-    for n in names:
-        control_of = _noise_of(n)
-        color, marker = base_style[control_of or n]
-        out[n] = {"color": _lighten(color) if control_of else color, "marker": marker, "filled": control_of is None}
-    return out
-
-
-def ordered_variants(summary: dict) -> list[str]:
-    """The baseline first, then each variant followed by its noise-matched control."""
-    names = list(summary["variants"])
-    base = summary.get("baseline")
-    plain = sorted(n for n in names if n != base and not (_noise_of(n) and _noise_of(n) in names))
-    out = [base] if base in names else []
-    for n in plain:
-        out.append(n)
-        if NOISE_PREFIX + n in names:
-            out.append(NOISE_PREFIX + n)
-    return out + [n for n in names if n not in out]
-
-
-def _marker_kw(style: dict, faded: bool = False) -> dict:
-    hollow = not style["filled"] or faded
-    return {"marker": style["marker"], "color": style["color"], "markeredgecolor": style["color"],
-            "markerfacecolor": "white" if hollow else style["color"], "alpha": 0.4 if faded else 1.0}
-
-
-# ---- the flags: a shift without signal (†), an interval and a p-value that disagree (‡) ---------------------------
-
-def no_signal_shifts(summary: dict, variant: str, a: str, b: str) -> list[str]:
-    """The shifts of the pair a × b that carry no signal (signal check) on the baseline or on the variant."""
-    out = []
-    for s in (a, b):
-        for v in (summary.get("baseline"), variant):
-            sig = summary["variants"].get(v, {}).get("signal", {}).get(s) if v else None
-            if sig is not None and not sig.get("has_signal"):
-                out.append(s)
-                break
-    return out
-
-
-def disagreement(intervals: dict, p, alpha: float) -> str | None:
-    """Where an interval excludes 0 and the p-value is not below alpha (or the reverse): what they say."""
-    shown = {name: iv for name, iv in intervals.items() if iv and None not in iv}
-    if p is None or not shown:
-        return None
-    significant = p < alpha
-    excl = [name for name, iv in shown.items() if iv[0] > 0 or iv[1] < 0]
-    incl = [name for name in shown if name not in excl]
-
-    def which(names: list[str], verb: str) -> str:
-        plural = len(names) > 1
-        return f"the {' and '.join(names)} interval{'s' if plural else ''} {verb if plural else verb + 's'} 0"
-
-    if significant and incl:
-        return f"p = {p:.3g} < {alpha:g} but {which(incl, 'include')}"
-    if not significant and excl:
-        return f"{which(excl, 'exclude')} but p = {p:.3g} ≥ {alpha:g}"
-    return None
-
-
-def delta_disagreement(d: dict, alpha: float) -> str | None:
-    """A Δ index (headline) or a per-pair Δ (comparisons): its intervals against its label-swap p."""
-    if "ci_jackknife_t" in d:
-        return disagreement({"BCa": d.get("ci_bca"), "jackknife-t": d.get("ci_jackknife_t")}, d.get("p"), alpha)
-    return disagreement({"percentile": [d.get("ci_low"), d.get("ci_high")], "BCa": d.get("ci_bca")}, d.get("p"),
-                        alpha)
-
-
-def pair_disagreement(p: dict, alpha: float) -> str | None:
-    return disagreement({"bootstrap": [p.get("ci_low"), p.get("ci_high")]}, p.get("p"), alpha)
-
-
-DELTA_DISAGREE_NOTE = (
-    f"{DISAGREE} The interval and the p-value disagree about 0. They measure different things: the interval "
-    "resamples whole runs with replacement (a paired cluster bootstrap) and shows how much the Δ varies from one "
-    "sample of runs to another; p swaps the two variants' labels within runs and asks how often a Δ this large "
-    "arises when the two are interchangeable, a test that is exact at any number of runs, while a bootstrap "
-    "interval can be too narrow at a few dozen runs. When they disagree, treat the row as inconclusive.")
-PAIR_DISAGREE_NOTE = (
-    f"{DISAGREE} The interval and the p-value disagree about 0. The interval is a cluster bootstrap of the partial r "
-    "over runs; p is the t-test of the partial r (df = runs − 2 − controls), which assumes roughly normal "
-    "residuals (summary.json also holds the Freedman–Lane permutation p, p_permutation). They measure different "
-    "things; when they disagree, treat the pair as inconclusive.")
-DROP_DISAGREE_NOTE = (
-    f"{DISAGREE} The interval and the p-value disagree about 0: the interval is the percentile interval of the "
-    "cluster bootstrap, p the same bootstrap shifted to the null; they differ only near the edge, where the row "
-    "is inconclusive.")
-
-
-def no_signal_note(summary: dict, what: str = "A shift of this pair") -> str:
-    lacking = [s for s in summary["variants"].get(summary.get("baseline"), {}).get("signal", {})
-               if s != ID and s not in summary.get("shifts_with_signal", [])]
-    which = f" (on the baseline: {', '.join(lacking)})" if lacking else ""
-    return (f"{NO_SIGNAL} {what} carries no signal{which}: runs barely differ on it beyond "
-            "sampling noise (see the signal check), so the number is shown but is not a finding.")
-
+from telemetry.figures import (
+    NOISE_PREFIX,
+    comparison_flags,
+    fig_accuracy,
+    fig_comparisons,
+    fig_headline,
+    fig_on_the_line,
+    fig_pairs,
+    ordered_comparisons,
+    ordered_headline,
+    ordered_variants,
+)
+from telemetry.flags import (
+    DELTA_DISAGREE_NOTE,
+    DISAGREE,
+    DROP_DISAGREE_NOTE,
+    NO_SIGNAL,
+    PAIR_DISAGREE_NOTE,
+    delta_disagreement,
+    disagreement,
+    fmt,
+    no_signal_note,
+    pair_disagreement,
+)
 
 # ---- sizes and bits per parameter, from the export manifests beside the table -----------------------------------
 
@@ -333,274 +180,8 @@ def baseline_html(summary: dict, source: str) -> str:
             f"{why}.</div>")
 
 
-# ---- the figures --------------------------------------------------------------------------------------------------
-
-def build_accuracy(summary: dict):
-    plt = _plt()
-    variants = ordered_variants(summary)
-    styles = variant_styles(summary["variants"])
-    splits = list(summary["variants"][variants[0]]["accuracy"])
-    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(splits) * max(1, len(variants))), 3.8))
-    width = 0.8 / max(1, len(variants))
-    centres = np.arange(len(splits))
-    for i, v in enumerate(variants):
-        acc = summary["variants"][v]["accuracy"]
-        st = styles[v]
-        ax.bar(centres + (i - (len(variants) - 1) / 2) * width, [acc.get(s, np.nan) for s in splits], width,
-               label=v, color=st["color"], edgecolor="#333333", linewidth=0.4, hatch=None if st["filled"] else "//")
-    ax.set_xticks(centres, splits)
-    ax.set_ylabel(f"{summary.get('measure', 'exact')} accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{summary.get('measure', 'exact')} accuracy per split, mean over runs (final checkpoints)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return fig
-
-
-def fig_accuracy(summary: dict) -> str:
-    return _png(build_accuracy(summary))
-
-
-def control_text(options: dict) -> str:
-    """What the analysis controlled for, in words, from the options it ran with."""
-    control = options["control"]
-    what = {"linear": "a least-squares line in in-domain accuracy",
-            "probit": "a line on the probit scale: probit of shift accuracy on probit of in-domain accuracy",
-            "spline": f"a cubic B-spline of in-domain accuracy, df = {options.get('spline_df')}"}[control]
-    if options.get("method") == "spearman":
-        what = f"on ranks (Spearman): {what.replace('accuracy', 'rank')}"
-    return f"{control} control ({what})"
-
-
-def _control_fit(pop, shift: str, options: dict):
-    """The in-domain → shift fit the partial correlation residualizes on, at each point, on the accuracy scale."""
-    from scipy.special import ndtr
-
-    acc_id, acc_s = pop.accuracy(ID), pop.accuracy(shift)
-    try:
-        if options.get("method") == "spearman":
-            from scipy.stats import rankdata
-
-            y, zr = rankdata(acc_s), rankdata(acc_id)
-            z = stats.spline_basis(zr, options["spline_df"]) if options["control"] == "spline" else zr
-        else:
-            y = stats.transform_accuracy(options["control"], pop.correct[shift], pop.n[shift])
-            z = stats.control_matrix(options["control"], pop.correct[ID], pop.n[ID], options["spline_df"])
-    except stats.StatsError:
-        return None
-    design = np.column_stack([np.ones(len(y)), np.asarray(z, dtype=float).reshape(len(y), -1)])
-    fitted = design @ np.linalg.lstsq(design, y, rcond=None)[0]
-    if options.get("method") == "spearman":
-        fitted = np.interp(fitted, np.sort(y), np.sort(acc_s))
-    elif options["control"] == "probit":
-        fitted = ndtr(fitted)
-    order = np.argsort(acc_id, kind="stable")
-    return acc_id[order], fitted[order]
-
-
-def _scatter_kw(style: dict) -> dict:
-    """Filled markers half transparent, hollow and line markers opaque: where points coincide, both show."""
-    if style["marker"] in ("+", "x"):
-        return {"marker": style["marker"], "color": style["color"], "s": 70, "linewidths": 1.4, "alpha": 1.0}
-    return {"marker": style["marker"], "facecolors": style["color"] if style["filled"] else "none",
-            "edgecolors": style["color"], "s": 26, "linewidths": 0.9, "alpha": 0.4 if style["filled"] else 0.9}
-
-
-def _populations(rows: list[dict], summary: dict, points: str) -> dict:
-    pops = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # rows left out were reported by the analysis already
-        for v in ordered_variants(summary):
-            try:
-                pops[v] = build_population(rows, v, points, summary.get("measure", "exact"))
-            except ValueError:
-                continue
-    return pops
-
-
-def coincident(pops: dict, splits: list[str]) -> dict[str, str]:
-    """variant -> an earlier variant with exactly the same accuracies at exactly the same points."""
-    out: dict[str, str] = {}
-    names = list(pops)
-    for i, v in enumerate(names):
-        for u in names[:i]:
-            a, b = pops[v], pops[u]
-            if a.keys == b.keys and all(s in a.correct and s in b.correct and
-                                        np.array_equal(a.accuracy(s), b.accuracy(s)) for s in splits):
-                out[v] = out.get(u, u)
-                break
-    return out
-
-
-def build_on_the_line(rows: list[dict], summary: dict):
-    """In-domain vs shift accuracy per point, with the fit the analysis's control makes."""
-    plt = _plt()
-    options = summary["options"]
-    styles = variant_styles(summary["variants"])
-    pops = _populations(rows, summary, options["points"])
-    first = summary["variants"][ordered_variants(summary)[0]]
-    shifts = [s for s in first["accuracy"] if s != ID]
-    same = coincident(pops, [ID, *shifts])
-    ncols = min(2, len(shifts))
-    nrows = max(1, math.ceil(len(shifts) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 4.2 * nrows + 0.8), squeeze=False,
-                             layout="constrained")
-    for ax in axes.flat[len(shifts):]:
-        ax.set_visible(False)
-    for ax, shift in zip(axes.flat, shifts):
-        for z, (v, pop) in enumerate(pops.items()):
-            if shift not in pop.correct:
-                continue
-            st = styles[v]
-            label = v + (f" (same points as {same[v]})" if v in same else "")
-            ax.scatter(pop.accuracy(ID), pop.accuracy(shift), label=label, zorder=3 + z, **_scatter_kw(st))
-            fit = _control_fit(pop, shift, options)
-            if fit is not None:
-                # a variant on the same points as another has the same fit: dotted, so the one beneath shows
-                ax.plot(*fit, color=st["color"], lw=1.2 if v in same else 1, zorder=2,
-                        linestyle=":" if v in same else ("-" if st["filled"] else "--"))
-        ax.set_xlabel("in-domain accuracy")
-        ax.set_ylabel(f"{shift} accuracy")
-        ax.set_title(shift)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, max(1, len(labels))), fontsize=9)
-    points = "final checkpoint of each run" if options["points"] == "final" else "every checkpoint"
-    fig.suptitle(f"in-domain vs shift accuracy ({points}, {summary.get('measure', 'exact')} measure)\n"
-                 f"lines: the fit the partial correlations control for, {control_text(options)}", fontsize=11)
-    return fig
-
-
-def fig_on_the_line(rows: list[dict], summary: dict) -> str:
-    return _png(build_on_the_line(rows, summary))
-
-
-def build_pairs(summary: dict, key: str = "pairs", title: str = "partial correlation (between runs)"):
-    """Each pair's partial r per variant: the variants side by side around the pair's tick."""
-    plt = _plt()
-    from matplotlib.lines import Line2D
-
-    variants = ordered_variants(summary)
-    styles = variant_styles(summary["variants"])
-    pairs: list[tuple[str, str]] = []
-    for v in variants:
-        for p in summary["variants"][v].get(key, []):
-            if (p["shift_a"], p["shift_b"]) not in pairs:
-                pairs.append((p["shift_a"], p["shift_b"]))
-    # a slot per variant with a point in this plot, centred on the pair's tick
-    variants = [v for v in variants if any(p.get("r_partial") is not None for p in summary["variants"][v].get(key, []))]
-    width = 0.8 / max(1, len(variants))
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(pairs) + 2), 4.2))
-    flagged_pairs = set()
-    for vi, v in enumerate(variants):
-        res = summary["variants"][v]
-        labelled = False
-        for p in res.get(key, []):
-            pair = (p["shift_a"], p["shift_b"])
-            if p.get("r_partial") is None:
-                continue
-            faded = bool(no_signal_shifts(summary, v, *pair))
-            if faded:
-                flagged_pairs.add(pair)
-            x = pairs.index(pair) + (vi - (len(variants) - 1) / 2) * width
-            r = p["r_partial"]
-            eb = ax.errorbar(x, r, yerr=[[r - p["ci_low"]], [p["ci_high"] - r]], linestyle="none", capsize=2,
-                             label=None if labelled else v, **_marker_kw(styles[v], faded))
-            eb.lines[0].set_gid(f"{v}|{pair[0]}|{pair[1]}")
-            labelled = True
-    if not variants:
-        reasons = [p.get("undefined") for res in summary["variants"].values() for p in res.get(key, [])]
-        ax.text(0.5, 0.5, f"undefined: {next((r for r in reasons if r), 'no estimate')}", transform=ax.transAxes,
-                ha="center", va="center", fontsize=9, color="#555555")
-    for i in range(1, len(pairs)):
-        ax.axvline(i - 0.5, color="#e4e4e4", lw=0.8, zorder=0)
-    ax.axhline(0, color="grey", lw=0.8)
-    # centred under the pair's slots, unrotated (a rotated label ends at its tick, beside the points)
-    ax.set_xticks(range(len(pairs)), [f"{a} ×\n{b}" + (f" {NO_SIGNAL}" if (a, b) in flagged_pairs else "")
-                                      for a, b in pairs], fontsize=8, rotation=0, ha="center")
-    ax.set_xlim(-0.5, len(pairs) - 0.5)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_ylabel(f"partial r, {summary['options']['level']:.0%} cluster-bootstrap CI")
-    ax.set_title(f"{title}; {control_text(summary['options'])}", fontsize=10)
-    handles, labels = ax.get_legend_handles_labels()
-    if flagged_pairs:
-        handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="white", markeredgecolor="grey",
-                              alpha=0.5))
-        labels.append(f"{NO_SIGNAL} faded: a shift without signal")
-    if handles:
-        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return fig
-
-
-def fig_pairs(summary: dict, key: str = "pairs", title: str = "partial correlation (between runs)") -> str:
-    return _png(build_pairs(summary, key, title))
-
-
-def _ordered_comparisons(summary: dict) -> list[dict]:
-    rank = {v: i for i, v in enumerate(ordered_variants(summary))}
-    return sorted(summary["comparisons"], key=lambda c: rank.get(c["variant"], len(rank)))
-
-
-def comparison_flags(summary: dict, c: dict) -> list[str]:
-    """The notes of one per-pair Δ row: undefined, † (a shift without signal), ‡ (interval vs p)."""
-    notes = [c["undefined"]] if c.get("undefined") else []
-    ns = no_signal_shifts(summary, c["variant"], c["shift_a"], c["shift_b"])
-    if ns:
-        notes.append(f"{NO_SIGNAL} no signal: {', '.join(ns)}")
-    dis = delta_disagreement(c, summary["options"]["alpha"]) if c.get("delta") is not None else None
-    if dis:
-        notes.append(f"{DISAGREE} {dis}")
-    return notes
-
-
-def build_comparisons(summary: dict):
-    comps = [c for c in _ordered_comparisons(summary) if c.get("delta") is not None]
-    if not comps:
-        return None
-    plt = _plt()
-    from matplotlib.lines import Line2D
-
-    styles = variant_styles(summary["variants"])
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(comps) + 1.8))
-    labels, seen, flags_used = [], set(), set()
-    for i, c in enumerate(comps):
-        v = c["variant"]
-        marks = "".join(m for m, used in ((NO_SIGNAL, no_signal_shifts(summary, v, c["shift_a"], c["shift_b"])),
-                                          (DISAGREE, delta_disagreement(c, summary["options"]["alpha"])))
-                        if used)
-        flags_used |= set(marks)
-        eb = ax.errorbar(c["delta"], i, xerr=[[c["delta"] - c["ci_low"]], [c["ci_high"] - c["delta"]]],
-                         linestyle="none", capsize=3, label=None if v in seen else v,
-                         **_marker_kw(styles[v], NO_SIGNAL in marks))
-        eb.lines[0].set_gid(f"{v}|{c['shift_a']}|{c['shift_b']}")
-        seen.add(v)
-        labels.append(f"{v}: {c['shift_a']} × {c['shift_b']}" + (f" {marks}" if marks else ""))
-    ax.set_yticks(range(len(comps)), labels, fontsize=8)
-    ax.set_ylim(len(comps) - 0.5, -0.5)
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.set_xlabel(f"Δ partial r vs {summary['baseline']} (paired cluster bootstrap, "
-                  f"{summary['options']['level']:.0%} percentile CI)")
-    ax.set_title(f"per-pair Δ partial r, quantized − {summary['baseline']}; {control_text(summary['options'])}",
-                 fontsize=10)
-    handles, names = ax.get_legend_handles_labels()
-    if NO_SIGNAL in flags_used:
-        handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="white", markeredgecolor="grey",
-                              alpha=0.5))
-        names.append(f"{NO_SIGNAL} faded: a shift without signal")
-    if DISAGREE in flags_used:
-        handles.append(Line2D([], [], linestyle="none"))
-        names.append(f"{DISAGREE} interval and p disagree about 0")
-    ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return fig
-
-
-def fig_comparisons(summary: dict) -> str:
-    fig = build_comparisons(summary)
-    if fig is None:
-        return "<p>No quantized variant shares enough runs with the full-precision baseline yet.</p>"
-    return _png(fig)
-
-
 def _ci(ci) -> str:
-    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "—"
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "—"
 
 
 def _missing(d: dict) -> str:
@@ -636,50 +217,6 @@ def headline_lines(summary: dict) -> list[str]:
                      f"(jackknife {_ci(d['ci_jackknife_t'])}), p {d['p']:.3g}, q {d['q']:.3g} "
                      f"-> {d['label'].upper()}  [{d['why']}]{_missing(d)}")
     return lines
-
-
-def _ordered_headline(summary: dict) -> list[dict]:
-    rank = {v: i for i, v in enumerate(ordered_variants(summary))}
-    return sorted(summary.get("headline", []), key=lambda d: rank.get(d["variant"], len(rank)))
-
-
-def build_headline(summary: dict):
-    items = [d for d in _ordered_headline(summary) if d.get("delta") is not None]
-    if not items:
-        return None
-    plt = _plt()
-    styles = variant_styles(summary["variants"])
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(items) + 1.8))
-    bound = summary["options"]["bound"]
-    ax.axvspan(-bound, bound, color="#e6f2e6", label=f"equivalence bound ±{bound:g}")
-    labels = []
-    for i, d in enumerate(items):
-        lo, hi = d["ci_bca"]
-        eb = ax.errorbar(d["delta"], i, xerr=[[d["delta"] - lo], [hi - d["delta"]]], linestyle="none", capsize=3,
-                         **_marker_kw(styles[d["variant"]]))
-        eb.lines[0].set_gid(d["variant"])
-        ax.annotate(d["label"], (1.02, i), xycoords=("axes fraction", "data"), va="center", fontsize=8,
-                    annotation_clip=False)
-        dis = delta_disagreement(d, summary["options"]["alpha"])
-        labels.append(d["variant"] + (f" {DISAGREE}" if dis else ""))
-    ax.set_yticks(range(len(items)), labels, fontsize=8)
-    ax.set_ylim(len(items) - 0.5, -0.5)
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.set_xlabel(f"Δ fragmentation index vs {summary['baseline']} (paired, BCa {summary['options']['level']:.0%} CI)")
-    ax.set_title(f"Δ fragmentation index per variant; {control_text(summary['options'])}", fontsize=10)
-    handles, names = ax.get_legend_handles_labels()
-    if any(DISAGREE in label for label in labels):
-        from matplotlib.lines import Line2D
-
-        handles.append(Line2D([], [], linestyle="none"))
-        names.append(f"{DISAGREE} interval and p disagree about 0")
-    ax.legend(handles, names, fontsize=7, loc="lower left")
-    return fig
-
-
-def fig_headline(summary: dict) -> str:
-    fig = build_headline(summary)
-    return _png(fig) if fig is not None else ""
 
 
 def _table(headers: list[str], rows: list[list], cls: str = "") -> str:
@@ -814,11 +351,11 @@ pre{white-space:pre-wrap}
 def headline_table(summary: dict) -> str:
     rows = []
     alpha = summary["options"]["alpha"]
-    for d in _ordered_headline(summary):
+    for d in ordered_headline(summary):
         dis = delta_disagreement(d, alpha) if d.get("delta") is not None else None
-        rows.append([d["variant"], _fmt(d.get("index")), d["n_runs"], _fmt(d.get("delta")), _ci(d.get("ci_bca")),
-                     _ci(d.get("ci_jackknife_t")), _fmt(d.get("p"), 4), _fmt(d.get("q"), 4),
-                     _fmt(d.get("p_tost"), 4), _fmt(d.get("min_detectable_delta")), d.get("runs_needed_for_0.1") or "—",
+        rows.append([d["variant"], fmt(d.get("index")), d["n_runs"], fmt(d.get("delta")), _ci(d.get("ci_bca")),
+                     _ci(d.get("ci_jackknife_t")), fmt(d.get("p"), 4), fmt(d.get("q"), 4),
+                     fmt(d.get("p_tost"), 4), fmt(d.get("min_detectable_delta")), d.get("runs_needed_for_0.1") or "—",
                      d["label"], f"{DISAGREE} {dis}" if dis else ""])
     if not rows:
         return ""
@@ -844,7 +381,7 @@ def ablation_and_start(summary: dict) -> str:
                      "transfer; one that starts high can only be forgotten.</p>" + _table(
                          ["split", f"step 0 ({m})", f"after fine-tuning ({m}, mean)", "step 0 (exact)",
                           "step 0 (digit)"],
-                         [[s, _fmt(v.get(m)), _fmt(acc.get(s)), _fmt(v.get("exact")), _fmt(v.get("digit"))]
+                         [[s, fmt(v.get(m)), fmt(acc.get(s)), fmt(v.get("exact")), fmt(v.get("digit"))]
                           for s, v in before.items()]))
     return "".join(parts)
 
@@ -866,16 +403,16 @@ def pair_rows(summary: dict) -> list[list]:
             dis = pair_disagreement(p, alpha) if p.get("r_partial") is not None else None
             if dis:
                 notes.append(f"{DISAGREE} {dis}")
-            out.append([v, f"{p['shift_a']} × {p['shift_b']}", _fmt(p.get("r")), _fmt(p.get("r_partial")),
-                        f"[{_fmt(p.get('ci_low'))}, {_fmt(p.get('ci_high'))}]", _fmt(p.get("p"), 4),
-                        _fmt(p.get("q"), 4), "; ".join(notes)])
+            out.append([v, f"{p['shift_a']} × {p['shift_b']}", fmt(p.get("r")), fmt(p.get("r_partial")),
+                        f"[{fmt(p.get('ci_low'))}, {fmt(p.get('ci_high'))}]", fmt(p.get("p"), 4),
+                        fmt(p.get("q"), 4), "; ".join(notes)])
     return out
 
 
 def comparison_rows(summary: dict) -> list[list]:
-    return [[c["variant"], f"{c['shift_a']} × {c['shift_b']}", c["n_runs"], _fmt(c.get("delta")),
-             f"[{_fmt(c.get('ci_low'))}, {_fmt(c.get('ci_high'))}]", _ci(c.get("ci_bca")), _fmt(c.get("p"), 4),
-             _fmt(c.get("q"), 4), "; ".join(comparison_flags(summary, c))] for c in _ordered_comparisons(summary)]
+    return [[c["variant"], f"{c['shift_a']} × {c['shift_b']}", c["n_runs"], fmt(c.get("delta")),
+             f"[{fmt(c.get('ci_low'))}, {fmt(c.get('ci_high'))}]", _ci(c.get("ci_bca")), fmt(c.get("p"), 4),
+             fmt(c.get("q"), 4), "; ".join(comparison_flags(summary, c))] for c in ordered_comparisons(summary)]
 
 
 def drop_rows(summary: dict) -> list[list]:
@@ -891,9 +428,9 @@ def drop_rows(summary: dict) -> list[list]:
             notes.append(f"{NO_SIGNAL} no signal: {d['shift']}")
         if dis:
             notes.append(f"{DISAGREE} {dis}")
-        out.append([d["variant"], d["shift"], d["n_runs"], _fmt(d["drop_id"]), _fmt(d["drop_shift"]),
-                    _fmt(d.get("excess")), f"[{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]",
-                    _fmt(d.get("p"), 4), _fmt(d.get("q"), 4), "; ".join(notes)])
+        out.append([d["variant"], d["shift"], d["n_runs"], fmt(d["drop_id"]), fmt(d["drop_shift"]),
+                    fmt(d.get("excess")), f"[{fmt(d.get('ci_low'))}, {fmt(d.get('ci_high'))}]",
+                    fmt(d.get("p"), 4), fmt(d.get("q"), 4), "; ".join(notes)])
     return out
 
 
@@ -919,7 +456,7 @@ def render_html(summary: dict, rows: list[dict], source: str) -> str:
                     + fig_headline(summary) + headline_table(summary))
     sections.append(ablation_and_start(summary))
     sections.append("<h2>Accuracy per shift, by variant</h2>" + fig_accuracy(summary))
-    acc_rows = [[v, summary["variants"][v]["n_runs"], *(_fmt(a) for a in summary["variants"][v]["accuracy"].values())]
+    acc_rows = [[v, summary["variants"][v]["n_runs"], *(fmt(a) for a in summary["variants"][v]["accuracy"].values())]
                 for v in ordered_variants(summary)]
     first = next(iter(summary["variants"].values()))
     sections.append(_table(["variant", "runs", *first["accuracy"]], acc_rows))
@@ -944,8 +481,8 @@ def render_html(summary: dict, rows: list[dict], source: str) -> str:
                     + _flag_note(drows, no_signal_note(summary, "This shift"), DROP_DISAGREE_NOTE))
     sections.append("<h2>Signal check per shift</h2><p>A shift where runs sit at 0 or 1, or whose across-run "
                     "spread is not above the binomial standard error, carries no signal.</p>")
-    sig_rows = [[v, s, _fmt(x["mean"]), _fmt(x["sd_across_runs"]), _fmt(x["binomial_se"]),
-                 _fmt(x["spread_over_se"], 1), f"{x['share_at_0']:.0%}", f"{x['share_at_1']:.0%}",
+    sig_rows = [[v, s, fmt(x["mean"]), fmt(x["sd_across_runs"]), fmt(x["binomial_se"]),
+                 fmt(x["spread_over_se"], 1), f"{x['share_at_0']:.0%}", f"{x['share_at_1']:.0%}",
                  "yes" if x["has_signal"] else "no"]
                 for v in ordered_variants(summary) for s, x in summary["variants"][v]["signal"].items()]
     sections.append(_table(["variant", "split", "mean", "sd across runs", "binomial SE", "sd/SE", "at 0", "at 1",
@@ -960,8 +497,8 @@ def render_html(summary: dict, rows: list[dict], source: str) -> str:
         for p in res["pairs"]:
             w = within.get((p["shift_a"], p["shift_b"]), {})
             side.append([v, f"{p['shift_a']} × {p['shift_b']}" + (f" {NO_SIGNAL}" if p.get("low_signal") else ""),
-                         f"{_fmt(p.get('r_partial'))} [{_fmt(p.get('ci_low'))}, {_fmt(p.get('ci_high'))}]",
-                         f"{_fmt(w.get('r_partial'))} [{_fmt(w.get('ci_low'))}, {_fmt(w.get('ci_high'))}]"
+                         f"{fmt(p.get('r_partial'))} [{fmt(p.get('ci_low'))}, {fmt(p.get('ci_high'))}]",
+                         f"{fmt(w.get('r_partial'))} [{fmt(w.get('ci_low'))}, {fmt(w.get('ci_high'))}]"
                          if w.get("r_partial") is not None else (w.get("undefined") or "—")])
     sections.append(_table(["variant", "pair", "between runs", "within runs"], side, "within"))
     sections.append(fig_pairs(summary, "within_run", "partial correlation (within runs)"))

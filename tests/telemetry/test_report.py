@@ -17,7 +17,7 @@ import pytest
 from matplotlib.colors import to_hex
 
 from common.accuracy_table import upsert_rows
-from telemetry import report
+from telemetry import figures, flags, report
 from telemetry.analysis import AnalysisOptions, analyze
 from tests.telemetry.conftest import synthetic_rows
 from tests.telemetry.headless import Chromium, blankness, find_chromium, is_blank
@@ -217,12 +217,12 @@ def test_the_scatter_title_and_fit_are_the_control_the_analysis_used(summary, ro
     from scipy.special import ndtr, ndtri
 
     s = with_options(summary, control=control)
-    fig = report.build_on_the_line(rows, s)
-    title = report.figure_title(fig)
+    fig = figures.build_on_the_line(rows, s)
+    title = figures.figure_title(fig)
     assert f"{control} control" in title and (control == "probit") == ("probit" in title)
     assert "final checkpoint of each run" in title
     ax = next(a for a in fig.axes if a.get_title() == "base")
-    fit = next(line for line in ax.lines if to_hex(line.get_color()) == report.variant_styles(s["variants"])[
+    fit = next(line for line in ax.lines if to_hex(line.get_color()) == figures.variant_styles(s["variants"])[
         "torch-fp32"]["color"])
     x, y = fit.get_xdata(), fit.get_ydata()
     final = [r for r in rows if r["variant"] == "torch-fp32" and r["step"] == 30]
@@ -242,14 +242,14 @@ def test_the_scatter_title_and_fit_are_the_control_the_analysis_used(summary, ro
 
 def test_spearman_is_named_in_the_titles(summary, rows):
     s = with_options(summary, method="spearman")
-    for fig in (report.build_on_the_line(rows, s), report.build_pairs(s)):
-        assert "Spearman" in report.figure_title(fig)
+    for fig in (figures.build_on_the_line(rows, s), figures.build_pairs(s)):
+        assert "Spearman" in figures.figure_title(fig)
 
 
 def test_coinciding_variants_are_both_visible_with_a_legend(summary, rows):
     """onnx-fp32 has torch-fp32's points exactly: a different marker drawn on top, not hidden, and said so."""
-    styles = report.variant_styles(summary["variants"])
-    fig = report.build_on_the_line(rows, summary)
+    styles = figures.variant_styles(summary["variants"])
+    fig = figures.build_on_the_line(rows, summary)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[0] == "torch-fp32" and "onnx-fp32 (same points as torch-fp32)" in legend
     assert {t.split(" (")[0] for t in legend} == set(summary["variants"])
@@ -262,7 +262,7 @@ def test_coinciding_variants_are_both_visible_with_a_legend(summary, rows):
     only = [r for r in rows if r["variant"] in ("torch-fp32", "onnx-fp32")]
     s = copy.deepcopy(summary)
     s["variants"] = {v: s["variants"][v] for v in ("torch-fp32", "onnx-fp32")}
-    small = report.build_on_the_line(only, s)
+    small = figures.build_on_the_line(only, s)
     small.canvas.draw()
     img = np.asarray(small.canvas.buffer_rgba())[..., :3].astype(int)
     for v in ("torch-fp32", "onnx-fp32"):
@@ -290,10 +290,10 @@ def figure_colours(fig) -> dict[str, set[str]]:
 
 
 def test_every_plot_colours_a_variant_from_one_mapping(summary, rows):
-    styles = report.variant_styles(summary["variants"])
-    figs = {"accuracy": report.build_accuracy(summary), "scatter": report.build_on_the_line(rows, summary),
-            "pairs": report.build_pairs(summary), "within": report.build_pairs(summary, "within_run", "within"),
-            "Δ per pair": report.build_comparisons(summary), "Δ index": report.build_headline(summary)}
+    styles = figures.variant_styles(summary["variants"])
+    figs = {"accuracy": figures.build_accuracy(summary), "scatter": figures.build_on_the_line(rows, summary),
+            "pairs": figures.build_pairs(summary), "within": figures.build_pairs(summary, "within_run", "within"),
+            "Δ per pair": figures.build_comparisons(summary), "Δ index": figures.build_headline(summary)}
     for name, fig in figs.items():
         colours = figure_colours(fig)
         assert colours, name
@@ -303,7 +303,7 @@ def test_every_plot_colours_a_variant_from_one_mapping(summary, rows):
     drawn = {line.get_gid() for line in figs["Δ per pair"].axes[0].lines if line.get_gid()}
     assert drawn == {f"{c['variant']}|{c['shift_a']}|{c['shift_b']}" for c in summary["comparisons"]}
     # stable: a report without torch-fp32 (the served one) gives the others the same colours
-    served = report.variant_styles([v for v in summary["variants"] if v != "torch-fp32"])
+    served = figures.variant_styles([v for v in summary["variants"] if v != "torch-fp32"])
     assert all(served[v] == styles[v] for v in served)
     assert styles["noise@ort-int8"]["marker"] == styles["ort-int8"]["marker"] and not styles["noise@ort-int8"][
         "filled"]
@@ -313,7 +313,7 @@ def points_and_ticks(fig):
     ax = fig.axes[0]
     labels = ax.get_xticklabels()
     assert all(t.get_rotation() == 0 and t.get_horizontalalignment() == "center" for t in labels)  # centred
-    ticks = {t.get_text().replace(f" {report.NO_SIGNAL}", "").replace("\n", " "): x
+    ticks = {t.get_text().replace(f" {flags.NO_SIGNAL}", "").replace("\n", " "): x
              for t, x in zip(labels, ax.get_xticks())}
     points = [(line.get_gid().split("|", 1)[1].replace("|", " × "), float(line.get_xdata()[0]))
               for line in ax.lines if line.get_gid()]
@@ -328,7 +328,7 @@ def test_pair_tick_labels_line_up_with_their_points(summary):
             s["variants"][v]["within_run"] = [{**w, "r_partial": None, "undefined": "fewer than 2 checkpoints"}
                                               for w in s["variants"][v]["within_run"]]
     for key, per_group in (("pairs", len(s["variants"])), ("within_run", 1)):
-        ticks, points = points_and_ticks(report.build_pairs(s, key, key))
+        ticks, points = points_and_ticks(figures.build_pairs(s, key, key))
         assert set(ticks) == {p for p, _ in points}
         for pair, tick in ticks.items():
             xs = [x for p, x in points if p == pair]
@@ -344,16 +344,16 @@ def test_delta_rows_with_a_signal_less_shift_are_flagged(summary, page):
     for row in comps:
         a, b = row["pair"].split(" × ")
         flagged = lacks_signal(summary, row["variant"], a) or lacks_signal(summary, row["variant"], b)
-        assert (report.NO_SIGNAL in row["note"]) == flagged, row
-    assert any(report.NO_SIGNAL in r["note"] for r in comps) and any(report.NO_SIGNAL not in r["note"] for r in comps)
-    assert f"{report.NO_SIGNAL} A shift of this pair carries no signal (on the baseline: length)" in page
-    fig = report.build_comparisons(summary)
+        assert (flags.NO_SIGNAL in row["note"]) == flagged, row
+    assert any(flags.NO_SIGNAL in r["note"] for r in comps) and any(flags.NO_SIGNAL not in r["note"] for r in comps)
+    assert f"{flags.NO_SIGNAL} A shift of this pair carries no signal (on the baseline: length)" in page
+    fig = figures.build_comparisons(summary)
     ax = fig.axes[0]
     for label in (t.get_text() for t in ax.get_yticklabels()):
-        assert (report.NO_SIGNAL in label) == ("length" in label), label
+        assert (flags.NO_SIGNAL in label) == ("length" in label), label
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any(t.startswith(report.NO_SIGNAL) for t in legend)
-    assert {t for t in legend if not t.startswith((report.NO_SIGNAL, report.DISAGREE))} == {
+    assert any(t.startswith(flags.NO_SIGNAL) for t in legend)
+    assert {t for t in legend if not t.startswith((flags.NO_SIGNAL, flags.DISAGREE))} == {
         c["variant"] for c in summary["comparisons"]}
 
 
@@ -374,35 +374,35 @@ def test_an_interval_that_disagrees_with_its_p_value_is_explained(summary, rows,
     alpha = s["options"]["alpha"]
     planted = report.render_html(s, rows, "synthetic")
     parsed = Tables(planted)
-    for row, c in zip(table_dicts(parsed, "comparisons"), report._ordered_comparisons(s)):
+    for row, c in zip(table_dicts(parsed, "comparisons"), figures.ordered_comparisons(s)):
         expected = any(excludes_zero(iv) != (c["p"] < alpha) for iv in ([c["ci_low"], c["ci_high"]], c["ci_bca"]))
-        assert (report.DISAGREE in row["note"]) == expected, (row, c)
-    notes = [r["note"] for r in table_dicts(parsed, "comparisons") if report.DISAGREE in r["note"]]
+        assert (flags.DISAGREE in row["note"]) == expected, (row, c)
+    notes = [r["note"] for r in table_dicts(parsed, "comparisons") if flags.DISAGREE in r["note"]]
     assert "the percentile and BCa intervals exclude 0 but p = 0.36 ≥ 0.05" in " ".join(notes)
     assert "p = 0.01 < 0.05 but the percentile and BCa intervals include 0" in " ".join(notes)
     head = {r["variant"]: r for r in table_dicts(parsed, "headline")}
     assert "the BCa and jackknife-t intervals exclude 0 but p = 0.36 ≥ 0.05" in head["ort-int8"]["note"]
-    assert all(report.DISAGREE not in r["note"] for v, r in head.items() if v != "ort-int8")
-    assert report.DISAGREE in next(li for li in parsed.lead if li.startswith("ort-int8 "))
+    assert all(flags.DISAGREE not in r["note"] for v, r in head.items() if v != "ort-int8")
+    assert flags.DISAGREE in next(li for li in parsed.lead if li.startswith("ort-int8 "))
     # the note says what each one measures, and what to conclude
-    assert report.DELTA_DISAGREE_NOTE in planted
+    assert flags.DELTA_DISAGREE_NOTE in planted
     for words in ("resamples whole runs", "swaps the two variants' labels within runs",
                   "treat the row as inconclusive"):
-        assert words in report.DELTA_DISAGREE_NOTE
+        assert words in flags.DELTA_DISAGREE_NOTE
     # the Δ plots mark them too
-    labels = [t.get_text() for t in report.build_comparisons(s).axes[0].get_yticklabels()]
-    assert sum(report.DISAGREE in t for t in labels) == sum(report.DISAGREE in r["note"]
+    labels = [t.get_text() for t in figures.build_comparisons(s).axes[0].get_yticklabels()]
+    assert sum(flags.DISAGREE in t for t in labels) == sum(flags.DISAGREE in r["note"]
                                                            for r in table_dicts(parsed, "comparisons"))
-    ax = report.build_headline(s).axes[0]
+    ax = figures.build_headline(s).axes[0]
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels.count(f"ort-int8 {report.DISAGREE}") == 1 and sum(report.DISAGREE in t for t in labels) == 1
-    assert any(t.get_text().startswith(report.DISAGREE) for t in ax.get_legend().get_texts())
-    clean = report.build_headline(summary).axes[0]
-    assert not any(report.DISAGREE in t.get_text() for t in [*clean.get_yticklabels(), *clean.get_legend().get_texts()])
+    assert labels.count(f"ort-int8 {flags.DISAGREE}") == 1 and sum(flags.DISAGREE in t for t in labels) == 1
+    assert any(t.get_text().startswith(flags.DISAGREE) for t in ax.get_legend().get_texts())
+    clean = figures.build_headline(summary).axes[0]
+    assert not any(flags.DISAGREE in t.get_text() for t in [*clean.get_yticklabels(), *clean.get_legend().get_texts()])
     # an unplanted summary has none where none is due
-    for row, c in zip(table_dicts(Tables(page), "comparisons"), report._ordered_comparisons(summary)):
+    for row, c in zip(table_dicts(Tables(page), "comparisons"), figures.ordered_comparisons(summary)):
         due = any(excludes_zero(iv) != (c["p"] < alpha) for iv in ([c["ci_low"], c["ci_high"]], c["ci_bca"]))
-        assert (report.DISAGREE in row["note"]) == due
+        assert (flags.DISAGREE in row["note"]) == due
 
 
 # ---- the served report: its source and its baseline -------------------------------------------------------------
@@ -423,8 +423,8 @@ def test_the_served_report_names_its_source_and_states_its_baseline(rows, kind, 
     notice = re.search(r"<div class='notice'>(.*?)</div>", page).group(1)
     assert "Baseline: onnx-fp32, not torch-fp32." in notice and "torch-fp32 is never served" in notice
     assert "baseline: onnx-fp32 (torch-fp32 is not in this table)" in report.headline_lines(s)[0]
-    assert "Δ fragmentation index vs onnx-fp32" in report.build_headline(s).axes[0].get_xlabel()
-    assert "Δ partial r vs onnx-fp32" in report.build_comparisons(s).axes[0].get_xlabel()
+    assert "Δ fragmentation index vs onnx-fp32" in figures.build_headline(s).axes[0].get_xlabel()
+    assert "Δ partial r vs onnx-fp32" in figures.build_comparisons(s).axes[0].get_xlabel()
 
 
 def test_a_table_without_torch_rows_says_so(rows, tmp_path, page):
