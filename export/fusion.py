@@ -182,10 +182,14 @@ def _live(nodes: list, outputs: list[str]) -> list:
 
 def fuse_attention(model_path: Path, config_path: Path) -> int:
     """Fuse ``model_path`` in place when it is a GPT-NeoX graph; returns the layers fused (0 when the
-    architecture is not GPT-NeoX). The fused graph must give the original's logits on a left-padded
-    batch, prefill then two cached steps, within ``SELF_CHECK_ATOL``, or nothing is written."""
+    architecture is not GPT-NeoX, or when the weights are stored outside the graph, as optimum stores a
+    graph over 2 GB: the fused graph is checked and saved in memory, in one protobuf). The fused graph
+    must give the original's logits on a left-padded batch, prefill then two cached steps, within
+    ``SELF_CHECK_ATOL``, or nothing is written."""
     config = json.loads(config_path.read_text())
     if config.get("model_type") != "gpt_neox":
+        return 0
+    if any(model_path.parent.glob("*.onnx_data")):  # over 2 GB: kept as optimum wrote it (external weights)
         return 0
     original = onnx.load(str(model_path))
     fused = onnx.ModelProto()
