@@ -81,7 +81,7 @@ def _only_consumer(consumers, name: str, op: str, layer: int, what: str):
     return _expect(users[0], op, layer, what)
 
 
-def _layer_anchors(graph, producer, consumers, layer: int) -> tuple[str, object]:
+def _layer_anchors(producer, consumers, layer: int) -> tuple[str, object]:
     """(the QKV projection's output, the Reshape whose output feeds the output projection)."""
     concat = _expect(producer.get(f"present.{layer}.value"), "Concat", layer, "the value cache")
     if concat.input[0] != f"past_key_values.{layer}.value":
@@ -113,7 +113,7 @@ def fuse_graph(model: onnx.ModelProto, config: dict) -> int:
         raise FusionError("only float32 graphs are fused")
     cos, sin, width = rotary_tables(config)
     producer, consumers = _index(graph)
-    anchors = [_layer_anchors(graph, producer, consumers, i) for i in range(layers)]  # all or nothing
+    anchors = [_layer_anchors(producer, consumers, i) for i in range(layers)]  # all or nothing
 
     replacements: dict[str, list] = {}  # name of the Reshape replaced -> nodes that take its place
     for i, (qkv, merged) in enumerate(anchors):

@@ -63,6 +63,11 @@ def _prompts(prompt) -> tuple[list, bool]:
     return list(prompt), True
 
 
+def _where(batch: bool, i: int) -> str:
+    """Where in the request a refusal is about: "prompt <i>: " in a batch, nothing for a single prompt."""
+    return f"prompt {i}: " if batch else ""
+
+
 def _text_of_ids(runner, ids: list[int], where: str) -> str:
     """The text a token-id prompt stands for, in the model's tokenizer. It is then served as text (formatted and
     tokenized again), so it is accepted only when encoding that text gives back the very same ids."""
@@ -93,7 +98,7 @@ class _Checked:
     stops: list[str]
 
     def where(self, i: int) -> str:
-        return f"prompt {i}: " if self.batch else ""
+        return _where(self.batch, i)
 
 
 class CompletionService:
@@ -124,9 +129,6 @@ class CompletionService:
         if not 1 <= max_tokens <= config.max_tokens_limit:
             raise APIError(400, "max_tokens_out_of_range", f"max_tokens must be in 1..{config.max_tokens_limit}")
         prompts, batch = _prompts(req.prompt)
-
-        def where(i: int) -> str:
-            return f"prompt {i}: " if batch else ""
         if not prompts:
             raise APIError(400, "prompt_too_long", "prompt must hold at least one prompt")
         if len(prompts) > config.queue_size:
@@ -134,7 +136,7 @@ class CompletionService:
         for i, p in enumerate(prompts):
             if isinstance(p, str) and (not p or len(p) > config.max_prompt_chars):
                 raise APIError(400, "prompt_too_long",
-                               f"{where(i)}prompt must have 1..{config.max_prompt_chars} characters")
+                               f"{_where(batch, i)}prompt must have 1..{config.max_prompt_chars} characters")
         shift = req.shift if req.shift is not None else UNLABELLED
         if req.shift is not None and req.shift not in self.shifts:
             raise APIError(400, "unknown_shift", f"unknown shift {req.shift!r}; known: {', '.join(self.shifts)}")
