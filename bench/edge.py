@@ -112,16 +112,14 @@ class ReadPass:
         self.pool.shutdown()
 
 
-def read_bandwidth(threads: int, mib_per_thread: int = 256, repeats: int = 5) -> dict:
-    """Memory read bandwidth (bytes/s) with ``threads`` threads, best of ``repeats`` passes; and one thread's
+def read_bandwidth(reader: ReadPass, repeats: int = 5) -> dict:
+    """Memory read bandwidth (bytes/s) of ``reader``'s threads, best of ``repeats`` passes; and one thread's
     copy bandwidth (read + write)."""
-    reader = ReadPass(threads, mib_per_thread)
     reads = []
     for _ in range(repeats):
         t = time.perf_counter()
         reader()
         reads.append(reader.nbytes / (time.perf_counter() - t))
-    reader.close()
     source = reader.arrays[0]
     dest = np.empty_like(source)
     copies = []
@@ -130,7 +128,7 @@ def read_bandwidth(threads: int, mib_per_thread: int = 256, repeats: int = 5) ->
         np.copyto(dest, source)
         copies.append(2 * source.nbytes / (time.perf_counter() - t))
     return {"read_bytes_per_s": max(reads), "copy_bytes_per_s_one_thread": max(copies[1:]),
-            "threads": threads, "bytes": reader.nbytes}
+            "threads": len(reader.arrays), "bytes": reader.nbytes}
 
 
 def _prompts(n: int, length: int, seed: int = 0) -> list[str]:
@@ -174,8 +172,8 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
     torch.set_num_threads(threads)
     arch = QUICK_ARCH if quick else PYTHIA_70M
     checkpoint, folders = build_models(arch, VARIANTS, cache)
-    bandwidth = read_bandwidth(threads, mib_per_thread=16 if quick else 256)
     reader = ReadPass(threads, mib_per_thread=16 if quick else 256)
+    bandwidth = read_bandwidth(reader)
 
     runners = {v: OnnxCausalLM(f, threads=threads, providers=["CPUExecutionProvider"]) for v, f in folders.items()}
     opts = ort.SessionOptions()

@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export.graph import node_index
+
 FUSION_VERSION = 1  # bumped whenever the fused graph changes (the benchmark's model cache is keyed on it)
 MS = "com.microsoft"
 MASK = "fracture_attention_mask_int32"
@@ -56,15 +58,6 @@ def rotary_tables(config: dict) -> tuple[np.ndarray, np.ndarray, int]:
     t = np.arange(config["max_position_embeddings"], dtype=np.float32)
     freqs = np.outer(t, inv_freq).astype(np.float32)
     return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32), width
-
-
-def _index(graph):
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    return producer, consumers
 
 
 def _expect(node, op: str, layer: int, what: str):
@@ -112,7 +105,7 @@ def fuse_graph(model: onnx.ModelProto, config: dict) -> int:
     if inputs["past_key_values.0.key"].type.tensor_type.elem_type != TensorProto.FLOAT:
         raise FusionError("only float32 graphs are fused")
     cos, sin, width = rotary_tables(config)
-    producer, consumers = _index(graph)
+    producer, consumers = node_index(graph.node)
     anchors = [_layer_anchors(producer, consumers, i) for i in range(layers)]  # all or nothing
 
     replacements: dict[str, list] = {}  # name of the Reshape replaced -> nodes that take its place
@@ -145,13 +138,7 @@ def fuse_graph(model: onnx.ModelProto, config: dict) -> int:
         numpy_helper.from_array(np.array([head_dim] * 3, np.int64), "fracture_qkv_split"),
         numpy_helper.from_array(np.array([0, 0, heads * head_dim], np.int64), "fracture_merge_shape"),
     ])
-    # the old producers of present.* now write names the fused nodes write too: keep the last writer only
-    written: dict[str, int] = {}
-    for k, node in enumerate(nodes):
-        for o in node.output:
-            written[o] = k
-    nodes = [n for k, n in enumerate(nodes) if all(written.get(o) == k for o in n.output if o)]
-    del graph.node[:]
+    del graph.node[:]  # the old writers of present.* come before the fused ones: _live keeps the later only
     graph.node.extend(_live(nodes, [o.name for o in graph.output]))
     used = {i for n in graph.node for i in n.input}
     kept = [t for t in graph.initializer if t.name in used]
@@ -164,15 +151,13 @@ def fuse_graph(model: onnx.ModelProto, config: dict) -> int:
 
 
 def _live(nodes: list, outputs: list[str]) -> list:
-    """The nodes the graph outputs depend on, in their order."""
-    producer = {o: n for n in nodes for o in n.output}
-    needed, stack, seen = set(), list(outputs), set()
+    """The nodes the graph outputs depend on, in their order (a name written twice: its later writer)."""
+    producer, _ = node_index(nodes)
+    needed, stack = set(), list(outputs)
     while stack:
-        name = stack.pop()
-        node = producer.get(name)
-        if node is None or id(node) in seen:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in needed:
             continue
-        seen.add(id(node))
         needed.add(id(node))
         stack += [i for i in node.input if i]
         for sub in (a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH):

@@ -47,6 +47,18 @@ def stored_bits(model: onnx.ModelProto) -> dict[str, int]:
     return {t.name: _numel(t) * _BITS.get(t.data_type, 32) for t in model.graph.initializer}
 
 
+def node_index(nodes) -> tuple[dict, dict[str, list]]:
+    """({tensor name: the node that writes it}, {tensor name: the nodes that read it}) over ``nodes`` (a
+    graph's ``node`` list); where two nodes write one name, the later one is its producer."""
+    producers, consumers = {}, {}
+    for n in nodes:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+        for name in n.output:
+            producers[name] = n
+    return producers, consumers
+
+
 def weight_roles(model: onnx.ModelProto) -> dict[str, str]:
     """Float initializers of a full-precision export, by role: embeddings, lm_head, blocks or other.
 
@@ -55,10 +67,7 @@ def weight_roles(model: onnx.ModelProto) -> dict[str, str]:
     transformer blocks; layer norms and biases are "other".
     """
     floats = {t.name for t in model.graph.initializer if t.data_type in _FLOATS}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    _, consumers = node_index(model.graph.node)
 
     def feeds_logits(node) -> bool:
         # the LM head MatMul's output reaches "logits" through at most a few shape-only ops
@@ -137,7 +146,7 @@ def bytes_read_per_token(model: onnx.ModelProto) -> int:
     """Bytes of stored weights one decode step must read: every initializer in full, except a table
     that a Gather indexes with ``input_ids`` (directly or through a DequantizeLinear), of which one
     row is read per token. The memory floor of a decode step is this over the memory bandwidth."""
-    producers = {out: n for n in model.graph.node for out in n.output}
+    producers, _ = node_index(model.graph.node)
     lookups = set()
     for node in model.graph.node:
         if node.op_type in ("Gather", "GatherBlockQuantized") and "input_ids" in node.input[1:]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.graph import weight_roles
+from export.graph import node_index, weight_roles
 from export.runtime import MODEL_FILE
 
 
@@ -87,10 +87,7 @@ def per_token_activations(model: onnx.ModelProto) -> int:
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    _, consumers = node_index(graph.node)
     consts = {"pt_axes": np.array([-1], np.int64), "pt_zero": np.array(0.0, np.float32),
               "pt_255": np.array(255.0, np.float32), "pt_tiny": np.array(1e-12, np.float32),
               "pt_zp": np.array(0, np.uint8)}
