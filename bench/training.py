@@ -25,7 +25,7 @@ def bench_training(steps: int = 40, batch_size: int = 64, threads: int = 1, repe
     import transformers
     from transformers import Trainer, TrainingArguments
 
-    from tasks.dataset import resolve_specs, sample_training, write_splits
+    from tasks.dataset import sample_training, write_splits
     from train.base import load_base
     from train.config import RunSpec, TrainJob
     from train.data import PadCollator, encode_items
@@ -48,7 +48,7 @@ def bench_training(steps: int = 40, batch_size: int = 64, threads: int = 1, repe
 
             transformers.set_seed(r)
             base = load_base("embedded")
-            train = sample_training(resolve_specs(task_cfg), {"id": 1.0}, items, r, task_cfg.answer_order,
+            train = sample_training(task_cfg.specs, {"id": 1.0}, items, r, task_cfg.answer_order,
                                     frozenset())
             dataset = encode_items(train, base.tokenizer, base.digit_format)
             args = TrainingArguments(output_dir=str(Path(tmp) / f"plain{r}"), per_device_train_batch_size=batch_size,

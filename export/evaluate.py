@@ -38,7 +38,6 @@ from tasks.dataset import (
     EXTRA_SPLITS,
     build_added_split,
     read_jsonl,
-    resolve_specs,
     sample_training,
     sweep_extra_splits,
     sweep_splits,
@@ -59,10 +58,10 @@ def added_specs(sweep_task: dict, extras: dict[str, dict], new_cfg: TaskConfig, 
     if differ:
         raise ValueError(f"{source} differs from the sweep's task in {', '.join(differ)}: only shifts can be "
                          "added to a trained sweep")
-    known = resolve_specs(old_cfg) | {
+    known = old_cfg.specs | {
         name: SplitSpec.from_mapping(name, {k: v for k, v in e["params"].items() if k != "name"})
         for name, e in extras.items()}
-    new = resolve_specs(new_cfg)
+    new = new_cfg.specs
     for name, spec in new.items():
         if name in known and known[name].params() != spec.params():
             raise ValueError(f"{source}: split {name!r} is already in the sweep with other generator parameters "
@@ -81,7 +80,7 @@ def seen_prompts(sweep_dir: Path, sweep: dict) -> set[str]:
     for extra in sweep_extra_splits(sweep_dir).values():
         seen |= {it["prompt"] for it in read_jsonl(sweep_dir / extra["file"])}
     task_cfg = load_config(TaskConfig, overrides=sweep["task"])
-    specs = resolve_specs(task_cfg)
+    specs = task_cfg.specs
     _, banned = load_eval_splits(data, task_cfg, 0)
     drawn = set()
     for run_id in sweep["runs"]:

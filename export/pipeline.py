@@ -372,8 +372,6 @@ def export_sweep(cfg: ExportConfig) -> dict:
 def _export_sweep(cfg: ExportConfig) -> dict:
     from tqdm import tqdm
 
-    from tasks.dataset import resolve_specs
-
     started = time.perf_counter()
     sweep_dir = Path(cfg.sweep)
     sweep = load_sweep(sweep_dir)
@@ -389,7 +387,7 @@ def _export_sweep(cfg: ExportConfig) -> dict:
     if not jobs or not names:
         raise ValueError(f"nothing to export in {sweep_dir} (checkpoints: {len(jobs)}, variants: {names})")
     task = sweep["task"]
-    split_names = list(resolve_specs(load_config(TaskConfig, overrides=task)))
+    split_names = list(load_config(TaskConfig, overrides=task).specs)
     splits_src = {"task": task, "data": sweep["data"], "eval_items": sweep["config"].get("eval_items", 0),
                   "eval_batch_size": cfg.eval_batch_size or sweep["config"]["eval_batch_size"]}
     table_path = sweep_dir / "accuracy.csv"

@@ -15,7 +15,7 @@ import sys
 
 from common.config import ConfigError, load_config, parse_cli_overrides
 from tasks.config import TaskConfig
-from tasks.dataset import resolve_specs, write_splits
+from tasks.dataset import write_splits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         cfg = load_config(TaskConfig, args.config, parse_cli_overrides(rest))
-        specs = resolve_specs(cfg)
+        specs = cfg.specs
         out = write_splits(cfg, args.out)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 from common.files import atomic_write_json, atomic_write_text
 from tasks.config import TaskConfig
-from tasks.registry import ID_NAME, ID_SPEC, SHIFTS
+from tasks.registry import ID_NAME
 from tasks.spec import SplitSpec
 
 EVAL_SPLIT_OF_ID = "dev"
@@ -34,7 +33,7 @@ FORMAT_VERSION = 2
 def task_hash(cfg: TaskConfig, length: int = 10) -> str:
     """Names data/<hash>/: the config, every resolved generator and the format version."""
     blob = json.dumps({"config": asdict(cfg), "format": FORMAT_VERSION,
-                       "specs": {k: v.params() for k, v in resolve_specs(cfg).items()}}, sort_keys=True)
+                       "specs": {k: v.params() for k, v in cfg.specs.items()}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
@@ -70,41 +69,10 @@ def sweep_splits(sweep: str | Path, task_config: str | Path | None = None) -> li
 
     path = Path(sweep) / "sweep.yaml"
     task = (yaml.safe_load(path.read_text()) or {}).get("task", {}) if path.is_file() else {}
-    names = [*resolve_specs(load_config(TaskConfig, overrides=task)), *sweep_extra_splits(sweep)]
+    names = [*load_config(TaskConfig, overrides=task).specs, *sweep_extra_splits(sweep)]
     if task_config:
-        names += [name for name in resolve_specs(load_config(TaskConfig, task_config)) if name not in names]
+        names += [name for name in load_config(TaskConfig, task_config).specs if name not in names]
     return names
-
-
-def resolve_specs(cfg: TaskConfig) -> dict[str, SplitSpec]:
-    """``{"id": spec, "<shift>": spec, ...}`` for this config (registry + YAML-defined shifts)."""
-    specs = {ID_NAME: ID_SPEC.updated(cfg.id) if cfg.id else ID_SPEC}
-    for name, params in cfg.shifts.items():
-        if params:
-            base = SHIFTS.get(name)
-            if base is not None:
-                specs[name] = base.updated(dict(params))
-            else:
-                specs[name] = SplitSpec.from_mapping(name, dict(params))
-        elif name in SHIFTS:
-            specs[name] = SHIFTS[name]
-        else:
-            raise ValueError(f"shift {name!r} is not registered ({sorted(SHIFTS)}); "
-                             "define it with generator parameters (digits, terms, operators, notation, base)")
-        _warn_if_narrower(specs[ID_NAME], specs[name])
-    return specs
-
-
-def _warn_if_narrower(id_spec: SplitSpec, spec: SplitSpec) -> None:
-    """A shift padded narrower than the in-domain split changes the format as well as the numbers
-    (``34+86=`` beside id's ``068+034=``): say so, unless its widths were set on purpose."""
-    (id_op, id_ans), (op, ans) = id_spec.widths(), spec.widths()
-    narrower = [f"{what} to {mine} where id pads to {theirs} (set {key}: {theirs} to keep id's format)"
-                for what, key, mine, theirs, given in (("operands", "operand_width", op, id_op, spec.operand_width),
-                                                       ("answers", "answer_width", ans, id_ans, spec.answer_width))
-                if spec.pad and not given and mine < theirs]
-    if narrower:
-        warnings.warn(f"shift {spec.name!r} pads " + " and ".join(narrower), stacklevel=3)
 
 
 def _rng(cfg_seed: int, split: str, role: str) -> random.Random:
@@ -133,7 +101,7 @@ def sample_unique(spec: SplitSpec, n: int, rng: random.Random, answer_order: str
 
 def build_eval_splits(cfg: TaskConfig) -> dict[str, list[dict]]:
     """``dev`` (in-domain) and one split per shift, each ``n_eval`` unique items."""
-    specs = resolve_specs(cfg)
+    specs = cfg.specs
     out: dict[str, list[dict]] = {}
     taken: set[str] = set()
     for name, spec in specs.items():
@@ -192,7 +160,7 @@ def write_splits(cfg: TaskConfig, out_root: str | Path) -> Path:
     if marker.is_file() and json.loads(marker.read_text()).get("format") == FORMAT_VERSION:
         return out
     eval_splits = build_eval_splits(cfg)
-    specs = resolve_specs(cfg)
+    specs = cfg.specs
     train = sample_training(specs, {ID_NAME: 1.0}, cfg.n_train, f"{cfg.seed}:train.jsonl",
                             cfg.answer_order, eval_prompts(eval_splits))
     for item in train:

@@ -13,7 +13,7 @@ from common.accuracy_table import TORCH_VARIANT
 from common.files import atomic_write_json
 from common.manifest import verify, write_manifest
 from tasks.config import TaskConfig
-from tasks.dataset import eval_prompts, read_jsonl, resolve_specs, sample_training, split_file
+from tasks.dataset import eval_prompts, read_jsonl, sample_training, split_file
 from train.checkpoints import save_checkpoint, verify_checkpoint
 from train.config import RunSpec, TrainJob
 
@@ -28,7 +28,7 @@ def checkpoint_steps(steps: int, k: int) -> list[int]:
 def load_eval_splits(data_dir: Path, task_cfg: TaskConfig, eval_items: int) -> tuple[dict, frozenset]:
     """Eval splits keyed by the `split` label (dev is graded as ``id``) and all eval prompts."""
     full = {}
-    for name in resolve_specs(task_cfg):
+    for name in task_cfg.specs:
         full[name] = read_jsonl(data_dir / f"{split_file(name)}.jsonl")
     banned = eval_prompts(full)
     take = eval_items or task_cfg.n_eval
@@ -151,7 +151,7 @@ def train_and_evaluate(job: TrainJob, progress: Progress | None = None, in_worke
             "base": run.base}
     train_started_at = train_ended_at = None
     if resume < run.steps:
-        items = sample_training(resolve_specs(task_cfg), run.mixture, run.train_items, run.seed,
+        items = sample_training(task_cfg.specs, run.mixture, run.train_items, run.seed,
                                 task_cfg.answer_order, banned)
         dataset = encode_items(items, base.tokenizer, base.digit_format)
         tokenizer = base.tokenizer

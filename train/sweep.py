@@ -224,9 +224,7 @@ def _check_sweep_yaml(path: Path, resolved: dict) -> None:
 def check_runs(runs: list[RunSpec], task_cfg: TaskConfig) -> None:
     """What a run cannot check by itself, before anything is written (a corrected config must not then be
     refused as "made by a different sweep config"): its mixture names splits of the task."""
-    from tasks.dataset import resolve_specs
-
-    splits = set(resolve_specs(task_cfg))
+    splits = set(task_cfg.specs)
     for run in runs:
         unknown = sorted(set(run.mixture) - splits)
         if unknown:

@@ -9,7 +9,7 @@ import pytest
 
 from common.config import load_config
 from tasks.config import TaskConfig
-from tasks.dataset import build_eval_splits, eval_prompts, read_jsonl, resolve_specs, sample_training, write_splits
+from tasks.dataset import build_eval_splits, eval_prompts, read_jsonl, sample_training, write_splits
 from tasks.formatting import DIGITS
 from tasks.registry import ID_SPEC, SHIFTS
 from tasks.spec import SplitSpec
@@ -46,7 +46,7 @@ def test_eval_splits_are_disjoint_from_training_and_from_each_other(tmp_path):
     assert len(banned) == sum(len(v) for v in evals.values())  # no prompt in two eval splits
     assert not banned & {it["prompt"] for it in train}
     # Mixtures that draw from shift generators must also avoid every eval prompt.
-    mixed = sample_training(resolve_specs(cfg), {"id": 1, "base": 1, "operator_order": 1, "length": 1},
+    mixed = sample_training(cfg.specs, {"id": 1, "base": 1, "operator_order": 1, "length": 1},
                             4000, seed=0, answer_order="lsd", exclude=banned)
     assert not banned & {it["prompt"] for it in mixed}
 
@@ -114,9 +114,9 @@ def test_a_shift_defined_in_yaml_by_parameters_alone(tmp_path):
     preset = tmp_path / "task.yaml"
     preset.write_text("n_eval: 200\nshifts:\n  base: {}\n  sub_add:\n    terms: [3, 3]\n    digits: [1, 2]\n"
                       "    operators: ['-', '+']\n    description: a-b+c\n")
-    cfg = load_config(TaskConfig, preset)
     with pytest.warns(UserWarning, match="'sub_add' pads operands to 2"):  # its own widths: 2 and 3
-        items = build_eval_splits(cfg)["sub_add"]
+        cfg = load_config(TaskConfig, preset)  # said once, when the config is made
+    items = build_eval_splits(cfg)["sub_add"]
     assert len(items) == 200
     for it in items:
         a, b, c = it["meta"]["operands"]
@@ -132,15 +132,16 @@ def test_the_shipped_yaml_shift_example_builds_at_id_widths():
 
 
 def test_a_narrower_shift_warns_and_explicit_widths_keep_the_in_domain_format():
-    narrow = TaskConfig(n_eval=50, shifts={"two_digit": {"digits": [2, 2]}})
     with pytest.warns(UserWarning, match=r"'two_digit' pads operands to 2 where id pads to 3.*operand_width: 3"):
-        items = build_eval_splits(narrow)["two_digit"]
+        narrow = TaskConfig(n_eval=50, shifts={"two_digit": {"digits": [2, 2]}})
+    items = build_eval_splits(narrow)["two_digit"]
     assert all(len(it["prompt"]) == len("34+86=") and len(it["answer"]) == 3 for it in items)
 
-    kept = TaskConfig(n_eval=50, shifts={"two_digit": {"digits": [2, 2], "operand_width": 3, "answer_width": 4}})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning once the widths are chosen
-        items = build_eval_splits(kept)["two_digit"]
+        kept = TaskConfig(n_eval=50, shifts={"two_digit": {"digits": [2, 2], "operand_width": 3,
+                                                           "answer_width": 4}})
+    items = build_eval_splits(kept)["two_digit"]
     for it in items:
         a, b = it["meta"]["operands"]
         assert it["prompt"] == f"{a:03d}+{b:03d}=" and 10 <= a < 100 and 10 <= b < 100
@@ -168,7 +169,7 @@ def test_shift_names_must_be_safe_label_values():
     with pytest.raises(ValueError, match="name"):
         SplitSpec(name="Bad Name!")
     with pytest.raises(ValueError, match="not registered"):
-        resolve_specs(TaskConfig(shifts={"no_such_shift": {}}))
+        TaskConfig(shifts={"no_such_shift": {}})
 
 
 def test_unpadded_format():
@@ -209,3 +210,18 @@ def test_tasks_package_is_pure_python():
     code = "import sys, tasks, tasks.dataset; bad = {'torch', 'numpy', 'transformers'} & set(sys.modules); " \
            "sys.exit(str(bad) if bad else 0)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_config_resolves_its_splits_once_and_carries_them_to_workers():
+    """``cfg.specs`` is resolved when the config is made (a bad shift is refused there), read-only, and
+    travels with the config to worker processes (pickled) rather than being resolved again."""
+    import pickle
+
+    cfg = TaskConfig(n_eval=50, shifts={"length": {}, "two_digit": {"digits": [2, 2], "operand_width": 3,
+                                                                    "answer_width": 4}})
+    assert list(cfg.specs) == ["id", "length", "two_digit"]
+    with pytest.raises(TypeError):
+        cfg.specs["id"] = cfg.specs["length"]  # type: ignore[index]
+    copy = pickle.loads(pickle.dumps(cfg))
+    assert copy == cfg and {k: v.params() for k, v in copy.specs.items()} == {k: v.params()
+                                                                               for k, v in cfg.specs.items()}
