@@ -24,6 +24,7 @@ import json
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.accuracy_table import TORCH_VARIANT, read_table, upsert_rows
@@ -32,7 +33,7 @@ from common.executor import Resources, open_executor
 from common.files import atomic_write_json, atomic_write_text, check_name, folder_lock, sha256_file
 from common.progress import progress_bar
 from export.config import EvaluateConfig
-from export.pipeline import CheckpointJob, load_sweep, reusable
+from export.pipeline import CheckpointJob, EvalData, load_sweep, reusable
 from tasks.config import TaskConfig
 from tasks.dataset import (
     EXTRA_SPLITS,
@@ -114,8 +115,20 @@ def add_splits(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict[str, d
     return extras
 
 
-def evaluate_checkpoint(job: CheckpointJob, variants: list[str], split_files: dict[str, str], eval_items: int,
-                        batch: int, max_new: int, threads: int) -> dict:
+@dataclass(frozen=True)
+class GradeJob:
+    """One checkpoint's variants to grade on the added splits it has no rows for."""
+
+    checkpoint: CheckpointJob
+    variants: tuple[str, ...]  # names from accuracy.csv: registry variants, and torch-fp32 (the checkpoint)
+    split_files: dict[str, str]  # split -> its JSONL file
+    eval_items: int  # items per split (0 = all)
+    batch_size: int  # the sweep's eval batch size
+    max_new: int  # the decode length of a task with every split
+    threads: int
+
+
+def evaluate_checkpoint(job: GradeJob) -> dict:
     """Worker: grade one checkpoint's torch-fp32 and published variants on the given splits."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -124,34 +137,36 @@ def evaluate_checkpoint(job: CheckpointJob, variants: list[str], split_files: di
     from train.base import load_tokenizer
     from train.evaluate import evaluate_splits, torch_decoder
 
-    torch.set_num_threads(threads)
-    ckpt = job.checkpoint
+    torch.set_num_threads(job.threads)
+    where, threads = job.checkpoint, job.threads
+    ckpt = where.checkpoint
     problem = verify_checkpoint(ckpt)
     if problem:
-        return {"rows": [], "failed": [f"{job}: {problem}"]}
-    splits = {name: read_jsonl(path)[:eval_items or None] for name, path in split_files.items()}
+        return {"rows": [], "failed": [f"{where}: {problem}"]}
+    splits = {name: read_jsonl(path)[:job.eval_items or None] for name, path in job.split_files.items()}
     digit_format = json.loads((ckpt / "fracture.json").read_text())["digit_format"]
     tokenizer = load_tokenizer(str(ckpt))
     ckpt_sha = sha256_file(ckpt / "model.safetensors")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows, failed = [], []
-    for name in variants:
+    for name in job.variants:
         try:
             if name == TORCH_VARIANT:
                 decode = torch_decoder(AutoModelForCausalLM.from_pretrained(ckpt).eval(), tokenizer)
             else:
                 variant = get_variant(name)
-                dest = job.variant_dir(name)
+                dest = where.variant_dir(name)
                 why = reusable(dest, ckpt_sha)
                 if why:
-                    failed.append(f"{job} {name}: {why} (`python -m export` rebuilds it; nothing is rebuilt here)")
+                    failed.append(f"{where} {name}: {why} (`python -m export` rebuilds it; nothing is rebuilt here)")
                     continue
                 decode = variant.open(dest, threads, device, tokenizer).decoder()
-            results = evaluate_splits(decode, digit_format, splits, batch_size=batch, max_new_tokens=max_new)
+            results = evaluate_splits(decode, digit_format, splits, batch_size=job.batch_size,
+                                       max_new_tokens=job.max_new)
         except Exception:  # noqa: BLE001 - one variant that cannot be graded must not stop the others
-            failed.append(f"{job} {name}: {traceback.format_exc(limit=3)}")
+            failed.append(f"{where} {name}: {traceback.format_exc(limit=3)}")
             continue
-        rows += [{"run": job.run, "step": job.step, "variant": name, "split": split, **r}
+        rows += [{"run": where.run, "step": where.step, "variant": name, "split": split, **r}
                  for split, r in results.items()]
     return {"rows": rows, "failed": failed}
 
@@ -169,7 +184,6 @@ def _evaluate_sweep(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict:
     from tqdm import tqdm
 
     from train.evaluate import max_answer_tokens
-    from train.finetune import load_eval_splits
 
     started = time.perf_counter()
     before = set(sweep_extra_splits(sweep_dir))
@@ -180,9 +194,8 @@ def _evaluate_sweep(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict:
     for r in table:
         have.setdefault((r["run"], int(r["step"])), {}).setdefault(r["variant"], set()).add(r["split"])
     runs = set(sweep["runs"])
-    eval_items = sweep["config"].get("eval_items", 0)
-    task_cfg = load_config(TaskConfig, overrides=sweep["task"])
-    originals, _ = load_eval_splits(Path(sweep["data"]), task_cfg, eval_items)
+    data = EvalData.of_sweep(sweep)
+    eval_items, originals = data.eval_items, data.load()
     added = {name: read_jsonl(sweep_dir / e["file"])[:eval_items or None] for name, e in extras.items()}
     max_new = max_answer_tokens({**originals, **added})  # the decode length a task with these splits would use
     jobs = []
@@ -197,8 +210,8 @@ def _evaluate_sweep(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict:
         steps = json.loads((run_dir / "config.json").read_text())["checkpoint_steps"]
         missing = sorted(set(extras) - set.intersection(*(by_variant[v] for v in todo)))
         files = {name: str(root / extras[name]["file"]) for name in missing}
-        jobs.append((CheckpointJob(run, step, steps[-1], run_dir), todo, files,
-                     eval_items, sweep["config"]["eval_batch_size"], max_new, cfg.threads))
+        jobs.append(GradeJob(CheckpointJob(run, step, steps[-1], run_dir), tuple(todo), files,
+                             eval_items, data.batch_size, max_new, cfg.threads))
     print(f"evaluate {sweep_dir}: split(s) {', '.join(extras) or '(none)'} "
           f"({', '.join(sorted(set(extras) - before)) or 'none'} new); {len(jobs)} checkpoint(s) to grade")
     failed, written = [], 0
@@ -217,7 +230,7 @@ def _evaluate_sweep(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict:
 
     if jobs:
         with open_executor(cfg.executor, cfg.ray_address, cfg.max_retries) as executor:
-            executor.map(evaluate_checkpoint, jobs, done, workers=min(cfg.workers, len(jobs)),
+            executor.map(evaluate_checkpoint, [(job,) for job in jobs], done, workers=min(cfg.workers, len(jobs)),
                          resources=Resources(cpus=cfg.threads))
     bar.close()
     return {"splits": sorted(extras), "added": sorted(set(extras) - before), "rows": written, "failed": failed,

@@ -288,63 +288,92 @@ def reusable(dest: Path, ckpt_sha: str) -> str | None:
     return None
 
 
-def export_checkpoint(job: CheckpointJob, variant_names: list[str], splits_src: dict, have_rows: list[str],
-                      cfg_dict: dict) -> dict:
+@dataclass(frozen=True)
+class EvalData:
+    """A sweep's eval splits and how they are graded, resolved once by the parent from its sweep.yaml."""
+
+    task: TaskConfig
+    data_dir: Path
+    eval_items: int  # items per split (0 = the task's n_eval)
+    batch_size: int  # the sweep's fixed eval batch size, so variants and torch are graded alike
+
+    @classmethod
+    def of_sweep(cls, sweep: dict, batch_size: int = 0) -> EvalData:
+        return cls(load_config(TaskConfig, overrides=sweep["task"]), Path(sweep["data"]),
+                   sweep["config"].get("eval_items", 0), batch_size or sweep["config"]["eval_batch_size"])
+
+    def load(self) -> dict[str, list[dict]]:
+        """``{split: items}``, the id split first."""
+        from train.finetune import load_eval_splits
+
+        return load_eval_splits(self.data_dir, self.task, self.eval_items)[0]
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """All one worker needs to build, check and grade the variants of one checkpoint."""
+
+    checkpoint: CheckpointJob
+    variants: tuple[Variant, ...]  # in build order (``registry.resolve``)
+    data: EvalData
+    graded: frozenset[str]  # variants accuracy.csv has every row of: not graded again unless rebuilt
+    threads: int  # ONNX Runtime / torch intra-op threads
+    parity_batch: int  # dev items in the logit comparison
+    force: bool  # rebuild even a variant that verifies
+
+
+def export_checkpoint(job: ExportJob) -> dict:
     """Worker: build/reuse and evaluate the variants of one checkpoint. Returns rows and a log."""
     import torch
 
-    from export.registry import get_variant
     from train.evaluate import evaluate_splits
-    from train.finetune import load_eval_splits
 
-    threads = cfg_dict["threads"]
-    torch.set_num_threads(threads)
-    ckpt = job.checkpoint
+    torch.set_num_threads(job.threads)
+    where = job.checkpoint
+    ckpt = where.checkpoint
     problem = verify_checkpoint(ckpt)
     if problem:
-        return {"job": job, "rows": [], "log": [], "failed": [f"{job}: {problem}"]}
-    task_cfg = load_config(TaskConfig, overrides=splits_src["task"])
-    splits, _ = load_eval_splits(Path(splits_src["data"]), task_cfg, splits_src["eval_items"])
-    batch = splits_src["eval_batch_size"]
-    ref = Reference(ckpt, splits, batch, cfg_dict["parity_batch"])
+        return {"job": where, "rows": [], "log": [], "failed": [f"{where}: {problem}"]}
+    splits, batch = job.data.load(), job.data.batch_size
+    ref = Reference(ckpt, splits, batch, job.parity_batch)
     ckpt_sha = sha256_file(ckpt / "model.safetensors")
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     rows, log, failed, published = [], [], [], {}
-    for name in variant_names:
-        variant = get_variant(name)
-        dest = job.variant_dir(name)
+    for variant in job.variants:
+        name = variant.name
+        dest = where.variant_dir(name)
         needs_dir = published.get(variant.needs) if variant.needs else None
         if variant.needs and needs_dir is None:
-            failed.append(f"{job} {name}: needs {variant.needs}, which is not available")
+            failed.append(f"{where} {name}: needs {variant.needs}, which is not available")
             continue
         fp32_dir = published.get(FP32) if variant.needs else None  # resolve() built it first where needed
-        why = "forced" if cfg_dict["force"] else reusable(dest, ckpt_sha)
+        why = "forced" if job.force else reusable(dest, ckpt_sha)
         runner, decoded = None, {}
         try:
             if why is None:
                 manifest = read_manifest(dest)
                 log.append((name, "reused", manifest))
             else:
-                manifest, runner, decoded["id"] = _build(variant, job, ckpt, fp32_dir, needs_dir, ref, threads, dest,
-                                                         device)
+                manifest, runner, decoded["id"] = _build(variant, where, ckpt, fp32_dir, needs_dir, ref, job.threads,
+                                                         dest, device)
                 log.append((name, "built", manifest))
         except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the others
             detail = str(exc) if isinstance(exc, ExportCheckFailed) else traceback.format_exc(limit=3)
-            failed.append(f"{job} {name}: {detail}")
+            failed.append(f"{where} {name}: {detail}")
             continue
         published[name] = dest
-        if name in have_rows and why is None:
+        if name in job.graded and why is None:
             continue
         if runner is None:  # a torch variant loads its saved, already quantized weights
-            runner = variant.open(dest, threads, device, ref.tokenizer)
+            runner = variant.open(dest, job.threads, device, ref.tokenizer)
         decode = runner.decoder()
         started = time.perf_counter()
         results = evaluate_splits(decode, ref.digit_format, splits, batch_size=batch, decoded=decoded)
         log.append((name, "evaluated", {"seconds": round(time.perf_counter() - started, 2)}))
-        rows += [{"run": job.run, "step": job.step, "variant": name, "split": split, **r}
+        rows += [{"run": where.run, "step": where.step, "variant": name, "split": split, **r}
                  for split, r in results.items()]
-    return {"job": job, "rows": rows, "log": log, "failed": failed}
+    return {"job": where, "rows": rows, "log": log, "failed": failed}
 
 
 # -- the parent side ------------------------------------------------------------------
@@ -382,20 +411,17 @@ def _export_sweep(cfg: ExportConfig) -> dict:
         if reason:
             skipped[v.name] = reason
             print(f"skipping {v.name}: {reason}", file=sys.stderr)
-    names = [v.name for v in variants if v.name not in skipped and v.needs not in skipped]
+    chosen = tuple(v for v in variants if v.name not in skipped and v.needs not in skipped)
     jobs = plan_jobs(cfg, sweep_dir, sweep)
-    if not jobs or not names:
-        raise ValueError(f"nothing to export in {sweep_dir} (checkpoints: {len(jobs)}, variants: {names})")
-    task = sweep["task"]
-    split_names = list(load_config(TaskConfig, overrides=task).specs)
-    splits_src = {"task": task, "data": sweep["data"], "eval_items": sweep["config"].get("eval_items", 0),
-                  "eval_batch_size": cfg.eval_batch_size or sweep["config"]["eval_batch_size"]}
+    if not jobs or not chosen:
+        raise ValueError(f"nothing to export in {sweep_dir} (checkpoints: {len(jobs)}, "
+                         f"variants: {[v.name for v in chosen]})")
+    data = EvalData.of_sweep(sweep, cfg.eval_batch_size)
     table_path = sweep_dir / "accuracy.csv"
-    present = _rows_present(read_table(table_path), split_names)
-    cfg_dict = {"threads": cfg.threads, "parity_batch": cfg.parity_batch, "force": cfg.force}
+    present = _rows_present(read_table(table_path), list(data.task.specs))
     workers = max(1, min(cfg.workers, len(jobs)))
-    print(f"export {sweep_dir}: {len(jobs)} checkpoint(s) x {len(names)} variant(s) ({', '.join(names)}), "
-          f"{workers} worker(s), eval batch {splits_src['eval_batch_size']}")
+    print(f"export {sweep_dir}: {len(jobs)} checkpoint(s) x {len(chosen)} variant(s) "
+          f"({', '.join(v.name for v in chosen)}), {workers} worker(s), eval batch {data.batch_size}")
 
     results = []
     bar = progress_bar(len(jobs), "checkpoints", "ckpt")
@@ -410,10 +436,11 @@ def _export_sweep(cfg: ExportConfig) -> dict:
 
     if cfg.executor == "ray":  # a Ray worker may start elsewhere: absolute paths (on the shared filesystem)
         jobs = [replace(job, run_dir=job.run_dir.resolve()) for job in jobs]
-        splits_src["data"] = str(Path(splits_src["data"]).resolve())
+        data = replace(data, data_dir=data.data_dir.resolve())
+    export_jobs = [ExportJob(job, chosen, data, frozenset(present.get((job.run, job.step), ())), cfg.threads,
+                             cfg.parity_batch, cfg.force) for job in jobs]
     with open_executor(cfg.executor, cfg.ray_address, cfg.max_retries) as executor:
-        executor.map(export_checkpoint, [(job, names, splits_src, present.get((job.run, job.step), []), cfg_dict)
-                                         for job in jobs], lambda _, res: done(res), workers=workers,
+        executor.map(export_checkpoint, [(job,) for job in export_jobs], lambda _, res: done(res), workers=workers,
                      resources=Resources(cpus=cfg.threads))
     bar.close()
 

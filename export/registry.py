@@ -77,6 +77,11 @@ class Variant:
             tokenizer = load_tokenizer(str(folder))
         return TorchRunner(self.load(folder, device), tokenizer)
 
+    def __reduce__(self):
+        """A variant travels to a worker process (pickle, Ray) as its name, and the worker's registry gives
+        back the entry: its builders include closures that pickle cannot carry."""
+        return get_variant, (self.name,)
+
 
 class Runner(Protocol):
     """What the export's parity check and every evaluation need of a variant."""

@@ -54,3 +54,21 @@ def test_resolve_puts_the_source_variant_first():
     names = [v.name for v in resolve(["ort-int4"])]
     assert names == ["onnx-fp32", "ort-int4"]
     assert [v.name for v in resolve(["all"])] == list(VARIANTS)
+
+
+def test_a_variant_travels_to_a_worker_as_its_registry_entry():
+    """Workers get Variant objects (pickle, or Ray's cloudpickle) carried by name: the registry entry
+    comes back, with closures pickle could not carry."""
+    import pickle
+
+    from export.registry import VARIANTS, get_variant
+
+    for name in [*VARIANTS, "sim-w4", "noise@ort-int4"]:
+        variant = get_variant(name)
+        back = pickle.loads(pickle.dumps(variant))
+        if name in VARIANTS:
+            assert back is VARIANTS[name]
+        else:  # made by the registry on demand: an equal entry, with builders of its own
+            assert (back.name, back.needs, back.bits, back.quantizes, back.method, back.simulated_bits,
+                    back.noise_of) == (name, variant.needs, variant.bits, variant.quantizes, variant.method,
+                                       variant.simulated_bits, variant.noise_of)
