@@ -151,19 +151,21 @@ def fields_help(cls: type, width: int = 100) -> str:
 
     names = {f.name for f in dataclasses.fields(cls)}
     notes: dict[str, str] = {}
-    above: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
-        text = line.strip()
-        if text.startswith("#"):
-            above.append(text.lstrip("#").strip())
-            continue
-        match = re.match(r"(\w+)\s*:", text)
-        if match and match.group(1) in names:
-            beside = text.split("  # ", 1)[1].strip() if "  # " in text else ""
-            notes[match.group(1)] = " ".join([*above, beside]).strip()
-        above = []
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # a subclass's note wins
+        above: list[str] = []
+        for line in inspect.getsource(klass).splitlines():
+            text = line.strip()
+            if text.startswith("#"):
+                above.append(text.lstrip("#").strip())
+                continue
+            match = re.match(r"(\w+)\s*:", text)
+            if match and match.group(1) in names:
+                beside = text.split("  # ", 1)[1].strip() if "  # " in text else ""
+                notes[match.group(1)] = " ".join([*above, beside]).strip()
+            above = []
     out = []
-    for f in dataclasses.fields(cls):
+    own = set(getattr(cls, "__annotations__", {}))  # the class's own fields first, then those it inherits
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("...").strip() \
             if isinstance(default, (dict, list, tuple)) else default
