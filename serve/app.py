@@ -246,9 +246,8 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
              responses=error_responses(401))
     async def models() -> ModelList:
         loaded = set(fleet.loaded_ids())
-        return ModelList(data=[ModelCard(id=e.id, run=e.run, variant=e.variant, step=e.step, bits=e.bits,
-                                         backend=e.backend, loaded=e.id in loaded)
-                               for e in fleet.entries.values()], refused=fleet.refused)
+        return ModelList(data=[ModelCard(**e.info.model_dump(), loaded=e.id in loaded) for e in fleet.entries.values()],
+                         refused=fleet.refused)
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def prometheus_metrics() -> Response:

@@ -17,12 +17,12 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.manifest import read_manifest, read_verified, verify
 from export.runtime import MODEL_FILE, OnnxCausalLM, default_providers
 from serve.config import ServeConfig
+from serve.schema import ModelInfo
 
 log = logging.getLogger("fracture.serve")
 
@@ -31,19 +31,18 @@ class ModelUnavailable(RuntimeError):
     pass
 
 
-@dataclass
-class ModelEntry:
-    id: str  # "<run>/<variant>"
-    run: str
-    variant: str
-    step: int
-    bits: int
-    backend: str
+class ModelEntry(ModelInfo):
+    """A servable variant: what clients see of it (``ModelInfo``) and what the server needs to load it."""
+
     folder: Path
-    bytes: int
+    bytes: int  # of its files, from its manifest
     digit_format: str
-    providers: list = field(default_factory=list)
+    providers: list = []  # ONNX Runtime providers (pydantic copies the default per entry)
     files: tuple[str, ...] = ()  # the files its manifest lists
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(**self.model_dump(include=set(ModelInfo.model_fields)))
 
 
 def _providers(cfg: ServeConfig) -> list:
@@ -95,9 +94,10 @@ def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
         fracture = folder / "fracture.json"
         digit_format = (json.loads(fracture.read_text()).get("digit_format", "compact") if fracture.is_file()
                         else "compact")
-        entries.append(ModelEntry(model_id, run, variant, int(m["step"]), int(m["weight_bits"]), m["backend"],
-                                  folder, int(m.get("total_bytes", 0)), digit_format, entry_providers,
-                                  tuple(m.get("files", {}))))
+        entries.append(ModelEntry(id=model_id, run=run, variant=variant, step=int(m["step"]),
+                                  bits=int(m["weight_bits"]), backend=m["backend"], folder=folder,
+                                  bytes=int(m.get("total_bytes", 0)), digit_format=digit_format,
+                                  providers=entry_providers, files=tuple(m.get("files", {}))))
     return entries, refused
 
 

@@ -86,15 +86,20 @@ class CompletionResponse(BaseModel):
                                              "without expected); null for several: each choice has its own")
 
 
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    owned_by: str = "fracture"
+class ModelInfo(BaseModel):
+    """What a client may know of a served variant, all of it from the variant's manifest."""
+
+    id: str  # "<run>/<variant>"
     run: str
     variant: str
     step: int
     bits: int
     backend: str
+
+
+class ModelCard(ModelInfo):
+    object: Literal["model"] = "model"
+    owned_by: str = "fracture"
     loaded: bool
 
 
