@@ -40,3 +40,20 @@ class ArgumentParser(argparse.ArgumentParser):
                 continue
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             self.error(f"unrecognized argument {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
+def split_verb(argv: list[str], verbs: tuple[str, ...], prog: str) -> tuple[str | None, list[str]]:
+    """``(verb, the rest)`` for a stage whose first word may name a verb, and which does its main job without
+    one: ``python -m export evaluate --sweep runs/demo`` vs ``python -m export --sweep runs/demo``.
+
+    argparse's sub-commands cannot be optional here: a field given as ``--sweep runs/demo`` (with a space)
+    leaves ``runs/demo`` where a verb would be. Every stage with such a verb reads it through this one
+    function; a first word that is neither a verb nor a flag is refused with the closest verb."""
+    if not argv or argv[0].startswith("-"):
+        return None, argv
+    if argv[0] in verbs:
+        return argv[0], argv[1:]
+    close = difflib.get_close_matches(argv[0], verbs, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise SystemExit(f"{prog}: error: unknown command {argv[0]!r}{hint}; commands: {', '.join(verbs)}, "
+                     "or none for the main job")

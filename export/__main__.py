@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.cli import split_verb
 from common.config import ConfigError, load_config, parse_cli_overrides
 from common.files import FolderBusy
 
@@ -61,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None,
                         help="a YAML file of ExportConfig (or EvaluateConfig) fields (export/config.py)")
     parser.add_argument("--list", action="store_true", help="list the registered variants and exit")
-    # the one verb comes first (`python -m export evaluate ...`); a positional argument would swallow the
-    # value of `--sweep runs/demo` written with a space
-    evaluate = argv[:1] == ["evaluate"]
-    args, rest = parser.parse_known_args(argv[1:] if evaluate else argv)
+    verb, argv = split_verb(argv, ("evaluate",), "python -m export")
+    evaluate = verb == "evaluate"
+    args, rest = parser.parse_known_args(argv)
     if args.list:
         _list()
         return 0

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from common.cli import ArgumentParser
+from common.cli import ArgumentParser, split_verb
 from common.config import ConfigError, load_config, parse_cli_overrides
 
 
@@ -60,9 +60,9 @@ def _replay(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["replay"]:
-        return _replay(argv[1:])
+    verb, argv = split_verb(list(sys.argv[1:] if argv is None else argv), ("replay",), "python -m serve")
+    if verb == "replay":
+        return _replay(argv)
     parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None,

@@ -67,3 +67,24 @@ def test_the_help_grid_example_is_a_2x2_grid_with_3_seeds():
     settings = _grid_settings(cfg)
     assert len(settings) == 12 and {(s["lr"], s["steps"]) for s in settings} == {
         (3e-4, 50), (3e-4, 100), (1e-3, 50), (1e-3, 100)}
+
+
+def test_a_stage_verb_is_optional_and_a_mistyped_one_is_named():
+    from common.cli import split_verb
+
+    verbs = ("evaluate",)
+    assert split_verb(["evaluate", "--sweep", "runs/demo"], verbs, "x") == ("evaluate", ["--sweep", "runs/demo"])
+    assert split_verb(["--sweep", "runs/demo"], ("evaluate",), "x") == (None, ["--sweep", "runs/demo"])
+    assert split_verb([], ("evaluate",), "x") == (None, [])
+    with pytest.raises(SystemExit, match=r"unknown command 'evalute' \(did you mean 'evaluate'\?\)"):
+        split_verb(["evalute", "--sweep", "runs/demo"], ("evaluate",), "python -m export")
+
+
+def test_the_export_and_serve_clis_refuse_an_unknown_verb_before_doing_anything(capsys):
+    import export.__main__ as export_cli
+    import serve.__main__ as serve_cli
+
+    with pytest.raises(SystemExit, match="did you mean 'replay'"):
+        serve_cli.main(["replya", "--url", "http://127.0.0.1:1"])
+    with pytest.raises(SystemExit, match="did you mean 'evaluate'"):
+        export_cli.main(["evaluat", "--sweep", "runs/nowhere"])
