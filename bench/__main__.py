@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sweep = getattr(args, "sweep", None)
     if sweep is not None and args.part != "edge" and not (sweep / "sweep.yaml").is_file():
-        print(f"error: {sweep} is not a sweep folder (no sweep.yaml); `make demo` writes runs/demo", file=sys.stderr)
-        return 2
+        parser.exit(2, f"error: {sweep} is not a sweep folder (no sweep.yaml); `make demo` writes runs/demo\n")
     try:
         if args.part == "all":
             run_all(args.sweep)
@@ -129,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
             bench_training()
     except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        parser.exit(2, f"error: {exc}\n")
     return 0
 
 

@@ -60,6 +60,13 @@ def record_ratio(ratios: dict, spreads: dict, name: str, ratio: dict, scale: flo
     spreads[name] = {"q1": scale * ratio["q1"], "q3": scale * ratio["q3"]}
 
 
+def ratio_table(ratios: dict, spreads: dict) -> str:
+    """A part's ratios, each with the quartiles of its rounds."""
+    return markdown_table(["ratio", "median", "q1", "q3"],
+                          [[k, round(v, 3), round(spreads[k]["q1"], 3), round(spreads[k]["q3"], 3)]
+                           for k, v in ratios.items()])
+
+
 def publish(part: str, payload: dict, out_dir: Path | None, tables: list[str]) -> None:
     """Write a part's results file (none when ``out_dir`` is None: ``bench all`` writes one for every
     part), then print its tables and where the file went."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, record_ratio, spread
+from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
 
 
 def find_variant(sweep: Path, variant: str = "onnx-fp32") -> tuple[Path, Path]:
@@ -93,5 +93,5 @@ def bench_decode(sweep: Path, batches=(1, 64), items: int = 128, repeats: int = 
                "ratios": ratios, "ratio_spread": ratio_spread}
     rows = [[name, f"{results[f'{name}_b{b}']['tokens_per_s']['median']:.0f}", b] for b in batches for name in engines]
     publish("decode", payload, out_dir, [markdown_table(["engine", "tokens/s", "batch"], rows),
-                                         markdown_table(list(ratios), [[round(v, 2) for v in ratios.values()]])])
+                                         ratio_table(ratios, ratio_spread)])
     return payload

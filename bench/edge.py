@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, record_ratio, spread
+from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
 from bench.gpu_check import PYTHIA_70M, make_base
 
 CACHE = Path(__file__).parent / "cache"
@@ -278,7 +278,5 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
     header += [f"{e} tok/s b{b}" for b in batches for e in ("runtime", "optimum", "generate")]
     publish("edge", payload, out_dir, [
         markdown_table([*header, "demo id accuracy"], rows),
-        markdown_table(["ratio", "median", "q1", "q3"],
-                       [[k, round(v, 3), round(ratio_spread[k]["q1"], 3), round(ratio_spread[k]["q3"], 3)]
-                        for k, v in ratios.items()])])
+        ratio_table(ratios, ratio_spread)])
     return payload

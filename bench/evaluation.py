@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, record_ratio, spread
+from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
 from bench.decode import find_variant
 
 
@@ -65,5 +65,5 @@ def bench_evaluation(sweep: Path, items: int = 400, per_item: int = 100, repeats
     publish("evaluation", payload, out_dir, [
         markdown_table(["evaluation", "items/s (median of rounds)"],
                        [[k, f"{v['items_per_s']['median']:.0f}"] for k, v in results.items()]),
-        markdown_table(list(ratios), [[round(v, 1) for v in ratios.values()]])])
+        ratio_table(ratios, ratio_spread)])
     return payload

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, markdown_table, paired_ratio, publish, record_ratio, spread
+from bench.common import RESULTS, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
 from common.net import free_port, wait_http
 from tasks.dataset import sweep_data
 
@@ -268,7 +268,5 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
     publish("serving", payload, out_dir, [
         markdown_table(["server", "concurrency", "req/s (median)", "req/s IQR", "p50 ms", "p99 ms", "requests"],
                        rows),
-        markdown_table(["ratio", "median", "q1", "q3"],
-                       [[k, round(v, 3), round(ratio_spread[k]["q1"], 3), round(ratio_spread[k]["q3"], 3)]
-                        for k, v in ratios.items()])])
+        ratio_table(ratios, ratio_spread)])
     return payload

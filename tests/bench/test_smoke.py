@@ -110,7 +110,9 @@ def test_the_final_table_says_which_targets_are_met():
 def test_a_mistyped_sweep_is_one_line(capsys):
     from bench.__main__ import main
 
-    assert main(["all", "--sweep", "runs/dmeo"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["all", "--sweep", "runs/dmeo"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err == "error: runs/dmeo is not a sweep folder (no sweep.yaml); `make demo` writes runs/demo\n"
 
