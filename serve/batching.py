@@ -83,18 +83,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
-            deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_batch_size:
-                if queue.empty():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        batch.append(await asyncio.wait_for(queue.get(), remaining))
-                    except TimeoutError:
-                        break
-                else:
-                    batch.append(queue.get_nowait())
+            with contextlib.suppress(TimeoutError):
+                # one deadline for the whole wait (asyncio.wait_for per item made a task for each request); a
+                # get() cancelled by the deadline leaves its item in the queue for the next batch
+                async with asyncio.timeout_at(loop.time() + self.max_wait):
+                    while len(batch) < self.max_batch_size:
+                        batch.append(queue.get_nowait() if not queue.empty() else await queue.get())
             batch = [j for j in batch if not j.future.done()]  # timed out or cancelled while waiting
             if not batch:
                 continue

@@ -186,7 +186,8 @@ class CompletionService:
     async def _decode(self, model: str, jobs: list[Job]) -> list:
         timeout = self.config.request_timeout_s
         try:
-            return await asyncio.wait_for(self.batcher.submit_many(model, jobs), timeout)
+            async with asyncio.timeout(timeout):  # no task of its own, as asyncio.wait_for would make
+                return await self.batcher.submit_many(model, jobs)
         except Overloaded as exc:
             raise APIError(503, "overloaded", f"server overloaded: {exc}", {"Retry-After": "1"}) from None
         except TimeoutError:
