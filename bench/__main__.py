@@ -23,17 +23,20 @@ from common.cli import ArgumentParser
 
 EDGE_VARIANTS = ("onnx-fp32", "ort-int8", "ort-int8-all", "ort-int4", "ort-int4-all")  # bench.edge.VARIANTS
 
-REQUIRED = ("quantized_vs_naive_c32", "server_vs_floor_c32", "c32_vs_c1", "metrics_overhead",
-            "guards_overhead_floor", "runtime_vs_generate_b64", "batched_eval_vs_per_item")
+REQUIRED = ("quantized_vs_naive_c32", "server_vs_floor_c32", "c32_vs_c1", "metrics_overhead", "metrics_share_of_served",
+            "guards_overhead_floor", "guards_share_of_served", "runtime_vs_generate_b64", "batched_eval_vs_per_item")
 # the targets the project holds itself to: (">=" or "<=", value); ratios without one are reported only
 TARGETS = {
     "batched_eval_vs_per_item": (">=", 20.0),
     "quantized_vs_naive_c32": (">=", 10.0),
     "server_vs_floor_c32": (">=", 0.30),
     "c32_vs_c1": (">=", 4.0),
-    "metrics_overhead": ("<=", 0.03),
-    "guards_share_of_served": ("<=", 0.03),  # the HTTP guards' cost per request, as a share of a served one
-    "guards_overhead_served": ("<=", 0.03),  # served throughput lost to the guards, measured directly
+    # what metrics and guards cost a served request, each measured where a microsecond shows: the metric calls
+    # of a request in process, the guards on the fixed-answer server (bench/serving.py). metrics_overhead and
+    # guards_overhead_served, the served throughput with and without them, are reported without a target: a
+    # 3 s point of the served path moves by ±10-15% from round to round here, so six rounds cannot tell 3%
+    "metrics_share_of_served": ("<=", 0.03),
+    "guards_share_of_served": ("<=", 0.03),
     # pythia-70m-sized decoding (bench/edge.py): each variant's batch-1 step against its memory floor, and the
     # speed-up of the variants that quantize the LM head too
     **{f"decode_b1_{v}_vs_floor": (">=", 0.6) for v in EDGE_VARIANTS},

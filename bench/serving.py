@@ -9,6 +9,10 @@ Against, in the same run on the same machine:
   limit, bearer auth, drain): their cost per request;
 - fracture's server with and without those guards (bench/servers.py unguarded): their
   cost on the served path itself.
+- in process, the metric calls one request makes, on real Prometheus metrics and on the
+  do-nothing ones (``metrics_seconds_per_request``): their cost per request to a microsecond,
+  as a share of a served request (``metrics_share_of_served``), where the served comparison
+  can only tell ±10-15%.
 
 Every server runs in its own process on 127.0.0.1, all of them started before the first
 point and pinned to one half of the cores, the load generator (a small async client) to
@@ -39,7 +43,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
 from common.net import free_port, wait_http
-from tasks.dataset import sweep_data
+from tasks.dataset import sweep_data, sweep_splits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,6 +190,41 @@ def timed_rounds(points: dict[str, tuple], seconds: float, repeats: int) -> dict
             for name, rs in rounds.items()}
 
 
+def metrics_seconds_per_request(shifts: list[str], rounds: int = 9, calls: int = 10000) -> dict:
+    """What recording one completion costs the server, in process: the metric calls a request makes
+    (``CompletionService``: in flight up and down, the loaded-model count, the graded completion with its
+    digits; ``Batcher``: a batch-size observation, counted here once per request, where a batch shares one)
+    on ``serve.metrics.Metrics`` against the same calls on ``NullMetrics``, alternated over ``rounds``.
+
+    The served comparison (``metrics_overhead``: throughput with and without metrics) moves by ±10-15% from
+    round to round on a 2-core machine, more than the 3% it is held to; this difference of two in-process
+    timings resolves a microsecond."""
+    from prometheus_client import CollectorRegistry
+
+    from serve.metrics import Metrics, NullMetrics
+
+    def per_call(metrics) -> float:
+        metrics.declare_fleet([("r0", "ort-int4", 100)], shifts)
+        completed, inflight, loaded, batch = (metrics.completed, metrics.inflight, metrics.models_loaded,
+                                              metrics.batch)
+        labels = [(shifts[i % len(shifts)], ("correct", "incorrect")[i % 2]) for i in range(64)]
+        started = time.perf_counter()
+        for i in range(calls):
+            shift, result = labels[i % 64]
+            inflight.inc()
+            loaded.set(1)
+            completed("r0", "ort-int4", shift, result, 0.05, 5, (3, 4))
+            batch("ort-int4", 16)
+            inflight.dec()
+        return (time.perf_counter() - started) / calls
+
+    extra = []
+    for _ in range(rounds):
+        real, null = per_call(Metrics(CollectorRegistry())), per_call(NullMetrics(CollectorRegistry()))
+        extra.append(real - null)
+    return {**spread(extra), "samples": extra}
+
+
 def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | None, concurrencies,
                    seconds: float, repeats: int, baselines: bool, out_dir: Path | None) -> dict:
     from bench.servers import BENCH_TOKEN
@@ -260,8 +299,16 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
         guarded, plain = (statistics.median(rps(k)) for k in ("floor-guarded", "floor"))
         ratios["guards_share_of_served"] = (1 / guarded - 1 / plain) * statistics.median(rps(quantized))
         ratio_spread["guards_share_of_served"] = {k: v for k, v in spread(per_round).items() if k in ("q1", "q3")}
+    # the metrics' in-process seconds per request over the served request's seconds (1 / req/s of the quantized
+    # variant at the top level; on a saturated one-core server that is its CPU per request, with more cores the
+    # share comes out larger than it is)
+    recorded = metrics_seconds_per_request(list(sweep_splits(sweep)))
+    served = statistics.median(rps(quantized))
+    ratios["metrics_share_of_served"] = recorded["median"] * served
+    ratio_spread["metrics_share_of_served"] = {k: recorded[k] * served for k in ("q1", "q3")}
     payload = {"cores": cores, "run": run, "quantized": quantized, "seconds_per_point": seconds, "repeats": repeats,
-               "results": results, "ratios": ratios, "ratio_spread": ratio_spread}
+               "results": results, "ratios": ratios, "ratio_spread": ratio_spread,
+               "metrics_seconds_per_request": recorded}
     rows = [[name, level, f"{r['rps']['median']:.0f}", f"{r['rps']['q1']:.0f}-{r['rps']['q3']:.0f}",
              f"{r['p50_ms']['median']:.1f}", f"{r['p99_ms']['median']:.1f}", r["completed"]]
             for name, by_level in results.items() for level, r in by_level.items()]

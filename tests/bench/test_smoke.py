@@ -63,7 +63,7 @@ def test_serving_benchmark_smoke(exported, tmp_path):
     written = json.loads(next(tmp_path.glob("*-serving.json")).read_text())
     assert set(written["ratios"]) == set(written["ratio_spread"]) == {
         "c32_vs_c1", "metrics_overhead", "quantized_vs_naive_c32", "server_vs_floor_c32", "guards_overhead_floor",
-        "guards_share_of_served", "guards_overhead_served"}
+        "guards_share_of_served", "guards_overhead_served", "metrics_share_of_served"}
     for name, value in written["ratios"].items():  # well formed; nothing said about speed
         low, high = written["ratio_spread"][name]["q1"], written["ratio_spread"][name]["q3"]
         assert all(map(math.isfinite, (value, low, high))) and low <= high, name
@@ -101,9 +101,11 @@ def test_the_guarded_floor_really_runs_fracture_guards():
 def test_the_final_table_says_which_targets_are_met():
     from bench.__main__ import TARGETS, verdicts
 
-    rows = {r[0]: r for r in verdicts({"c32_vs_c1": 5.0, "metrics_overhead": 0.05, "sweep_vs_plain_trainer": 0.9})}
+    rows = {r[0]: r for r in verdicts({"c32_vs_c1": 5.0, "metrics_share_of_served": 0.05, "metrics_overhead": 0.05,
+                                       "sweep_vs_plain_trainer": 0.9})}
     assert rows["c32_vs_c1"][2:] == [">= 4", "met"]
-    assert rows["metrics_overhead"][2:] == ["<= 0.03", "MISSED"]
+    assert rows["metrics_share_of_served"][2:] == ["<= 0.03", "MISSED"]
+    assert rows["metrics_overhead"][2:] == ["—", "—"]  # reported: too noisy a measure for a 3% target
     assert rows["sweep_vs_plain_trainer"][2:] == ["—", "—"] and "sweep_vs_plain_trainer" not in TARGETS
 
 
