@@ -55,5 +55,6 @@ def split_verb(argv: list[str], verbs: tuple[str, ...], prog: str) -> tuple[str 
         return argv[0], argv[1:]
     close = difflib.get_close_matches(argv[0], verbs, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise SystemExit(f"{prog}: error: unknown command {argv[0]!r}{hint}; commands: {', '.join(verbs)}, "
-                     "or none for the main job")
+    print(f"{prog}: error: unknown command {argv[0]!r}{hint}; commands: {', '.join(verbs)}, or none for the main "
+          "job", file=sys.stderr)
+    raise SystemExit(2)  # argparse's status for a usage error (1 is a stage's "some of it failed")
