@@ -84,8 +84,8 @@ class Batcher:
         while True:
             batch = [await queue.get()]
             with contextlib.suppress(TimeoutError):
-                # one deadline for the whole wait (asyncio.wait_for per item made a task for each request); a
-                # get() cancelled by the deadline leaves its item in the queue for the next batch
+                # one deadline for the whole wait, not one per item (on Python 3.11, asyncio.wait_for makes a
+                # task for each); a get() cancelled by the deadline leaves its item in the queue for the next batch
                 async with asyncio.timeout_at(loop.time() + self.max_wait):
                     while len(batch) < self.max_batch_size:
                         batch.append(queue.get_nowait() if not queue.empty() else await queue.get())

@@ -186,7 +186,7 @@ class CompletionService:
     async def _decode(self, model: str, jobs: list[Job]) -> list:
         timeout = self.config.request_timeout_s
         try:
-            async with asyncio.timeout(timeout):  # no task of its own, as asyncio.wait_for would make
+            async with asyncio.timeout(timeout):  # no task of its own (asyncio.wait_for makes one on 3.11)
                 return await self.batcher.submit_many(model, jobs)
         except Overloaded as exc:
             raise APIError(503, "overloaded", f"server overloaded: {exc}", {"Retry-After": "1"}) from None
