@@ -50,10 +50,9 @@ from train.config import RunSpec
 SAME = ("seed", "n_train", "n_eval", "answer_order", "id")  # what an added split must share with the sweep's task
 
 
-def added_specs(sweep_task: dict, extras: dict[str, dict], new_cfg: TaskConfig, source: str) -> dict[str, SplitSpec]:
-    """The splits of ``new_cfg`` the sweep does not have yet; refuses a preset whose in-domain settings
-    differ, or one that gives a split the sweep has other parameters."""
-    old_cfg = load_config(TaskConfig, overrides=sweep_task)
+def added_specs(old_cfg: TaskConfig, extras: dict[str, dict], new_cfg: TaskConfig, source: str) -> dict[str, SplitSpec]:
+    """The splits of ``new_cfg`` the sweep (made with ``old_cfg``) does not have yet; refuses a preset whose
+    in-domain settings differ, or one that gives a split the sweep has other parameters."""
     differ = [f"{k} ({getattr(new_cfg, k)!r} vs the sweep's {getattr(old_cfg, k)!r})" for k in SAME
               if getattr(old_cfg, k) != getattr(new_cfg, k)]
     if differ:
@@ -70,17 +69,16 @@ def added_specs(sweep_task: dict, extras: dict[str, dict], new_cfg: TaskConfig, 
     return {name: spec for name, spec in new.items() if name not in known}
 
 
-def seen_prompts(sweep_dir: Path, sweep: dict) -> set[str]:
+def seen_prompts(sweep_dir: Path, sweep: dict, task_cfg: TaskConfig) -> set[str]:
     """Every prompt the sweep's runs trained on or were evaluated on: the data folder's files (eval splits
     and train.jsonl), the splits added before, and each run's training items, drawn again from its config
-    exactly as the run drew them (they are never stored)."""
+    exactly as the run drew them (they are never stored). ``task_cfg`` is the sweep's task."""
     from train.finetune import load_eval_splits
 
     data = Path(sweep["data"])
     seen = {it["prompt"] for f in sorted(data.glob("*.jsonl")) for it in read_jsonl(f)}
     for extra in sweep_extra_splits(sweep_dir).values():
         seen |= {it["prompt"] for it in read_jsonl(sweep_dir / extra["file"])}
-    task_cfg = load_config(TaskConfig, overrides=sweep["task"])
     specs = task_cfg.specs
     _, banned = load_eval_splits(data, task_cfg, 0)
     drawn = set()
@@ -97,13 +95,14 @@ def seen_prompts(sweep_dir: Path, sweep: dict) -> set[str]:
     return seen
 
 
-def add_splits(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict[str, dict]:
-    """Draw and record the preset's new splits (none when it adds nothing new); returns every added split."""
+def add_splits(sweep_dir: Path, sweep: dict, task_cfg: TaskConfig, cfg: EvaluateConfig) -> dict[str, dict]:
+    """Draw and record the preset's new splits (none when it adds nothing new); returns every added split.
+    ``task_cfg`` is the sweep's task."""
     extras = sweep_extra_splits(sweep_dir)
     new_cfg = load_config(TaskConfig, cfg.task_config)
-    new = added_specs(sweep["task"], extras, new_cfg, cfg.task_config)
+    new = added_specs(task_cfg, extras, new_cfg, cfg.task_config)
     if new:
-        seen = seen_prompts(sweep_dir, sweep)
+        seen = seen_prompts(sweep_dir, sweep, task_cfg)
         for name, spec in new.items():
             items = build_added_split(spec, new_cfg, seen)
             seen |= {it["prompt"] for it in items}
@@ -187,14 +186,14 @@ def _evaluate_sweep(sweep_dir: Path, sweep: dict, cfg: EvaluateConfig) -> dict:
 
     started = time.perf_counter()
     before = set(sweep_extra_splits(sweep_dir))
-    extras = add_splits(sweep_dir, sweep, cfg)
+    data = EvalData.of_sweep(sweep)  # the sweep's task config, resolved once for everything below
+    extras = add_splits(sweep_dir, sweep, data.task, cfg)
     table_path = sweep_dir / "accuracy.csv"
     table = read_table(table_path, sweep_splits(sweep_dir))  # the task's splits and every added one
     have: dict[tuple[str, int], dict[str, set]] = {}
     for r in table:
         have.setdefault((r["run"], int(r["step"])), {}).setdefault(r["variant"], set()).add(r["split"])
     runs = set(sweep["runs"])
-    data = EvalData.of_sweep(sweep)
     eval_items, originals = data.eval_items, data.load()
     added = {name: read_jsonl(sweep_dir / e["file"])[:eval_items or None] for name, e in extras.items()}
     max_new = max_answer_tokens({**originals, **added})  # the decode length a task with these splits would use
