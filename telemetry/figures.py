@@ -331,15 +331,19 @@ def comparison_flags(summary: dict, c: dict) -> list[str]:
     return notes
 
 
+def _forest(summary: dict, rows: int, width: float, row_height: float):
+    """(figure, axes, variant styles) of a forest plot with one row per interval."""
+    fig, ax = _plt().subplots(figsize=(width, row_height * rows + 1.8))
+    return fig, ax, variant_styles(summary["variants"])
+
+
 def build_comparisons(summary: dict):
     comps = [c for c in ordered_comparisons(summary) if c.get("delta") is not None]
     if not comps:
         return None
-    plt = _plt()
+    fig, ax, styles = _forest(summary, len(comps), width=7.5, row_height=0.32)
     from matplotlib.lines import Line2D
 
-    styles = variant_styles(summary["variants"])
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(comps) + 1.8))
     labels, seen, flags_used = [], set(), set()
     for i, c in enumerate(comps):
         v = c["variant"]
@@ -388,9 +392,7 @@ def build_headline(summary: dict):
     items = [d for d in ordered_headline(summary) if d.get("delta") is not None]
     if not items:
         return None
-    plt = _plt()
-    styles = variant_styles(summary["variants"])
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(items) + 1.8))
+    fig, ax, styles = _forest(summary, len(items), width=8, row_height=0.45)
     bound = summary["options"]["bound"]
     ax.axvspan(-bound, bound, color="#e6f2e6", label=f"equivalence bound ±{bound:g}")
     labels = []
