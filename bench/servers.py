@@ -66,8 +66,7 @@ def floor_app(guarded: bool = False) -> FastAPI:
         from serve.config import ServeConfig
 
         cfg = ServeConfig()
-        app.add_middleware(BodyLimit, limit=cfg.max_body_bytes, on_reject=lambda reason: None,
-                           timeout_s=cfg.body_timeout_s)
+        app.add_middleware(BodyLimit, limit=cfg.max_body_bytes, on_reject=lambda reason: None)
         app.add_middleware(BearerAuth, token=BENCH_TOKEN, public_paths=cfg.public_paths, on_reject=lambda: None)
         app.add_middleware(Drain, on_reject=lambda: None)
     return app

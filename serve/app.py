@@ -56,15 +56,16 @@ log = logging.getLogger("fracture.serve")
 # -- body size limit (before any parsing) ---------------------------------------------
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 for a declared or streamed body over ``limit`` bytes, 408 for one not
-    complete ``timeout_s`` after the headers.
+    """Pure ASGI middleware: 413 for a declared or streamed body over ``limit`` bytes.
 
     The body is read (at most ``limit`` + 1 bytes) before the app sees it, then replayed:
-    requests are small, and this way no framework layer can turn the refusal into a 400.
+    requests are small, and this way no framework layer can turn the refusal into a 400. A body
+    that never comes is the HTTP layer's to time out (``serve.http``: 408 and the connection
+    closed, which ends the wait here).
     """
 
-    def __init__(self, app, limit: int, on_reject, timeout_s: float = 10.0):
-        self.app, self.limit, self.on_reject, self.timeout_s = app, limit, on_reject, timeout_s
+    def __init__(self, app, limit: int, on_reject):
+        self.app, self.limit, self.on_reject = app, limit, on_reject
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -73,20 +74,13 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._reject(scope, receive, send)
         chunks, size, more = [], 0, True
-        try:  # a client that sends its body slowly, or never, holds nothing beyond the deadline (one timer for
-            # the whole body: asyncio.wait_for per message made a task each, a measurable share of a request)
-            async with asyncio.timeout(self.timeout_s):
-                while more and size <= self.limit:
-                    message = await receive()
-                    if message["type"] != "http.request":  # the client went away
-                        return
-                    chunks.append(message.get("body", b""))
-                    size += len(chunks[-1])
-                    more = message.get("more_body", False)
-        except TimeoutError:
-            self.on_reject("body_timeout")
-            return await error_response(408, f"request body not received within {self.timeout_s:g} s",
-                                        {"Connection": "close"})(scope, receive, send)
+        while more and size <= self.limit:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away, or the HTTP layer timed it out
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
         if size > self.limit:
             return await self._reject(scope, receive, send)
         body, replayed = b"".join(chunks), False
@@ -202,8 +196,7 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
                   description="Greedy completions from a fleet of exported variants, graded per shift. "
                               "Errors are {\"error\": {\"type\", \"message\"}}.")
     app.state.fleet, app.state.metrics, app.state.batcher = fleet, metrics, batcher
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes, on_reject=metrics.error,
-                       timeout_s=config.body_timeout_s)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes, on_reject=metrics.error)
     # a request without the token is refused before its body is read or parsed
     app.add_middleware(BearerAuth, token=config.token, public_paths=config.public_paths,
                        on_reject=lambda: metrics.error("unauthorized"))

@@ -77,6 +77,27 @@ def test_headers_never_finished_or_an_idle_connection_get_408_at_the_deadline(gu
     assert well_formed(client) == 200
 
 
+def test_a_kept_alive_connection_gets_a_fresh_deadline_for_its_next_request(guarded):
+    """The deadlines are swept, not timed per request (serve/http.py): a connection that answered one
+    request in full and then stalls in the headers of the next is refused at that request's deadline, and
+    one that keeps sending whole requests is never refused."""
+    url, _, registry = guarded
+    host, port = url.removeprefix("http://").split(":")
+    before = errors(registry, "header_timeout")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        for _ in range(3):  # whole requests 0.6 s apart: 1.8 s in all, past a 1 s deadline counted once
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(0.6)
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert status_and_body(response)[0] == 408 and time.monotonic() - started < 3
+    assert errors(registry, "header_timeout") == before + 1
+
+
 def test_a_body_that_never_arrives_gets_408(guarded):
     url, client, registry = guarded
     head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
