@@ -98,6 +98,31 @@ def test_the_guarded_floor_really_runs_fracture_guards():
         assert httpx.post(f"{url}/v1/completions", json=body, headers=huge).status_code == 431
 
 
+def test_the_in_process_guards_measure_goes_through_the_guards():
+    """``guards_seconds_per_request`` times requests through uvicorn's protocol and fracture's guards without
+    a socket: a request without the token is refused there (so the guarded side really checks it), one with
+    it is answered, and the measure comes back with its spread."""
+    import asyncio
+
+    import uvicorn
+
+    from bench.servers import BENCH_TOKEN, floor_app
+    from bench.serving import _raw_request, _seconds_per_request, guards_seconds_per_request
+    from serve.config import ServeConfig
+    from serve.http import uvicorn_config
+
+    config = uvicorn_config(floor_app(True), ServeConfig(port=8000), log_level="warning")
+    config.load()
+    assert asyncio.run(_seconds_per_request(config, _raw_request(BENCH_TOKEN), 5)) > 0
+    with pytest.raises(RuntimeError, match="5 of 5 requests were not answered 200"):
+        asyncio.run(_seconds_per_request(config, _raw_request(None), 5))
+    plain = uvicorn.Config(floor_app(False), access_log=False)
+    plain.load()
+    assert asyncio.run(_seconds_per_request(plain, _raw_request(None), 5)) > 0
+    measured = guards_seconds_per_request(rounds=2, requests=20)
+    assert measured["n"] == 2 and len(measured["samples"]) == 2 and measured["q1"] <= measured["q3"]
+
+
 def test_the_final_table_says_which_targets_are_met():
     from bench.__main__ import TARGETS, verdicts
 
