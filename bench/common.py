@@ -21,14 +21,18 @@ def spread(samples: list[float]) -> dict:
 
 
 def interleaved(points: dict[str, Callable[[], object]], repeats: int = 5, min_seconds: float = 0.2,
-                warmup: int = 1) -> dict[str, dict]:
+                warmup: int = 1, self_timed: bool = False, pause_s: float = 0.0) -> dict[str, dict]:
     """Seconds per call of every point, timed in rounds: each round runs one repeat of every point in
     turn, so a slow spell of the machine falls on a point and its baseline alike.
 
     A repeat calls its point as many times as it takes to last ``min_seconds`` (counted on the last of
     ``warmup`` untimed calls, at least one), so that a scheduler hiccup is a small part of it. Returns,
     per point, the per-call seconds of every round (``samples``, in round order, for paired ratios) and
-    their median and quartiles.
+    their median and quartiles. With ``self_timed``, a point returns the seconds it measured itself (a
+    decode step timed inside the loop, apart from the prefill around it), and a repeat's figure is the
+    mean of what its calls returned. ``pause_s``: a rest before each repeat, for points whose engines keep
+    the cores busy after they return (ONNX Runtime's idle intra-op threads spin for tens of ms, and slowed
+    the next engine measured by up to 2x).
     """
     calls = {}
     for name, fn in points.items():
@@ -40,10 +44,11 @@ def interleaved(points: dict[str, Callable[[], object]], repeats: int = 5, min_s
     samples: dict[str, list[float]] = {name: [] for name in points}
     for _ in range(repeats):
         for name, fn in points.items():
+            time.sleep(pause_s)
             t = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            samples[name].append((time.perf_counter() - t) / calls[name])
+            measured = [fn() for _ in range(calls[name])]
+            elapsed = time.perf_counter() - t
+            samples[name].append(statistics.fmean(measured) if self_timed else elapsed / calls[name])
     return {name: {"samples": s, "calls_per_repeat": calls[name], **spread(s)} for name, s in samples.items()}
 
 

@@ -14,9 +14,13 @@ every engine decodes the same number of steps:
   read bandwidth of this machine with every core, measured in each round of the batch-1 points (every
   core summing its own 256 MiB array), so the floor of a round is that round's.
 
-A decode step's time is (t(16 new tokens) - t(1 new token)) / 15, both timed in the same round, so the
-prompt's prefill cancels. Every point runs in interleaved rounds (``bench.common.interleaved``): the
-results keep the median and quartiles of every figure and the spread of every ratio over rounds.
+A decode step's time is read inside each decode call, from the first new token to the last, over 15 (the
+runtime's ``generate_ids(clock=...)``; in transformers' ``generate``, a stopping criterion that stops
+nothing), so the prompt's prefill stays out of it (the time to the first token, over every call, is kept
+beside). Every point runs in interleaved rounds (``bench.common.interleaved``), with a rest before each so
+that the ONNX Runtime threads of the engine before it have stopped spinning: the results keep the median
+and quartiles of every figure and the spread of every ratio over rounds. Each engine's tokens are compared
+with the runtime's (greedy: the same tokens from every engine of one variant).
 
 Random weights make parity meaningless as a gate here (near-flat logits flip under any rounding): each
 variant's max |Δlogit| and greedy agreement against onnx-fp32 are recorded, not enforced. Its accuracy
@@ -161,7 +165,7 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
     import onnxruntime as ort
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 
     from export import graph
     from export.runtime import MODEL_FILE, OnnxCausalLM
@@ -186,41 +190,54 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
     ids = runners["onnx-fp32"].encode(prompts)
     assert {len(x) for x in ids} == {prompt_tokens}, "the char tokenizer maps one character to one token"
 
-    def hf(model, batch: int, n: int):
+    class Clock(StoppingCriteria):
+        """Stops nothing: notes the time as each token is chosen (generate calls it once per new token)."""
+
+        def __init__(self, times: list[float]):
+            self.times = times
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.times.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    def hf(model, batch: int, clock: list[float]):
         x = torch.tensor(ids[:batch])
         with torch.inference_mode():
-            return model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n,
-                                  do_sample=False, eos_token_id=None, pad_token_id=pad)[:, prompt_tokens:].tolist()
+            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
+                                 do_sample=False, eos_token_id=None, pad_token_id=pad,
+                                 stopping_criteria=StoppingCriteriaList([Clock(clock)]))
+        return out[:, prompt_tokens:].tolist()
 
     def engines(batch: int) -> dict:
-        """{(engine, variant): decode(n new tokens) -> token ids}"""
+        """{(engine, variant): decode(clock) -> token ids}: ``new_tokens`` greedy tokens of the batch, the
+        time noted in ``clock`` as each is chosen"""
         out = {}
         for v in VARIANTS:
-            out["runtime", v] = lambda n, r=runners[v]: r.generate_ids(ids[:batch], n, ignore_eos=True)
+            out["runtime", v] = lambda clock, r=runners[v]: r.generate_ids(ids[:batch], new_tokens, ignore_eos=True,
+                                                                            clock=clock)
         for v in optimum:
-            out["optimum", v] = lambda n, m=optimum[v]: hf(m, batch, n)
-        out["generate", "onnx-fp32"] = lambda n: hf(torch_model, batch, n)
+            out["optimum", v] = lambda clock, m=optimum[v]: hf(m, batch, clock)
+        out["generate", "onnx-fp32"] = lambda clock: hf(torch_model, batch, clock)
         return out
+
+    # a decode step is timed inside the call, from the first new token to the last: the prompt's prefill (and
+    # its full-sequence logits, 154 MB at batch 64) stays out, where the difference of a 16-token and a 1-token
+    # call took in two prefills' noise (a step of -2.5 ms in one round of 2026-11-29)
+    tokens, first_token_s = {}, {}
+
+    def timed_decode(key: tuple, decode) -> float:
+        clock = [time.perf_counter()]
+        tokens[key] = decode(clock)
+        first_token_s.setdefault(key, []).append(clock[1] - clock[0])
+        return (clock[-1] - clock[1]) / (new_tokens - 1)
+
+    def timed_read() -> float:
+        started = time.perf_counter()
+        reader()
+        return time.perf_counter() - started
 
     variants, results, ratios, ratio_spread = {}, {}, {}, {}
     demo = _demo_accuracy(sweep, VARIANTS)
-    # every variant's runtime tokens at each batch size, decoded once: the reference of the other engines
-    decoded = {(v, b): r.generate_ids(ids[:b], new_tokens, ignore_eos=True)
-               for v, r in runners.items() for b in batches}
-    fp32_tokens = decoded["onnx-fp32", max(batches)]
-    fp32_logits, mask = runners["onnx-fp32"].logits(ids)
-    for v, r in runners.items():
-        model = graph.load(folders[v] / MODEL_FILE)
-        per_token = graph.bytes_read_per_token(model)
-        logits, _ = r.logits(ids)
-        tokens = decoded[v, max(batches)]
-        variants[v] = {
-            "bytes_read_per_token": per_token,
-            "file_bytes": (folders[v] / MODEL_FILE).stat().st_size,
-            "parity_vs_fp32": {"max_abs_logit_diff": float(np.abs(logits - fp32_logits)[mask.astype(bool)].max()),
-                               "greedy_agreement": float(np.mean([a == b for a, b in zip(tokens, fp32_tokens)]))},
-            "demo_id_digit_accuracy": demo[v],
-        }
 
     def put(name: str, num: str, den: str) -> None:  # num's step time over den's: den's speed-up
         record_ratio(ratios, ratio_spread, name, paired_ratio(results[num]["step_samples"],
@@ -228,27 +245,44 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
 
     for batch in batches:
         decoders = engines(batch)
-        for (engine, v), decode in decoders.items():  # same tokens from every engine of one variant
-            if engine != "runtime":
-                variants[v].setdefault("engines_agree", {})[f"{engine}_b{batch}"] = float(
-                    np.mean([a == b for a, b in zip(decode(new_tokens), decoded[v, batch])]))
-        points = {f"{e}/{v}/{n}": (lambda d=d, n=n: d(n)) for (e, v), d in decoders.items() for n in (1, new_tokens)}
+        points = {f"{e}/{v}": (lambda key=(e, v, batch), d=d: timed_decode(key, d)) for (e, v), d in decoders.items()}
         if batch == 1:  # the floor's bandwidth, read in every round beside the steps it is the floor of
-            points["read"] = reader
-        timed = interleaved(points, repeats=repeats, min_seconds=min_seconds)
+            points["read"] = timed_read
+        # each engine's ONNX Runtime session has its own intra-op threads, which spin for tens of ms after a
+        # run: the pause lets them rest, as they would on a device running one model (measured alternating
+        # ort-int4-all with onnx-fp32 at batch 1: 2.36 ms a step, 2.11 with a 5 ms pause, 1.34 with 50 ms,
+        # 1.29 alone)
+        timed = interleaved(points, repeats=repeats, min_seconds=min_seconds, self_timed=True,
+                            pause_s=0.0 if quick else 0.1)
         if batch == 1:
             read_s = timed["read"]["samples"]
             results["read_bytes_per_s_in_rounds"] = spread([reader.nbytes / t for t in read_s])
         for (engine, v) in decoders:
-            full, first = timed[f"{engine}/{v}/{new_tokens}"]["samples"], timed[f"{engine}/{v}/1"]["samples"]
-            steps = [(a - b) / (new_tokens - 1) for a, b in zip(full, first)]
+            steps = timed[f"{engine}/{v}"]["samples"]
             results[f"{engine}_{v}_b{batch}"] = {"step_s": spread(steps),
                                                  "tokens_per_s": spread([batch / s for s in steps]),
-                                                 "prefill_s": spread(first), "step_samples": steps}
+                                                 "first_token_s": spread(first_token_s[engine, v, batch]),
+                                                 "step_samples": steps}
+            if engine != "runtime":  # greedy: every engine of a variant chooses the same tokens
+                variants.setdefault(v, {}).setdefault("engines_agree", {})[f"{engine}_b{batch}"] = float(
+                    np.mean([a == b for a, b in zip(tokens[engine, v, batch], tokens["runtime", v, batch])]))
         put(f"int8_vs_fp32_b{batch}", f"runtime_onnx-fp32_b{batch}", f"runtime_{INT8}_b{batch}")
         put(f"int4_vs_fp32_b{batch}", f"runtime_onnx-fp32_b{batch}", f"runtime_{INT4}_b{batch}")
         put(f"edge_runtime_vs_generate_b{batch}", f"generate_onnx-fp32_b{batch}", f"runtime_onnx-fp32_b{batch}")
         put(f"edge_runtime_vs_optimum_b{batch}", f"optimum_onnx-fp32_b{batch}", f"runtime_onnx-fp32_b{batch}")
+    fp32_tokens = tokens["runtime", "onnx-fp32", max(batches)]
+    fp32_logits, mask = runners["onnx-fp32"].logits(ids)
+    for v, r in runners.items():
+        model = graph.load(folders[v] / MODEL_FILE)
+        logits, _ = r.logits(ids)
+        variants.setdefault(v, {}).update({
+            "bytes_read_per_token": graph.bytes_read_per_token(model),
+            "file_bytes": (folders[v] / MODEL_FILE).stat().st_size,
+            "parity_vs_fp32": {"max_abs_logit_diff": float(np.abs(logits - fp32_logits)[mask.astype(bool)].max()),
+                               "greedy_agreement": float(np.mean([a == b for a, b in zip(
+                                   tokens["runtime", v, max(batches)], fp32_tokens)]))},
+            "demo_id_digit_accuracy": demo[v],
+        })
     reader.close()
     for v in VARIANTS:  # the floor over the measured step, round by round: 1.0 is the limit of the memory
         floors = [variants[v]["bytes_read_per_token"] * t / reader.nbytes for t in read_s]

@@ -12,6 +12,7 @@ transformers, and a test checks that importing this module loads neither.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,10 +170,12 @@ class OnnxCausalLM:
         out = self.session.run(["logits"], self._feed(input_ids, mask, self._empty_past(len(ids))))
         return out[0], mask
 
-    def generate_ids(self, ids: list[list[int]], max_new_tokens: int,
-                     stop: list[str] | None = None, ignore_eos: bool = False) -> list[list[int]]:
+    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, stop: list[str] | None = None,
+                     ignore_eos: bool = False, clock: list[float] | None = None) -> list[list[int]]:
         """Greedy continuations (token ids) of one batch; a row ends at EOS or a stop string
-        (``ignore_eos``: at neither, always ``max_new_tokens``, as benchmarks decode)."""
+        (``ignore_eos``: at neither, always ``max_new_tokens``, as benchmarks decode). ``clock``, when
+        given, gets ``time.perf_counter()`` as each token is chosen: benchmarks time the decode steps
+        apart from the prompt's prefill."""
         if any(not x for x in ids):
             raise ValueError("empty prompt: nothing to condition on")
         batch = len(ids)
@@ -187,6 +190,8 @@ class OnnxCausalLM:
             nxt = np.where(done, self.pad_id, nxt)  # finished rows only carry padding
             generated[:, step] = nxt
             steps = step + 1
+            if clock is not None:
+                clock.append(time.perf_counter())
             if not ignore_eos:
                 done |= nxt == self.eos_id
             if stop:

@@ -166,9 +166,9 @@ def test_edge_benchmark_smoke(tmp_path):
         if v in ("onnx-fp32", INT8, INT4):  # optimum runs these: the same graph, the same greedy tokens
             assert info["engines_agree"]["optimum_b4"] == 1.0
         for batch in (1, 4):
-            for figure in ("step_s", "tokens_per_s", "prefill_s"):
+            for figure in ("step_s", "tokens_per_s", "first_token_s"):  # per round; the first token per call
                 r = written["results"][f"runtime_{v}_b{batch}"][figure]
-                assert {"median", "q1", "q3", "n"} <= set(r) and r["n"] == 2
+                assert {"median", "q1", "q3", "n"} <= set(r) and (r["n"] == 2 or figure == "first_token_s")
     fp32, int4 = (written["variants"][v]["bytes_read_per_token"] for v in ("onnx-fp32", "ort-int4-all"))
     assert int4 < fp32 / 4  # the 4-bit head and blocks: a quarter of fp32's bytes and less
     assert written["bandwidth"]["read_bytes_per_s"] > 1e8
