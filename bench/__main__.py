@@ -31,10 +31,11 @@ TARGETS = {
     "quantized_vs_naive_c32": (">=", 10.0),
     "server_vs_floor_c32": (">=", 0.30),
     "c32_vs_c1": (">=", 4.0),
-    # what metrics and guards cost a served request, each measured where a microsecond shows: the metric calls
-    # of a request in process, the guards on the fixed-answer server (bench/serving.py). metrics_overhead and
-    # guards_overhead_served, the served throughput with and without them, are reported without a target: a
-    # 3 s point of the served path moves by ±10-15% from round to round here, so six rounds cannot tell 3%
+    # what metrics and guards cost a served request, each measured in process where a microsecond shows (the
+    # metric calls of a request; uvicorn's protocol and the ASGI stack with and without the guards:
+    # bench/serving.py). metrics_overhead, guards_overhead_served and guards_overhead_floor, throughput with and
+    # without them over HTTP, are reported without a target: a 3 s point of the served path moves by ±10-15%
+    # from round to round here, so five rounds cannot tell 3%
     "metrics_share_of_served": ("<=", 0.03),
     "guards_share_of_served": ("<=", 0.03),
     # pythia-70m-sized decoding (bench/edge.py): each variant's batch-1 step against its memory floor, and the

@@ -10,14 +10,19 @@ Against, in the same run on the same machine:
 - fracture's server with and without those guards (bench/servers.py unguarded): their
   cost on the served path itself.
 - in process, the metric calls one request makes, on real Prometheus metrics and on the
-  do-nothing ones (``metrics_seconds_per_request``): their cost per request to a microsecond,
-  as a share of a served request (``metrics_share_of_served``), where the served comparison
-  can only tell ±10-15%.
+  do-nothing ones (``metrics_seconds_per_request``), and the guards, uvicorn's protocol and the
+  ASGI stack with and without them (``guards_seconds_per_request``): each one's cost per request
+  to a microsecond, as a share of a served request (``metrics_share_of_served``,
+  ``guards_share_of_served``), where the served comparison can only tell ±10-15%.
+
+Beside the demo's model, the pythia-70m-sized ``ort-int8`` of the edge part (``edge_sweep``: random
+weights, built once and cached under bench/cache/) is served at every concurrency: what a request
+costs at the size users deploy.
 
 Every server runs in its own process on 127.0.0.1, all of them started before the first
 point and pinned to one half of the cores, the load generator (a small async client) to
 the other. Each point (a server, a model, a concurrency) is loaded for a fixed time
-(``seconds``, 3 by default) after an untimed warm-up, in ``repeats`` (6) rounds that visit
+(``seconds``, 3 by default) after an untimed warm-up, in ``repeats`` (5) rounds that visit
 every point in turn, forwards then backwards, each point next to its baseline, so a slow
 spell of the machine falls on both alike; every figure keeps the median and quartiles of
 its rounds, and a ratio is the ratio of medians with the quartiles of the per-round ratios
@@ -35,6 +40,7 @@ import functools
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +48,8 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
+from bench.edge import CACHE
+from bench.gpu_check import PYTHIA_70M
 from common.net import free_port, wait_http
 from tasks.dataset import sweep_data, sweep_splits
 
@@ -153,22 +161,61 @@ QUANTIZED = ("ort-int8", "ort-int4")  # the variant the ratios are read on: the 
 
 
 def _default_variants(sweep: Path) -> tuple[str, ...]:
-    """onnx-fp32 and every variant of QUANTIZED the sweep exported (the demo's set has no ort-int8)."""
+    """The first variant of QUANTIZED the sweep exported (the demo's set has no ort-int8: ort-int4), the one
+    every ratio is read on. Other variants (``bench_serving(variants=...)``, e.g. onnx-fp32 beside it) are
+    served too, each loaded at the top concurrency: a point of 15 s more each."""
     runs = [p for p in sweep.iterdir() if p.is_dir()] if sweep.is_dir() else []
     have = [q for q in QUANTIZED if any((r / "variants" / q / "manifest.json").is_file() for r in runs)]
-    return ("onnx-fp32", *have) if have else ("onnx-fp32", *QUANTIZED)
+    return tuple(have[:1]) or QUANTIZED[:1]
+
+
+EDGE_RUN, EDGE_VARIANT = "pythia70m-random", "ort-int8"  # the pythia-70m-sized model served beside the demo's
+EDGE_NAME = f"pythia70m-{EDGE_VARIANT}"  # its name in the results
+
+
+def edge_sweep(sweep: Path, arch: dict, cache: Path) -> Path:
+    """A sweep folder that ``python -m serve`` serves: ``bench.edge``'s ``EDGE_VARIANT`` of ``arch`` (built
+    there and cached), its files hard-linked under ``<EDGE_RUN>/variants/`` with the manifest an export
+    writes, and ``sweep``'s task (the shift labels requests carry). Random weights: what serving costs at
+    that size, not what it answers."""
+    import yaml
+
+    from bench.edge import build_models
+    from common.manifest import publish, verify
+
+    checkpoint, folders = build_models(arch, root=cache)
+    root = checkpoint.parent / "served"
+    dest = root / EDGE_RUN / "variants" / EDGE_VARIANT
+    if verify(dest, "variant") is not None:
+        tmp = dest.with_name(f".{EDGE_VARIANT}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in folders[EDGE_VARIANT].iterdir():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:  # another file system
+                shutil.copy2(f, tmp / f.name)
+        shutil.rmtree(dest, ignore_errors=True)
+        publish(tmp, dest, "variant", {"run": EDGE_RUN, "variant": EDGE_VARIANT, "step": 0, "weight_bits": 8,
+                                       "backend": "onnxruntime", "runner": "onnx"})
+    task = (yaml.safe_load((sweep / "sweep.yaml").read_text()) or {}).get("task", {})
+    (root / "sweep.yaml").write_text(yaml.safe_dump({"task": task}))
+    return root
 
 
 def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurrencies=(1, 8, 32),
-                  seconds: float = 3.0, repeats: int = 6, baselines: bool = True,
-                  out_dir: Path | None = RESULTS) -> dict:
+                  seconds: float = 3.0, repeats: int = 5, baselines: bool = True, edge_arch: dict | None = PYTHIA_70M,
+                  edge_cache: Path = CACHE, out_dir: Path | None = RESULTS) -> dict:
     """Every server on one half of the cores, the load generator on the other (``split_cores``), so
-    that the client's work never preempts the server it measures."""
+    that the client's work never preempts the server it measures. ``edge_arch``: the architecture of the
+    model also served at every concurrency (``edge_sweep``; default pythia-70m's, None for none) and the
+    cache it is built in."""
     server_cores, client_cores = split_cores()
     start = functools.partial(server_process, cores=server_cores)
     cores = {"server": sorted(server_cores or []), "load_generator": sorted(client_cores or [])}
     with pinned(client_cores):
-        return _bench_serving(start, cores, sweep, variants, concurrencies, seconds, repeats, baselines, out_dir)
+        edge = edge_sweep(sweep, edge_arch, edge_cache) if edge_arch else None
+        return _bench_serving(start, cores, sweep, variants, concurrencies, seconds, repeats, baselines, edge, out_dir)
 
 
 def timed_rounds(points: dict[str, tuple], seconds: float, repeats: int) -> dict[str, dict]:
@@ -296,7 +343,7 @@ async def _seconds_per_request(config, raw: bytes, requests: int) -> float:
     return seconds
 
 
-def guards_seconds_per_request(rounds: int = 9, requests: int = 4000) -> dict:
+def guards_seconds_per_request(rounds: int = 7, requests: int = 3000) -> dict:
     """What fracture's guards cost a request, in process: the fixed-answer app (``bench.servers.floor_app``)
     behind uvicorn's own HTTP protocol against the same app behind the guards exactly as the server runs
     them (``serve.http.uvicorn_config``'s header-limited protocol and settings, the body limit, bearer auth
@@ -338,7 +385,7 @@ def guards_seconds_per_request(rounds: int = 9, requests: int = 4000) -> dict:
 
 
 def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | None, concurrencies,
-                   seconds: float, repeats: int, baselines: bool, out_dir: Path | None) -> dict:
+                   seconds: float, repeats: int, baselines: bool, edge: Path | None, out_dir: Path | None) -> dict:
     from bench.servers import BENCH_TOKEN
     from tasks.dataset import read_jsonl
 
@@ -360,6 +407,9 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
         "unguarded": (["-m", "bench.servers", "unguarded", *serve[2:]], "/openapi.json", None, None),
         "no-metrics": ([*serve, "--record_metrics=false"], "/openapi.json", None, None),
     }
+    if edge:  # the pythia-70m-sized int8 variant, served at every concurrency
+        servers[EDGE_NAME] = (["-m", "serve", f"--sweep={edge}", f"--variants={EDGE_VARIANT}"], "/openapi.json",
+                              f"{EDGE_RUN}/{EDGE_VARIANT}", None)
     if baselines:
         servers |= {
             "naive": (["-m", "bench.servers", "naive", f"--checkpoint={checkpoint}"], "/openapi.json", "naive", None),
@@ -381,8 +431,11 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
         # each pair of a ratio next to each other: the quantized variant at the top level beside the same
         # server without its guards and without metrics, the floor beside the guarded floor
         points = {(quantized, f"c{c}"): point("fracture", c) for c in sorted(concurrencies)}
-        points |= {(name, top): point(name, max(concurrencies)) for name in servers if name != "fracture"}
+        points |= {(name, top): point(name, max(concurrencies))
+                   for name in servers if name not in ("fracture", EDGE_NAME)}
         points |= {(v, top): point("fracture", max(concurrencies), v) for v in variants if v != quantized}
+        if edge:
+            points |= {(EDGE_NAME, f"c{c}"): point(EDGE_NAME, c) for c in sorted(concurrencies)}
         timed = timed_rounds({f"{n}@{c}": p for (n, c), p in points.items()}, seconds, repeats)
     results: dict[str, dict] = {}
     for (name, level) in points:

@@ -53,13 +53,16 @@ def test_training_benchmark_smoke(tmp_path):
 
 
 def test_serving_benchmark_smoke(exported, tmp_path):
-    """Real servers on loopback (fracture, naive, floor and the overhead pairs), each point loaded for a
-    short fixed time in two interleaved rounds."""
-    from bench.serving import bench_serving
+    """Real servers on loopback (fracture, naive, floor, the overhead pairs and the edge part's model,
+    here at the quick run's tiny width), each point loaded for a short fixed time in two interleaved
+    rounds."""
+    from bench.edge import QUICK_ARCH
+    from bench.serving import EDGE_NAME, bench_serving
 
     before = os.sched_getaffinity(0)
     payload = bench_serving(exported["sweep"], variants=("onnx-fp32", "ort-int8"), concurrencies=(1, 2),
-                            seconds=0.3, repeats=2, out_dir=tmp_path)
+                            seconds=0.3, repeats=2, edge_arch=QUICK_ARCH, edge_cache=tmp_path / "cache",
+                            out_dir=tmp_path)
     written = json.loads(next(tmp_path.glob("*-serving.json")).read_text())
     assert set(written["ratios"]) == set(written["ratio_spread"]) == {
         "c32_vs_c1", "metrics_overhead", "quantized_vs_naive_c32", "server_vs_floor_c32", "guards_overhead_floor",
@@ -67,8 +70,9 @@ def test_serving_benchmark_smoke(exported, tmp_path):
     for name, value in written["ratios"].items():  # well formed; nothing said about speed
         low, high = written["ratio_spread"][name]["q1"], written["ratio_spread"][name]["q3"]
         assert all(map(math.isfinite, (value, low, high))) and low <= high, name
-    assert set(written["results"]["ort-int8"]) == {"c1", "c2"}  # the quantized variant at every level
-    for server in ("onnx-fp32", "ort-int8", "naive", "floor", "no-metrics", "unguarded", "floor-guarded"):
+    # the quantized variant and the edge model at every level
+    assert set(written["results"]["ort-int8"]) == set(written["results"][EDGE_NAME]) == {"c1", "c2"}
+    for server in ("onnx-fp32", "ort-int8", "naive", "floor", "no-metrics", "unguarded", "floor-guarded", EDGE_NAME):
         point = written["results"][server]["c2"]
         assert point["completed"] > 0 and point["errors"] == 0, server
         assert len(point["rps"]["samples"]) == 2 and {"median", "q1", "q3"} <= set(point["rps"]), server
