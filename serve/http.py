@@ -6,10 +6,13 @@ connections could take hundreds of MB or hold every file descriptor. ``GuardedHt
 adds, per connection:
 
 - a cap on the header block (``max_header_bytes``) and on the number of headers
-  (``max_headers``): 431 and the connection closed, before more is buffered;
+  (``max_headers``): 431 and the connection closed, before more is buffered (counted per
+  header as the parser reports them, and per read while the headers are unfinished, so one
+  endless header line is cut too);
 - a deadline for the request line and headers (``header_timeout_s``), counted from the
-  connection (or the first byte of the next request on a kept-alive one), and one for the
-  body (``body_timeout_s``), counted from the end of the headers: 408 and closed.
+  connection (or the first byte of the next request on a kept-alive one, a stray line end
+  included), and one for the body (``body_timeout_s``), counted from the end of the headers,
+  or for a pipelined request from the answer to the one before it: 408 and closed.
 
 The deadlines are kept without a timer per request: each connection notes when its current
 one falls due, and one sweep per server (every quarter of the shorter timeout, at most a
@@ -63,10 +66,27 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._refusal: tuple[int, str, str] | None = None
-        self._header_bytes = self._header_count = 0
-        self._reading_body = False
-        self._due: float | None = self.loop.time() + self.header_timeout_s  # the first request's headers
+        self._next_message()  # the first request's headers are due from the connection
         _sweep_while_connected(self)
+
+    def _next_message(self) -> None:
+        """A new request begins: its headers are due ``header_timeout_s`` from now, counted afresh."""
+        self._header_bytes = self._header_count = self._received = 0
+        self._reading_body = False
+        self._due: float | None = self.loop.time() + self.header_timeout_s
+
+    def data_received(self, data: bytes) -> None:
+        if self.timeout_keep_alive_task is not None:  # idle between requests: whatever comes starts the next
+            self._next_message()                       # (a stray CRLF, which the parser skips, included)
+        if self._reading_body:
+            return HttpToolsProtocol.data_received(self, data)
+        self._received += len(data)
+        HttpToolsProtocol.data_received(self, data)
+        # the headers still unfinished after this read: every byte of the request so far is header, counted
+        # here too, as the parser keeps a header it has not seen the end of (one 8 MiB line) out of on_header
+        if not self._reading_body and self._received > self.max_header_bytes and not self.transport.is_closing():
+            self._refuse(431, f"request line and headers larger than {self.max_header_bytes} bytes",
+                         "headers_too_large")
 
     def check_deadline(self, now: float) -> None:
         """Refuse this connection if its headers or body are overdue (called by the server's sweep)."""
@@ -76,6 +96,8 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._refuse(408, f"request headers not received within {self.header_timeout_s:g} s", "header_timeout")
         elif self.cycle is None or not self.cycle.more_body:
             self._due = None  # the body is in: the app has the request, and keep-alive handles what follows
+        elif self.pipeline:  # queued behind a request in progress: uvicorn reads its body only after that one
+            self._due = now + self.body_timeout_s
         elif self.cycle.response_started:  # the app answered without waiting for the body (a 401)
             self.transport.close()
         else:
@@ -89,10 +111,8 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._reading_body:  # the next request on a kept-alive connection
-            self._reading_body = False
-            self._header_bytes = self._header_count = 0
-            self._due = self.loop.time() + self.header_timeout_s
+        if self._reading_body:  # the next request in the same read (pipelined)
+            self._next_message()
 
     # the parser's callbacks count what the request line and headers take, before uvicorn keeps them; called
     # for every header of every request, so they stay lean: a frame of their own around the base's, no more
@@ -132,21 +152,28 @@ class GuardedHttpTools(HttpToolsProtocol):
 
 
 def _sweep_while_connected(conn: GuardedHttpTools) -> None:
-    """Start the sweep of ``conn``'s server unless it runs: every ``interval`` s, each open connection checks
-    its deadline; the sweep stops when the last connection has closed (the next one starts it again)."""
-    state = conn.server_state
-    if getattr(state, "deadline_sweep", None) is not None:
+    """Start the sweep of ``conn``'s server unless it runs on this loop: every ``interval`` s, each open
+    connection checks its deadline; the sweep stops when the last connection has closed (the next one starts
+    it again). A failing check is logged and the sweep goes on: stopped, it would leave every deadline off."""
+    state, loop = conn.server_state, conn.loop
+    running = getattr(state, "deadline_sweep", None)
+    if running is not None and running[0] is loop and not loop.is_closed():
         return
-    loop, interval = conn.loop, min(1.0, conn.header_timeout_s / 4, conn.body_timeout_s / 4)
+    interval = min(1.0, conn.header_timeout_s / 4, conn.body_timeout_s / 4)
 
     def sweep() -> None:
         now = loop.time()
-        for other in list(state.connections):
-            if isinstance(other, GuardedHttpTools):
-                other.check_deadline(now)
-        state.deadline_sweep = loop.call_later(interval, sweep) if state.connections else None
+        try:
+            for other in list(state.connections):
+                if isinstance(other, GuardedHttpTools):
+                    try:
+                        other.check_deadline(now)
+                    except Exception:  # noqa: BLE001 - one connection's failure must not end the others' deadlines
+                        log.exception("deadline check of a connection from %s failed", other.client)
+        finally:
+            state.deadline_sweep = (loop, loop.call_later(interval, sweep)) if state.connections else None
 
-    state.deadline_sweep = loop.call_later(interval, sweep)
+    state.deadline_sweep = (loop, loop.call_later(interval, sweep))
 
 
 def protocol_class(cfg: ServeConfig, on_refused=None) -> type:

@@ -4,6 +4,7 @@ Raw sockets where a well-behaved client cannot misbehave the way an attacker doe
 endless headers, a body that never comes).
 """
 
+import contextlib
 import json
 import socket
 import time
@@ -96,6 +97,104 @@ def test_a_kept_alive_connection_gets_a_fresh_deadline_for_its_next_request(guar
             response += chunk
     assert status_and_body(response)[0] == 408 and time.monotonic() - started < 3
     assert errors(registry, "header_timeout") == before + 1
+
+
+def test_a_stray_line_end_after_a_request_does_not_hold_the_connection(guarded):
+    """The parser skips an empty line without starting a request, and reading it stops uvicorn's keep-alive
+    timer: the line starts the next request's header deadline instead (found in review)."""
+    url, _, _ = guarded
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        sock.sendall(b"\r\n")
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert status_and_body(response)[0] == 408 and time.monotonic() - started < 3
+
+
+def test_one_endless_header_line_is_refused_before_its_end(guarded):
+    """A header the parser has not seen the end of never reaches on_header: the bytes of an unfinished
+    header block are counted as they arrive."""
+    url, _, registry = guarded
+    before = errors(registry, "headers_too_large")
+    response, _ = raw(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000)
+    assert status_and_body(response)[0] == 431
+    assert errors(registry, "headers_too_large") == before + 1
+
+
+async def _slow_app(scope, receive, send):
+    """A small ASGI app: /slow answers after 2.5 s, every path answers its own name once the body is in."""
+    import asyncio
+
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(2.5)
+    while (await receive()).get("more_body"):
+        pass
+    body = scope["path"].encode()
+    length = str(len(body)).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.contextmanager
+def _behind_the_protocol(app, on_refused=None):
+    """``app`` served behind the server's own HTTP protocol with 1 s deadlines, on loopback; yields the port."""
+    import threading
+
+    import uvicorn
+
+    from common.net import free_port
+    from serve.config import ServeConfig
+    from serve.http import protocol_class
+
+    cfg = ServeConfig(port=free_port(), header_timeout_s=1.0, body_timeout_s=1.0)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.port, log_level="critical",
+                                           http=protocol_class(cfg, on_refused)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield cfg.port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_pipelined_request_behind_a_slow_one_is_not_timed_out():
+    """uvicorn reads a queued request's body only once the request before it is answered: its body deadline
+    waits (found in review: a 408 replaced the slow request's answer)."""
+    with _behind_the_protocol(_slow_app) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"POST /next HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
+        time.sleep(0.05)
+        sock.sendall(b"{}")
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert response.count(b"HTTP/1.1 200") == 2 and response.endswith(b"/next") and b"408" not in response
+
+
+def test_the_deadline_sweep_outlives_a_failing_check():
+    """One connection's refusal raising (here the counter) is logged, and the next connection still gets its
+    deadline: a sweep that stopped would leave every connection without one."""
+    failures = []
+
+    def count(reason):
+        if not failures:
+            failures.append(reason)
+            raise RuntimeError("counter failed")
+
+    with _behind_the_protocol(_slow_app, on_refused=count) as port:
+        for _ in range(2):
+            response, took = raw(f"http://127.0.0.1:{port}", b"GET /a HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            assert took < 4
+    assert failures == ["header_timeout"] and status_and_body(response)[0] == 408
 
 
 def test_a_body_that_never_arrives_gets_408(guarded):
