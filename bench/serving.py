@@ -284,6 +284,7 @@ class _Transport(asyncio.Transport):
     def __init__(self):
         super().__init__()
         self.closing, self.not_ok = False, 0
+        self.on_close = None  # called when the server closes the connection
 
     def get_extra_info(self, name, default=None):
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name, default)
@@ -297,6 +298,8 @@ class _Transport(asyncio.Transport):
 
     def close(self) -> None:
         self.closing = True
+        if self.on_close is not None:
+            self.on_close()
 
     def pause_reading(self) -> None:
         pass
@@ -330,7 +333,12 @@ async def _seconds_per_request(config, raw: bytes, requests: int) -> float:
         complete()
         answered.set_result(None)
 
+    def on_close():  # refused before an answer completed (a limit of the guarded protocol): fail, not hang
+        if not answered.done():
+            answered.set_exception(RuntimeError("the server closed the connection before answering"))
+
     protocol.on_response_complete = on_response_complete
+    transport.on_close = on_close
     started = time.perf_counter()
     for _ in range(requests):
         answered = loop.create_future()
