@@ -31,6 +31,23 @@ def raw(url: str, payload: bytes, wait_s: float = 5.0) -> tuple[bytes, float]:
     return b"".join(chunks), time.monotonic() - started
 
 
+def after_requests(url: str, requests: int, pause_s: float, then: bytes) -> tuple[bytes, float]:
+    """On one connection: ``requests`` whole requests, each answered 200, ``pause_s`` apart; then ``then``.
+    (What the server sent after ``then`` until it closed, seconds from ``then`` to the close.)"""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        for _ in range(requests):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(pause_s)
+        started = time.monotonic()
+        sock.sendall(then)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks), time.monotonic() - started
+
+
 def status_and_body(response: bytes) -> tuple[int, dict]:
     head, _, body = response.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
@@ -83,36 +100,18 @@ def test_a_kept_alive_connection_gets_a_fresh_deadline_for_its_next_request(guar
     request in full and then stalls in the headers of the next is refused at that request's deadline, and
     one that keeps sending whole requests is never refused."""
     url, _, registry = guarded
-    host, port = url.removeprefix("http://").split(":")
     before = errors(registry, "header_timeout")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        for _ in range(3):  # whole requests 0.6 s apart: 1.8 s in all, past a 1 s deadline counted once
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            time.sleep(0.6)
-        started = time.monotonic()
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
-    assert status_and_body(response)[0] == 408 and time.monotonic() - started < 3
+    # whole requests 0.6 s apart: 1.8 s in all, past a 1 s deadline counted once
+    response, took = after_requests(url, 3, 0.6, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    assert status_and_body(response)[0] == 408 and took < 3
     assert errors(registry, "header_timeout") == before + 1
 
 
 def test_a_stray_line_end_after_a_request_does_not_hold_the_connection(guarded):
     """The parser skips an empty line without starting a request, and reading it stops uvicorn's keep-alive
     timer: the line starts the next request's header deadline instead (found in review)."""
-    url, _, _ = guarded
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-        started = time.monotonic()
-        sock.sendall(b"\r\n")
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
-    assert status_and_body(response)[0] == 408 and time.monotonic() - started < 3
+    response, took = after_requests(guarded[0], 1, 0.0, b"\r\n")
+    assert status_and_body(response)[0] == 408 and took < 3
 
 
 def test_one_endless_header_line_is_refused_before_its_end(guarded):
