@@ -181,6 +181,7 @@ def edge_sweep(sweep: Path, arch: dict, cache: Path) -> Path:
     import yaml
 
     from bench.edge import build_models
+    from common.files import atomic_write_text
     from common.manifest import publish, verify
 
     checkpoint, folders = build_models(arch, root=cache)
@@ -195,11 +196,10 @@ def edge_sweep(sweep: Path, arch: dict, cache: Path) -> Path:
                 os.link(f, tmp / f.name)
             except OSError:  # another file system
                 shutil.copy2(f, tmp / f.name)
-        shutil.rmtree(dest, ignore_errors=True)
         publish(tmp, dest, "variant", {"run": EDGE_RUN, "variant": EDGE_VARIANT, "step": 0, "weight_bits": 8,
                                        "backend": "onnxruntime", "runner": "onnx"})
     task = (yaml.safe_load((sweep / "sweep.yaml").read_text()) or {}).get("task", {})
-    (root / "sweep.yaml").write_text(yaml.safe_dump({"task": task}))
+    atomic_write_text(root / "sweep.yaml", yaml.safe_dump({"task": task}))
     return root
 
 
@@ -267,13 +267,20 @@ def metrics_seconds_per_request(shifts: list[str], rounds: int = 9, calls: int =
             inflight.dec()
         return (time.perf_counter() - started) / calls
 
+    return alternated_extra(lambda: per_call(Metrics(CollectorRegistry())),
+                            lambda: per_call(NullMetrics(CollectorRegistry())), rounds)
+
+
+def alternated_extra(measured, baseline, rounds: int) -> dict:
+    """``measured()`` - ``baseline()`` (seconds each) over ``rounds``, the order alternating so that being first
+    in a round favours neither: their median and quartiles, and the ``samples``."""
     extra = []
-    for r in range(rounds):  # the order alternates, so that being first in a round favours neither
+    for r in range(rounds):
         if r % 2:
-            null, real = per_call(NullMetrics(CollectorRegistry())), per_call(Metrics(CollectorRegistry()))
+            base = baseline()
+            extra.append(measured() - base)
         else:
-            real, null = per_call(Metrics(CollectorRegistry())), per_call(NullMetrics(CollectorRegistry()))
-        extra.append(real - null)
+            extra.append(measured() - baseline())
     return {**spread(extra), "samples": extra}
 
 
@@ -382,14 +389,13 @@ def guards_seconds_per_request(rounds: int = 7, requests: int = 3000) -> dict:
     try:
         for config, raw in sides.values():  # warm-up
             loop.run_until_complete(_seconds_per_request(config, raw, requests // 8))
-        extra = []
-        for r in range(rounds):
-            order = ("plain", "guarded") if r % 2 else ("guarded", "plain")
-            took = {side: loop.run_until_complete(_seconds_per_request(*sides[side], requests)) for side in order}
-            extra.append(took["guarded"] - took["plain"])
+
+        def timed(side: str):
+            return lambda: loop.run_until_complete(_seconds_per_request(*sides[side], requests))
+
+        return alternated_extra(timed("guarded"), timed("plain"), rounds)
     finally:
         loop.close()
-    return {**spread(extra), "samples": extra}
 
 
 def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | None, concurrencies,

@@ -85,8 +85,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         # the headers still unfinished after this read: every byte of the request so far is header, counted
         # here too, as the parser keeps a header it has not seen the end of (one 8 MiB line) out of on_header
         if not self._reading_body and self._received > self.max_header_bytes and not self.transport.is_closing():
-            self._refuse(431, f"request line and headers larger than {self.max_header_bytes} bytes",
-                         "headers_too_large")
+            self._refuse(*self._too_large_refusal())
 
     def check_deadline(self, now: float) -> None:
         """Refuse this connection if its headers or body are overdue (called by the server's sweep)."""
@@ -130,12 +129,14 @@ class GuardedHttpTools(HttpToolsProtocol):
         HttpToolsProtocol.on_header(self, name, value)
 
     def _too_large(self) -> None:
-        if self._header_bytes > self.max_header_bytes:
-            self._refusal = (431, f"request line and headers larger than {self.max_header_bytes} bytes",
-                             "headers_too_large")
-        else:
-            self._refusal = (431, f"more than {self.max_headers} request headers", "headers_too_large")
+        self._refusal = self._too_large_refusal(count=self._header_bytes <= self.max_header_bytes)
         raise _Refused
+
+    def _too_large_refusal(self, count: bool = False) -> tuple[int, str, str]:
+        """The 431 for a header block over ``max_header_bytes`` (``count``: over ``max_headers``)."""
+        if count:
+            return 431, f"more than {self.max_headers} request headers", "headers_too_large"
+        return 431, f"request line and headers larger than {self.max_header_bytes} bytes", "headers_too_large"
 
     def on_headers_complete(self) -> None:
         self._reading_body = True
