@@ -13,7 +13,11 @@ CPU provider runs as single kernels (they are in every onnxruntime wheel, domain
   existing ``past_key_values.*`` / ``present.*`` names), causal (``unidirectional``), and the
   attention mask as its key padding mask, so left-padded batches decode as before.
 
-The projections (the MatMuls the quantizers act on), the layer norms, the MLP and the LM head are left
+The QKV projection's columns are reordered from GPT-NeoX's per-head ``[heads, (q, k, v), head_dim]`` to
+``[(q, k, v), heads, head_dim]`` (its weight and bias, the same numbers in another order), so one Split gives
+the query, key and value in the ``[batch, seq, heads * head_dim]`` layout both contrib ops take, with no
+Reshape around them (four per layer, a quarter of a 4-bit step's nodes). The other projections (the MatMuls
+the quantizers act on), the layer norms, the MLP and the LM head are left
 as they are, and the graph's inputs and outputs keep their names and shapes: ``export/runtime.py``
 runs the fused graph unchanged. The pass finds each layer's attention by structure (from the
 ``present.<i>.value`` output back to the QKV projection and forward to the output projection) and
@@ -32,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.graph import node_index
 
-FUSION_VERSION = 1  # bumped whenever the fused graph changes (the benchmark's model cache is keyed on it)
+FUSION_VERSION = 2  # bumped whenever the fused graph changes (the benchmark's model cache is keyed on it)
 MS = "com.microsoft"
 MASK = "fracture_attention_mask_int32"
 COS, SIN = "fracture_rotary_cos", "fracture_rotary_sin"
@@ -91,6 +95,39 @@ def _layer_anchors(producer, consumers, layer: int) -> tuple[str, object]:
     return split_heads.input[0], merged
 
 
+def _qkv_projection(producer, inits: dict, qkv: str, layer: int, width: int) -> list[tuple[object, int, str]]:
+    """Where the projection writing ``qkv`` reads its weight and its bias: (node, input index, initializer)
+    each. optimum exports it as ``Add(bias, MatMul(x, weight))``, both constants."""
+    add = _expect(producer.get(qkv), "Add", layer, "the QKV projection's bias")
+    found = [(j, producer.get(add.input[1 - j])) for j in (0, 1) if _constant(producer, inits, add.input[j])]
+    if len(found) != 1 or found[0][1] is None or found[0][1].op_type != "MatMul":
+        raise FusionError(f"layer {layer}: the QKV projection is not Add(bias, MatMul(x, weight))")
+    bias_index, matmul = found[0]
+    if not _constant(producer, inits, matmul.input[1]):
+        raise FusionError(f"layer {layer}: the QKV projection's weight is not a constant")
+    weight = _constant(producer, inits, matmul.input[1])
+    bias = _constant(producer, inits, add.input[bias_index])
+    dims = list(inits[weight].dims), list(inits[bias].dims)
+    if dims[0][-1:] != [width] or dims[1] != [width]:
+        raise FusionError(f"layer {layer}: the QKV projection is {dims[0]} + {dims[1]}, "
+                          f"expected [*, {width}] + [{width}]")
+    return [(matmul, 1, weight), (add, bias_index, bias)]
+
+
+def _constant(producer, inits: dict, name: str) -> str | None:
+    """The initializer ``name`` stands for, through the Identity nodes by which the exporter shares equal
+    constants (the biases of a fresh model are all zero), or None when it is computed."""
+    while name not in inits and name in producer and producer[name].op_type == "Identity":
+        name = producer[name].input[0]
+    return name if name in inits else None
+
+
+def qkv_major(array: np.ndarray, heads: int, head_dim: int) -> np.ndarray:
+    """A QKV weight's (or bias's) last axis from per-head [heads, 3, head_dim] to [3, heads, head_dim]."""
+    lead = array.shape[:-1]
+    return np.ascontiguousarray(array.reshape(*lead, heads, 3, head_dim).swapaxes(-3, -2).reshape(*lead, -1))
+
+
 def fuse_graph(model: onnx.ModelProto, config: dict) -> int:
     """Fuse every layer's attention in place; returns the number of layers fused. Raises FusionError,
     leaving ``model`` as it was, when a layer is not the expected pattern."""
@@ -106,24 +143,29 @@ def fuse_graph(model: onnx.ModelProto, config: dict) -> int:
         raise FusionError("only float32 graphs are fused")
     cos, sin, width = rotary_tables(config)
     producer, consumers = node_index(graph.node)
+    inits = {t.name: t for t in graph.initializer}
     anchors = [_layer_anchors(producer, consumers, i) for i in range(layers)]  # all or nothing
+    projections = [_qkv_projection(producer, inits, qkv, i, 3 * heads * head_dim) for i, (qkv, _) in enumerate(anchors)]
 
     replacements: dict[str, list] = {}  # name of the Reshape replaced -> nodes that take its place
-    for i, (qkv, merged) in enumerate(anchors):
+    reordered = []  # each layer's QKV weight and bias, columns query-key-value major
+    for i, ((qkv, merged), projection) in enumerate(zip(anchors, projections)):
         p = f"/fracture/layers.{i}/attention"
-        q4, k4, v4 = f"{p}/q4", f"{p}/k4", f"{p}/v4"
+        # a copy per layer: optimum stores equal initializers once (e.g. the zero biases of a fresh model)
+        for (node, index, source), what in zip(projection, ("weight", "bias")):
+            name = f"{p}/query_key_value.{what}.qkv_major"
+            array = qkv_major(numpy_helper.to_array(inits[source]), heads, head_dim)
+            reordered.append(numpy_helper.from_array(array, name))
+            node.input[index] = name
+        q, k, v = f"{p}/q", f"{p}/k", f"{p}/v"
         replacements[merged.name] = [
-            # GPT-NeoX's fused projection is laid out [batch, seq, heads, 3 * head_dim]
-            helper.make_node("Reshape", [qkv, "fracture_qkv_shape"], [f"{p}/qkv4"], name=f"{p}/SplitHeads"),
-            helper.make_node("Split", [f"{p}/qkv4", "fracture_qkv_split"], [q4, k4, v4], name=f"{p}/Split", axis=-1),
-            *[helper.make_node("Reshape", [x, "fracture_merge_shape"], [f"{x}_3d"], name=f"{x}/Merge")
-              for x in (q4, k4, v4)],
-            *[helper.make_node("RotaryEmbedding", [f"{x}_3d", "position_ids", COS, SIN], [f"{x}_rot"],
+            helper.make_node("Split", [qkv, "fracture_qkv_split"], [q, k, v], name=f"{p}/Split", axis=-1),
+            *[helper.make_node("RotaryEmbedding", [x, "position_ids", COS, SIN], [f"{x}_rot"],
                                name=f"{x}/Rotary", domain=MS, interleaved=0, num_heads=heads,
                                rotary_embedding_dim=width)
-              for x in (q4, k4)],
+              for x in (q, k)],
             helper.make_node("MultiHeadAttention",
-                             [f"{q4}_rot", f"{k4}_rot", f"{v4}_3d", "", MASK, "",
+                             [f"{q}_rot", f"{k}_rot", v, "", MASK, "",
                               f"past_key_values.{i}.key", f"past_key_values.{i}.value"],
                              [merged.output[0], f"present.{i}.key", f"present.{i}.value"],
                              name=f"{p}/MultiHeadAttention", domain=MS, num_heads=heads, unidirectional=1),
@@ -133,10 +175,8 @@ def fuse_graph(model: onnx.ModelProto, config: dict) -> int:
     for node in graph.node:
         nodes += replacements.get(node.name, [node])
     graph.initializer.extend([
-        numpy_helper.from_array(cos, COS), numpy_helper.from_array(sin, SIN),
-        numpy_helper.from_array(np.array([0, 0, heads, 3 * head_dim], np.int64), "fracture_qkv_shape"),
-        numpy_helper.from_array(np.array([head_dim] * 3, np.int64), "fracture_qkv_split"),
-        numpy_helper.from_array(np.array([0, 0, heads * head_dim], np.int64), "fracture_merge_shape"),
+        *reordered, numpy_helper.from_array(cos, COS), numpy_helper.from_array(sin, SIN),
+        numpy_helper.from_array(np.array([heads * head_dim] * 3, np.int64), "fracture_qkv_split"),
     ])
     del graph.node[:]  # the old writers of present.* come before the fused ones: _live keeps the later only
     graph.node.extend(_live(nodes, [o.name for o in graph.output]))

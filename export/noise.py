@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,20 +118,34 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
 
 
-def _torch_owners(model) -> dict[str, tuple[str, bool]]:
-    """{sha256 of the values: (torch parameter name, stored transposed)} for every matrix, as stored
-    and transposed: optimum names MatMul weights ``onnx::MatMul_<n>`` and stores them transposed, so
-    the values (bit-exact after an fp32 export) are what ties an ONNX weight to its torch parameter."""
-    owners: dict[str, tuple[str, bool]] = {}
+def _torch_owners(model) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+    """{sha256 of the values: (torch parameter name, how an fp32 export stores it)} for every matrix, in
+    each form an export may store it: as is; transposed (optimum names MatMul weights ``onnx::MatMul_<n>``
+    and stores them transposed); and for GPT-NeoX's QKV projection, transposed with its columns
+    query-key-value major (``export.fusion``). The values (bit-exact after an fp32 export) are what tie an
+    ONNX weight to its torch parameter."""
+    from export.fusion import qkv_major
+
+    config, qkv_forms = model.config, []
+    if config.model_type == "gpt_neox":
+        heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+        qkv_forms = [lambda w: qkv_major(w.T, heads, head_dim)]
+    owners: dict[str, tuple[str, Callable]] = {}
     for name, p in model.named_parameters():
         if p.ndim != 2:
             continue
         w = p.detach().cpu().numpy()
-        for key, transposed in ((_digest(w), False), (_digest(w.T), True)):
-            if owners.setdefault(key, (name, transposed))[0] != name:
+        extra = qkv_forms if name.endswith("attention.query_key_value.weight") else []
+        for store in (_as_is, np.transpose, *extra):
+            key = _digest(store(w))
+            if owners.setdefault(key, (name, store))[0] != name:
                 raise ValueError(f"{owners[key][0]} and {name} hold the same values: "
                                  "cannot tell their ONNX weights apart")
     return owners
+
+
+def _as_is(w: np.ndarray) -> np.ndarray:
+    return w
 
 
 def onnx_error(model, quantized_dir: Path, fp32_dir: Path) -> dict[str, float]:
@@ -146,7 +161,7 @@ def onnx_error(model, quantized_dir: Path, fp32_dir: Path) -> dict[str, float]:
         if w is None or w.shape != w_q.shape:
             raise ValueError(f"{quantized_dir.name}: {name} has no fp32 counterpart of shape {w_q.shape} "
                              f"in {fp32_dir.name}")
-        owner, _ = owners.get(_digest(w), (None, False))
+        owner, _ = owners.get(_digest(w), (None, None))
         if owner is None:
             raise ValueError(f"{fp32_dir.name}: {name} equals no parameter of the checkpoint")
         if owner in out:
@@ -268,8 +283,9 @@ def reweighted_graph(fp32_dir: Path, original, changed, dest: Path) -> None:
     ``changed`` holds differently put in place of the weight it was exported from.
 
     What optimum would export from ``changed``, without tracing the model again: an fp32 export stores
-    every matrix bit-exact (MatMul weights transposed), so the values tie an initializer to its torch
-    parameter (``_torch_owners``). A changed parameter no initializer holds is an error.
+    every matrix bit-exact (MatMul weights transposed, the fused QKV's columns reordered), so the values
+    tie an initializer to its torch parameter (``_torch_owners``). A changed parameter no initializer holds
+    is an error.
     """
     from export.graph import load
     from export.quantize import copy_side_files
@@ -284,8 +300,8 @@ def reweighted_graph(fp32_dir: Path, original, changed, dest: Path) -> None:
         hit = owners.get(_digest(numpy_helper.to_array(init))) if len(init.dims) == 2 else None
         if hit is None:
             continue
-        name, transposed = hit
-        value = after[name].T if transposed else after[name]
+        name, store = hit
+        value = store(after[name])
         init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), init.name))
         placed.add(name)
     if todo - placed:

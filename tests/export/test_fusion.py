@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from export.fusion import FusionError, fuse_attention, fuse_graph, rotary_tables
+from export.graph import node_index
 from export.onnx_export import export_onnx
 from export.runtime import OnnxCausalLM
 from tests.conftest import run_dirs
@@ -27,11 +28,21 @@ def unfused(exported, tmp_path_factory):
 def test_published_fp32_is_fused_and_decodes_as_optimums_graph(unfused):
     plain, fused = unfused
     config = json.loads((fused / "config.json").read_text())
-    ops = [n.op_type for n in onnx.load(str(fused / "model.onnx")).graph.node]
+    graph = onnx.load(str(fused / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
     plain_ops = [n.op_type for n in onnx.load(str(plain / "model.onnx")).graph.node]
     assert ops.count("MultiHeadAttention") == config["num_hidden_layers"]
     assert ops.count("RotaryEmbedding") == 2 * config["num_hidden_layers"]
     assert len(ops) < len(plain_ops) / 2
+    # the QKV projection, reordered query-key-value major, is split straight into the contrib ops: no Reshape
+    producer, _ = node_index(graph.node)
+    for mha in (n for n in graph.node if n.op_type == "MultiHeadAttention"):
+        q, k = (producer[x] for x in mha.input[:2])
+        split = producer[mha.input[2]]
+        assert split.op_type == "Split" and q.op_type == k.op_type == "RotaryEmbedding"
+        assert [producer[q.input[0]], producer[k.input[0]]] == [split, split]
+        assert list(split.output) == [q.input[0], k.input[0], mha.input[2]]
+        assert producer[split.input[0]].op_type == "Add"  # the projection's bias
     a, b = OnnxCausalLM(plain, threads=1), OnnxCausalLM(fused, threads=1)
     ids = a.encode(PROMPTS)
     assert a.generate_ids(ids, 8) == b.generate_ids(ids, 8)
