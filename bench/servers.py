@@ -3,7 +3,9 @@
 - naive: FastAPI + uvicorn with transformers ``generate`` on the torch checkpoint, one
   request at a time, no batching: what a plain transformers server does.
 - floor: the same stack answering a fixed completion without any model: the most this
-  stack can do on this machine.
+  stack can do on this machine. Its completions route has fracture's fast path too
+  (``serve.app.FastRoute``: the body parsed and validated, the answer sent, without FastAPI's
+  per-request layers), as the server's has.
 - guarded floor (``floor --guarded``): the floor behind fracture's own guards, exactly as
   the server runs them: the header-limited HTTP protocol and uvicorn settings of
   ``serve.http.uvicorn_config``, the body limit and deadline, bearer auth (a token set) and
@@ -29,7 +31,8 @@ import uuid
 
 import uvicorn
 from fastapi import FastAPI
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 
 
 class Req(BaseModel):
@@ -51,11 +54,21 @@ BENCH_TOKEN = "bench-token"  # the guarded floor's bearer token (the load genera
 
 
 def floor_app(guarded: bool = False) -> FastAPI:
+    from serve.app import FastRoute
+
     app = FastAPI()
 
     @app.post("/v1/completions")
     async def completions(req: Req) -> dict:
         return _response(req, "42")
+
+    async def fast_completions(payload) -> JSONResponse | None:  # as serve.app's: declined when invalid
+        try:
+            return JSONResponse(_response(Req.model_validate(payload), "42"))
+        except ValidationError:
+            return None
+
+    app.add_middleware(FastRoute, path="/v1/completions", handle=fast_completions)
 
     @app.get("/healthz")
     async def healthz() -> dict:  # public, as fracture's: what the benchmark waits on

@@ -14,8 +14,10 @@ Every error is ``{"error": {"type", "message"}}`` with its 4xx (503 + Retry-Afte
 overload and timeouts) and is counted in ``fracture_request_errors_total{reason}``.
 
 This module is the HTTP side: the guard middlewares (body limit, bearer auth, drain), the routes and
-the error handlers. What a completion goes through (checks, tokenizing, batching, grading, metrics)
-is ``serve.completions.CompletionService``; the API's types and errors are ``serve.schema``.
+the error handlers, and the completions route's fast path (``FastRoute``: the same model, service and
+errors without FastAPI's per-request layers; whatever it declines, FastAPI's route answers). What a
+completion goes through (checks, tokenizing, batching, grading, metrics) is
+``serve.completions.CompletionService``; the API's types and errors are ``serve.schema``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.batching import Batcher
@@ -83,20 +86,69 @@ class BodyLimit:
             more = message.get("more_body", False)
         if size > self.limit:
             return await self._reject(scope, receive, send)
-        body, replayed = b"".join(chunks), False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _reject(self, scope, receive, send):
         self.on_reject("body_too_large")
         await error_response(413, f"request body larger than {self.limit} bytes")(scope, receive, send)
+
+
+def replaying(body: bytes, receive):
+    """A ``receive`` that gives ``body`` (already read) as the request's one message, then defers to ``receive``."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+# -- the hot route, without the framework's layers -------------------------------------
+
+def _json_content(scope) -> bool:
+    """The request says its body is ``application/json`` (parameters such as charset aside)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == b"application/json"
+    return False
+
+
+class FastRoute:
+    """Pure ASGI middleware: ``POST <path>`` with a JSON body answered by ``handle(payload)`` without FastAPI's
+    router, dependency solving and exception middlewares, which cost ~95 µs a request here in process (a
+    quarter of what the event loop spends on a served completion at 32 connections). ``handle`` gets the
+    body parsed as FastAPI parses it (``json.loads``) and returns the response to send, or ``None`` to hand
+    the request on. Anything else goes on to the app, the body replayed: another path or method, another
+    content type, a body that is not JSON or that ``handle`` declines (e.g. fails validation), so that every
+    refusal is FastAPI's own, word for word. The app still routes and documents the path (OpenAPI)."""
+
+    def __init__(self, app, path: str, handle):
+        self.app, self.path, self.handle = app, path, handle
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST" \
+                or not _json_content(scope):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            payload = None
+        response = None if payload is None else await self.handle(payload)
+        if response is None:
+            return await self.app(scope, replaying(body, receive), send)
+        await response(scope, receive, send)
 
 
 # -- requests cut off by a shutdown ------------------------------------------------------
@@ -196,6 +248,24 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
                   description="Greedy completions from a fleet of exported variants, graded per shift. "
                               "Errors are {\"error\": {\"type\", \"message\"}}.")
     app.state.fleet, app.state.metrics, app.state.batcher = fleet, metrics, batcher
+
+    def api_error(exc: APIError) -> JSONResponse:
+        metrics.error(exc.reason)
+        return error_response(exc.status, exc.message, exc.headers)
+
+    async def fast_completions(payload) -> JSONResponse | None:
+        """The completions route as FastRoute runs it: the same model, service and errors; a request that
+        fails validation is declined, for FastAPI's route to refuse as it always has."""
+        try:
+            req = CompletionRequest.model_validate(payload)
+        except ValidationError:
+            return None
+        try:
+            return JSONResponse(await service.complete(req))
+        except APIError as exc:
+            return api_error(exc)
+
+    app.add_middleware(FastRoute, path="/v1/completions", handle=fast_completions)  # innermost: after the guards
     app.add_middleware(BodyLimit, limit=config.max_body_bytes, on_reject=metrics.error)
     # a request without the token is refused before its body is read or parsed
     app.add_middleware(BearerAuth, token=config.token, public_paths=config.public_paths,
@@ -204,8 +274,7 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        metrics.error(exc.reason)
-        return error_response(exc.status, exc.message, exc.headers)
+        return api_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

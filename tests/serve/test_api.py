@@ -1,5 +1,6 @@
 """The HTTP contract: endpoints, response shapes, the OpenAPI document, errors, auth."""
 
+import json
 
 import httpx
 import pytest
@@ -121,6 +122,47 @@ def test_bad_input_gets_a_json_4xx_counted_by_reason(server):
         assert sample(registry, "fracture_request_errors_total", reason=reason) == before + 1, what
     text = client.get("/metrics").text
     assert "sideways" not in text and "r99" not in text  # never a new label value
+
+
+def _answer(resp: httpx.Response) -> tuple[int, dict]:
+    body = resp.json()
+    return resp.status_code, {k: v for k, v in body.items() if k not in ("id", "created")}
+
+
+def test_the_fast_path_answers_word_for_word_as_fastapis_route(server):
+    """POST /v1/completions with an ``application/json`` body is answered by serve.app.FastRoute; the same bytes as
+    ``application/<x>+json`` go through FastAPI's route (which parses them as JSON all the same). Answers and
+    refusals must agree."""
+    client, registry = server["client"], server["registry"]
+    model = first_model(server)
+    run, variant = model.split("/")
+
+    def graded() -> float:
+        return sum(sample(registry, "fracture_requests_total", model=run, variant=variant, shift="id", result=r)
+                   for r in ("correct", "incorrect"))
+
+    answers = [{"model": model, "prompt": p, "max_tokens": 6, "shift": "id", "expected": "46"}
+               for p in ("12+34=", "999+1=")] + [{"model": model, "prompt": ["1+2=", "3+4="], "echo": True}]
+    for body in answers + [body for _, body, _, _ in _bad_requests(model)]:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        before = graded()
+        fast = client.post("/v1/completions", content=raw, headers={"content-type": "application/json; charset=utf-8"})
+        routed = client.post("/v1/completions", content=raw, headers={"content-type": "application/x-test+json"})
+        assert _answer(fast) == _answer(routed), raw
+        assert graded() - before == (2 if body in answers[:2] else 0)  # once per request, whichever path
+
+
+def test_the_fast_path_serves_without_fastapis_route(exported):
+    """With FastAPI's completions route taken out, a JSON request is still answered (by FastRoute), and one
+    it hands on (another JSON content type) finds no route: the fast path is really what serves."""
+    with running(serve_config(exported["sweep"])) as (url, app, _), httpx.Client(base_url=url, timeout=30) as c:
+        app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/v1/completions"]
+        model = c.get("/v1/models").json()["data"][0]["id"]
+        body = {"model": model, "prompt": "12+34=", "max_tokens": 4}
+        assert c.post("/v1/completions", json=body).status_code == 200
+        assert c.post("/v1/completions", content=json.dumps(body).encode(),
+                      headers={"content-type": "application/x-test+json"}).status_code == 404
+        assert c.post("/v1/completions", json={"model": model}).status_code == 404  # declined, handed on
 
 
 def test_oversized_body_gets_413(server):
