@@ -136,6 +136,10 @@ def test_the_final_table_says_which_targets_are_met():
     assert rows["metrics_share_of_served"][2:] == ["<= 0.03", "MISSED"]
     assert rows["metrics_overhead"][2:] == ["—", "—"]  # reported: too noisy a measure for a 3% target
     assert rows["sweep_vs_plain_trainer"][2:] == ["—", "—"] and "sweep_vs_plain_trainer" not in TARGETS
+    # a step faster than its memory floor is impossible: the measure failed, and the table says so
+    floors = {r[0]: r for r in verdicts({"decode_b1_onnx-fp32_vs_floor": 1.29, "decode_b1_ort-int8_vs_floor": 0.7})}
+    assert floors["decode_b1_onnx-fp32_vs_floor"][3].startswith("INVALID")
+    assert floors["decode_b1_ort-int8_vs_floor"][3] == "met"
 
 
 def test_a_mistyped_sweep_is_one_line(capsys):
