@@ -124,7 +124,9 @@ class FastRoute:
     body parsed as FastAPI parses it (``json.loads``) and returns the response to send, or ``None`` to hand
     the request on. Anything else goes on to the app, the body replayed: another path or method, another
     content type, a body that is not JSON or that ``handle`` declines (e.g. fails validation), so that every
-    refusal is FastAPI's own, word for word. The app still routes and documents the path (OpenAPI)."""
+    refusal is FastAPI's own, word for word. The app still routes and documents the path (OpenAPI). What it
+    answers is counted by fracture's metrics, but not seen by FastAPI's own OpenTelemetry spans, were a tracer
+    configured."""
 
     def __init__(self, app, path: str, handle):
         self.app, self.path, self.handle = app, path, handle
