@@ -126,7 +126,7 @@ class FastRoute:
     content type, a body that is not JSON or that ``handle`` declines (e.g. fails validation), so that every
     refusal is FastAPI's own, word for word. The app still routes and documents the path (OpenAPI). What it
     answers is counted by fracture's metrics, but not seen by FastAPI's own OpenTelemetry spans, were a tracer
-    configured."""
+    configured. It reads the whole body, as FastAPI's route would: ``BodyLimit`` outside it bounds that."""
 
     def __init__(self, app, path: str, handle):
         self.app, self.path, self.handle = app, path, handle
@@ -145,10 +145,10 @@ class FastRoute:
         body = b"".join(chunks)
         try:
             payload = json.loads(body)
-        except (ValueError, RecursionError):
-            payload = None
-        response = None if payload is None else await self.handle(payload)
-        if response is None:
+        except (ValueError, RecursionError):  # not JSON: FastAPI's route says so in its own words
+            return await self.app(scope, replaying(body, receive), send)
+        response = await self.handle(payload)
+        if response is None:  # declined
             return await self.app(scope, replaying(body, receive), send)
         await response(scope, receive, send)
 
@@ -304,6 +304,7 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
     @app.post("/v1/completions", response_model=CompletionResponse,
               responses=error_responses(400, 401, 404, 413, 503))
     async def completions(req: CompletionRequest) -> JSONResponse:
+        # what the fast path does too (fast_completions, above): a dependency or other change here must go there
         return JSONResponse(await service.complete(req))
 
     @app.get("/v1/models", response_model=ModelList,
