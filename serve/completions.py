@@ -63,6 +63,15 @@ def _prompts(prompt) -> tuple[list, bool]:
     return list(prompt), True
 
 
+def _is_unicode(text: str) -> bool:
+    """No lone surrogate: JSON may escape one (\\ud800), Python keeps it, and neither UTF-8 nor a tokenizer takes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _where(batch: bool, i: int) -> str:
     """Where in the request a refusal is about: "prompt <i>: " in a batch, nothing for a single prompt."""
     return f"prompt {i}: " if batch else ""
@@ -137,6 +146,9 @@ class CompletionService:
             if isinstance(p, str) and (not p or len(p) > config.max_prompt_chars):
                 raise APIError(400, "prompt_too_long",
                                f"{_where(batch, i)}prompt must have 1..{config.max_prompt_chars} characters")
+            if isinstance(p, str) and not _is_unicode(p):  # JSON's \ud800 escapes: no tokenizer takes them
+                raise APIError(400, "unencodable_prompt", f"{_where(batch, i)}the prompt holds a lone surrogate "
+                                                          "(an unpaired \\ud800-\\udfff escape): not valid Unicode")
         shift = req.shift if req.shift is not None else UNLABELLED
         if req.shift is not None and req.shift not in self.shifts:
             raise APIError(400, "unknown_shift", f"unknown shift {req.shift!r}; known: {', '.join(self.shifts)}")

@@ -98,6 +98,10 @@ def _bad_requests(model):
         ("prompt too long", {**ok, "prompt": "1" * 300}, 400, "prompt_too_long"),
         ("empty prompt", {**ok, "prompt": ""}, 400, "prompt_too_long"),
         ("unencodable", {**ok, "prompt": "12+€="}, 400, "unencodable_prompt"),
+        # JSON's escapes of a lone surrogate (sent as bytes: httpx cannot encode one), a 500 before
+        ("lone surrogate", json.dumps({**ok, "prompt": "12+\ud800="}).encode(), 400, "unencodable_prompt"),
+        ("lone surrogate in a batch", json.dumps({**ok, "prompt": ["1+2=", "\udfff"]}).encode(), 400,
+         "unencodable_prompt"),
         ("max_tokens 0", {**ok, "max_tokens": 0}, 400, "max_tokens_out_of_range"),
         ("max_tokens huge", {**ok, "max_tokens": 10**9}, 400, "max_tokens_out_of_range"),
         ("temperature", {**ok, "temperature": 0.7}, 400, "temperature"),
