@@ -291,6 +291,11 @@ def build_app(config: ServeConfig, registry: CollectorRegistry, fleet: Fleet | N
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and not _is_json(await request.body()):
+            # FastAPI's "There was an error parsing the body": bytes json.loads cannot decode (not UTF-8/16/32)
+            # or an integer past Python's digit limit
+            metrics.error("malformed_json")
+            return error_response(400, "request body is not valid JSON")
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
         metrics.error(reason)
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))

@@ -89,6 +89,8 @@ def _bad_requests(model):
     return [
         ("malformed JSON", b'{"model": ', 400, "malformed_json"),
         ("not JSON at all", b"\xff\xfe garbage", 400, "malformed_json"),
+        ("latin-1, not UTF-8", b'{"model": "caf\xe9"}', 400, "malformed_json"),
+        ("an integer past Python's digit limit", b'{"max_tokens": ' + b"1" * 5000 + b"}", 400, "malformed_json"),
         ("JSON but not an object", b"[1, 2]", 400, "invalid_request"),
         ("missing prompt", {"model": model}, 400, "invalid_request"),
         ("prompt wrongly typed", {**ok, "prompt": 123}, 400, "invalid_request"),
