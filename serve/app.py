@@ -76,21 +76,30 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._reject(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more and size <= self.limit:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away, or the HTTP layer timed it out
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-        if size > self.limit:
+        body = await read_body(receive, self.limit)
+        if body is None:  # the client went away, or the HTTP layer timed it out
+            return
+        if len(body) > self.limit:
             return await self._reject(scope, receive, send)
-        await self.app(scope, replaying(b"".join(chunks), receive), send)
+        await self.app(scope, replaying(body, receive), send)
 
     async def _reject(self, scope, receive, send):
         self.on_reject("body_too_large")
         await error_response(413, f"request body larger than {self.limit} bytes")(scope, receive, send)
+
+
+async def read_body(receive, limit: int | None = None) -> bytes | None:
+    """The request's body, read to its end or until it is past ``limit`` bytes (then what was read: over
+    ``limit``); None when the client went away first."""
+    chunks, size, more = [], 0, True
+    while more and (limit is None or size <= limit):
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 def replaying(body: bytes, receive):
@@ -135,14 +144,9 @@ class FastRoute:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST" \
                 or not _json_content(scope):
             return await self.app(scope, receive, send)
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        body = await read_body(receive)  # bounded by BodyLimit outside
+        if body is None:  # the client went away
+            return
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError):  # not JSON: FastAPI's route says so in its own words
