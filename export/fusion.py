@@ -99,14 +99,14 @@ def _qkv_projection(producer, inits: dict, qkv: str, layer: int, width: int) -> 
     """Where the projection writing ``qkv`` reads its weight and its bias: (node, input index, initializer)
     each. optimum exports it as ``Add(bias, MatMul(x, weight))``, both constants."""
     add = _expect(producer.get(qkv), "Add", layer, "the QKV projection's bias")
-    found = [(j, producer.get(add.input[1 - j])) for j in (0, 1) if _constant(producer, inits, add.input[j])]
+    constants = [_constant(producer, inits, x) for x in add.input]
+    found = [(j, producer.get(add.input[1 - j])) for j in (0, 1) if constants[j]]
     if len(found) != 1 or found[0][1] is None or found[0][1].op_type != "MatMul":
         raise FusionError(f"layer {layer}: the QKV projection is not Add(bias, MatMul(x, weight))")
     bias_index, matmul = found[0]
-    if not _constant(producer, inits, matmul.input[1]):
+    weight, bias = _constant(producer, inits, matmul.input[1]), constants[bias_index]
+    if weight is None:
         raise FusionError(f"layer {layer}: the QKV projection's weight is not a constant")
-    weight = _constant(producer, inits, matmul.input[1])
-    bias = _constant(producer, inits, add.input[bias_index])
     dims = list(inits[weight].dims), list(inits[bias].dims)
     if dims[0][-1:] != [width] or dims[1] != [width]:
         raise FusionError(f"layer {layer}: the QKV projection is {dims[0]} + {dims[1]}, "
