@@ -47,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
+from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
 from bench.edge import CACHE
 from bench.gpu_check import PYTHIA_70M
 from common.net import free_port, wait_http
@@ -157,6 +157,7 @@ def _pick(sweep: Path, variants: tuple[str, ...]) -> tuple[str, Path]:
     raise FileNotFoundError(f"no run of {sweep} has all of {variants}: run `python -m export --sweep {sweep}`")
 
 
+MAX_TOKENS = 7  # of every request the benchmark sends
 QUANTIZED = ("ort-int8", "ort-int4")  # the variant the ratios are read on: the first of these the sweep has
 
 
@@ -271,6 +272,37 @@ def metrics_seconds_per_request(shifts: list[str], rounds: int = 9, calls: int =
                             lambda: per_call(NullMetrics(CollectorRegistry())), rounds)
 
 
+def model_seconds_per_request(folder: Path, prompts: list[str], batch: int, max_tokens: int,
+                              cores: set[int] | None, repeats: int = 5, min_seconds: float = 0.5) -> dict:
+    """The model's own seconds per request, as the server runs it at its most efficient: ``batch`` requests
+    decoded together (at concurrency ``batch`` no batch is larger, and a row costs least in the largest),
+    through the runner the fleet opens (``export.runtime.OnnxCausalLM``, the served intra-op threads), each
+    prompt tokenized as ``serve.completions`` does and each answer finished (cut, detokenized) as the batcher
+    does. In this process, on the servers' ``cores`` while every server idles, in ``repeats`` timed rounds.
+
+    The floor's seconds per request plus this is what a served request would cost if the server's own work
+    were free: ``server_vs_floor_c32_bound``, the most ``server_vs_floor_c32`` can be with this model on
+    this machine."""
+    from export.runtime import OnnxCausalLM
+    from serve.config import ServeConfig
+    from tasks.formatting import format_prompt
+
+    runner = OnnxCausalLM(folder, threads=ServeConfig().threads, providers=["CPUExecutionProvider"])
+    digit_format = json.loads((folder / "fracture.json").read_text()).get("digit_format", "compact")
+    ids = [runner.encode_checked(format_prompt(p, digit_format))[0] for p in prompts]
+    batches = itertools.cycle([ids[i:i + batch] for i in range(0, len(ids) - batch + 1, batch)])
+
+    def decode_batch() -> None:
+        chunk = next(batches)
+        for row, gen in zip(chunk, runner.generate_ids(chunk, max_tokens)):
+            runner.finish(len(row), gen[:max_tokens])
+
+    with pinned(cores):
+        timed = interleaved({"model": decode_batch}, repeats=repeats, min_seconds=min_seconds)["model"]
+    per_request = [s / batch for s in timed["samples"]]
+    return {**spread(per_request), "samples": per_request, "batch": batch, "max_tokens": max_tokens}
+
+
 def alternated_extra(measured, baseline, rounds: int) -> dict:
     """``measured()`` - ``baseline()`` (seconds each) over ``rounds``, the order alternating so that being first
     in a round favours neither: their median and quartiles, and the ``samples``."""
@@ -317,8 +349,8 @@ class _Transport(asyncio.Transport):
 
 def _raw_request(token: str | None) -> bytes:
     """A completion request as the load generator (aiohttp) sends it, with the bearer token when given."""
-    body = json.dumps({"model": "floor", "prompt": "123+456=", "max_tokens": 7, "temperature": 0, "shift": "id",
-                       "expected": "579"}).encode()
+    body = json.dumps({"model": "floor", "prompt": "123+456=", "max_tokens": MAX_TOKENS, "temperature": 0,
+                       "shift": "id", "expected": "579"}).encode()
     head = ["POST /v1/completions HTTP/1.1", "Host: 127.0.0.1:8000", "Accept: */*", "Accept-Encoding: gzip, deflate",
             "User-Agent: Python/3.11 aiohttp/3.14", f"Content-Length: {len(body)}", "Content-Type: application/json"]
     head += [f"Authorization: Bearer {token}"] if token else []
@@ -410,7 +442,7 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
     top = f"c{max(concurrencies)}"
 
     def bodies(model: str) -> list[dict]:
-        return [{"model": model, "prompt": it["prompt"], "max_tokens": 7, "temperature": 0, "shift": "id",
+        return [{"model": model, "prompt": it["prompt"], "max_tokens": MAX_TOKENS, "temperature": 0, "shift": "id",
                  "expected": it["answer"]} for it in items]
 
     # the one run measured: a fleet of every run would spend seconds opening sessions at each server start
@@ -478,12 +510,23 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
     served = statistics.median(rps(quantized))
     recorded = metrics_seconds_per_request(list(sweep_splits(sweep)))
     guards = guards_seconds_per_request()
-    for name, cost in (("metrics_share_of_served", recorded), ("guards_share_of_served", guards)):
+    # the model's own time, after the servers stopped: its share of a served request, and the most the
+    # server could reach against the floor if everything else it does were free
+    model = model_seconds_per_request(sweep / run / "variants" / quantized, [it["prompt"] for it in items],
+                                      max(concurrencies), MAX_TOKENS, set(cores["server"]) or None)
+    for name, cost in (("metrics_share_of_served", recorded), ("guards_share_of_served", guards),
+                       ("model_share_of_served", model)):
         ratios[name] = cost["median"] * served
         ratio_spread[name] = {k: cost[k] * served for k in ("q1", "q3")}
+    if baselines:
+        floor_s = 1 / statistics.median(rps("floor"))
+        ratios["server_vs_floor_c32_bound"] = floor_s / (floor_s + model["median"])
+        ratio_spread["server_vs_floor_c32_bound"] = {"q1": floor_s / (floor_s + model["q3"]),
+                                                     "q3": floor_s / (floor_s + model["q1"])}
     payload = {"cores": cores, "run": run, "quantized": quantized, "seconds_per_point": seconds, "repeats": repeats,
                "results": results, "ratios": ratios, "ratio_spread": ratio_spread,
-               "metrics_seconds_per_request": recorded, "guards_seconds_per_request": guards}
+               "metrics_seconds_per_request": recorded, "guards_seconds_per_request": guards,
+               "model_seconds_per_request": model}
     rows = [[name, level, f"{r['rps']['median']:.0f}", f"{r['rps']['q1']:.0f}-{r['rps']['q3']:.0f}",
              f"{r['p50_ms']['median']:.1f}", f"{r['p99_ms']['median']:.1f}", r["completed"]]
             for name, by_level in results.items() for level, r in by_level.items()]

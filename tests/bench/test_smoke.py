@@ -66,7 +66,10 @@ def test_serving_benchmark_smoke(exported, tmp_path):
     written = json.loads(next(tmp_path.glob("*-serving.json")).read_text())
     assert set(written["ratios"]) == set(written["ratio_spread"]) == {
         "c32_vs_c1", "metrics_overhead", "quantized_vs_naive_c32", "server_vs_floor_c32", "guards_overhead_floor",
-        "guards_share_of_served", "guards_overhead_served", "metrics_share_of_served"}
+        "guards_share_of_served", "guards_overhead_served", "metrics_share_of_served", "model_share_of_served",
+        "server_vs_floor_c32_bound"}
+    model = written["model_seconds_per_request"]  # the variant's own decoding, at the largest batch served
+    assert model["batch"] == 2 and len(model["samples"]) == 5 and model["q1"] <= model["median"] <= model["q3"]
     for name, value in written["ratios"].items():  # well formed; nothing said about speed
         low, high = written["ratio_spread"][name]["q1"], written["ratio_spread"][name]["q3"]
         assert all(map(math.isfinite, (value, low, high))) and low <= high, name
