@@ -59,11 +59,12 @@ def _cache_key(arch: dict, names: tuple[str, ...]) -> str:
     import transformers
 
     from export.fusion import FUSION_VERSION
+    from export.quantize import PER_TOKEN_VERSION
     from export.registry import get_variant
 
     methods = [get_variant(n).method for n in names]
     stamp = json.dumps([arch, onnxruntime.__version__, optimum.version.__version__, transformers.__version__,
-                        methods, FUSION_VERSION], sort_keys=True)
+                        methods, FUSION_VERSION, PER_TOKEN_VERSION], sort_keys=True)
     return hashlib.sha256(stamp.encode()).hexdigest()[:12]
 
 

@@ -1,0 +1,85 @@
+"""export.quantize's per-token int8 activations, on a one-MatMul graph small enough to reason about."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+K, N = 48, 40
+
+
+def _sessions(tmp_path, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+    """(ORT's own dynamic int8 graph: one scale and zero point per tensor, the per-token rewrite of it, the
+    rewritten model) of x @ W + b, the sessions at optimization ``level``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from export.quantize import per_token_activations
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Add", ["h", "b"], ["y"])],
+        "one_matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", N])],
+        [numpy_helper.from_array(rng.standard_normal((K, N)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "b")])
+    fp32, per_tensor = tmp_path / "fp32.onnx", tmp_path / "per_tensor.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), fp32)
+    quantize_dynamic(str(fp32), str(per_tensor), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"])
+    model = onnx.load(per_tensor)
+    assert per_token_activations(model) == 1
+
+    def session(m) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    return session(onnx.load(per_tensor)), session(model), model
+
+
+def _rows() -> np.ndarray:
+    """Rows of very different ranges: a row quantized with its batch-mates' scale would lose its digits."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, K)).astype(np.float32)
+    x[0] *= 1e-3
+    x[1, 0] = np.abs(x[1, 0]) * 50  # all positive: zero point 0
+    x[1, 1] = -np.abs(x[1, 1])  # all negative: zero point 255
+    x[2, 2] = 0.0  # all zero: the range floor keeps the scale finite
+    return x
+
+
+LEVELS = {"as_written": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+          "as_served": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+@pytest.mark.parametrize("level", LEVELS.values(), ids=LEVELS.keys())
+def test_each_row_is_quantized_as_onnx_runtime_quantizes_it_alone(tmp_path, level):
+    """The rewrite's answer for a row equals ORT's own dynamic quantization (DynamicQuantizeLinear: one scale
+    and zero point for the tensor) of that row alone, to the bit, whatever its batch-mates; and the batched
+    graph agrees with itself row by row. Both as written and after ORT's fusions (which turn the per-tensor
+    graph into one DynamicQuantizeMatMul), as the runtime serves it."""
+    per_tensor, per_token, _ = _sessions(tmp_path, level)
+    x = _rows()
+    batched = per_token.run(None, {"x": x})[0]
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            row = x[b:b + 1, t:t + 1]
+            np.testing.assert_array_equal(batched[b, t], per_tensor.run(None, {"x": row})[0][0, 0])
+            np.testing.assert_array_equal(batched[b, t], per_token.run(None, {"x": row})[0][0, 0])
+    # the per-tensor graph on the whole batch is what the rewrite avoids: the small rows lose their digits
+    assert not np.array_equal(per_tensor.run(None, {"x": x})[0], batched)
+
+
+def test_the_rewrite_rounds_with_one_blocked_quantize_linear(tmp_path):
+    """No DynamicQuantizeLinear is left; the rounding is one QuantizeLinear whose block is the whole row (the
+    MatMul's input width), which needs opset 21."""
+    _, _, model = _sessions(tmp_path)
+    ops = [n.op_type for n in model.graph.node]
+    assert "DynamicQuantizeLinear" not in ops and ops.count("QuantizeLinear") == 1
+    (quantize,) = (n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    attrs = {a.name: helper.get_attribute_value(a) for a in quantize.attribute}
+    assert attrs == {"axis": -1, "block_size": K}
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 21
