@@ -14,6 +14,10 @@ Against, in the same run on the same machine:
   ASGI stack with and without them (``guards_seconds_per_request``): each one's cost per request
   to a microsecond, as a share of a served request (``metrics_share_of_served``,
   ``guards_share_of_served``), where the served comparison can only tell ±10-15%.
+- in process, the model's own decoding of a request at the largest batch the top concurrency
+  can form (``model_seconds_per_request``): its share of a served request
+  (``model_share_of_served``) and the most the server could reach against the floor were all
+  its other work free (``server_vs_floor_c32_bound``).
 
 Beside the demo's model, the pythia-70m-sized ``ort-int8`` of the edge part (``edge_sweep``: random
 weights, built once and cached under bench/cache/) is served at every concurrency: what a request
