@@ -74,7 +74,8 @@ def dynamic_int8(fp32_dir: Path, dest: Path, include_embeddings_and_head: bool) 
     onnx.save(quantized, str(dest / MODEL_FILE))
 
 
-BLOCKED_QUANTIZE_OPSET = 21  # QuantizeLinear with block_size
+BLOCKED_QUANTIZE_OPSET, BLOCKED_QUANTIZE_IR = 21, 10  # QuantizeLinear with block_size, and the IR version it needs
+CHANGED_BY_OPSET_21 = {"DFT", "GridSample", "GroupNormalization"}  # ops whose meaning changed from opset 18 to 21
 # bumped whenever per_token_activations' graph changes (the benchmark's model cache is keyed on it)
 PER_TOKEN_VERSION = 2
 
@@ -92,11 +93,17 @@ def per_token_activations(model: onnx.ModelProto) -> int:
     axis, i.e. one scale and zero point per row), which computes saturate(round(x / scale) + z)
     exactly as the Div, Round, Add, Clip and Cast it replaces (the same bits, tested), in 2 nodes
     instead of 5: at batch 1 a decode step is mostly such small nodes.
-    The model's default opset is raised to 21 for it; the ops between 18 and 21 only gained types.
+    The model's default opset is raised to 21 for it (and its IR version to 10, the first that
+    opset needs). Of the ops whose meaning changed between opsets 18 and 21 (DFT, GridSample,
+    GroupNormalization), a graph holding one is refused; the others only gained types or
+    attributes whose defaults keep the old behaviour.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
+    changed = sorted({n.op_type for n in graph.node if n.domain in ("", "ai.onnx")} & CHANGED_BY_OPSET_21)
+    if changed:
+        raise ValueError(f"the graph holds {changed}, whose meaning changed by opset {BLOCKED_QUANTIZE_OPSET}")
     inits = {t.name: t for t in graph.initializer}
     _, consumers = node_index(graph.node)
     consts = {"pt_axes": np.array([-1], np.int64), "pt_zero": np.array(0.0, np.float32),
@@ -155,6 +162,7 @@ def per_token_activations(model: onnx.ModelProto) -> int:
         for opset in model.opset_import:
             if opset.domain in ("", "ai.onnx"):
                 opset.version = max(opset.version, BLOCKED_QUANTIZE_OPSET)
+        model.ir_version = max(model.ir_version, BLOCKED_QUANTIZE_IR)
         graph.initializer.extend(new_inits)
         del graph.node[:]
         graph.node.extend(nodes)

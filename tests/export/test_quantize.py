@@ -26,7 +26,8 @@ def _sessions(tmp_path, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
         [numpy_helper.from_array(rng.standard_normal((K, N)).astype(np.float32), "w"),
          numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "b")])
     fp32, per_tensor = tmp_path / "fp32.onnx", tmp_path / "per_tensor.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), fp32)
+    # IR 8 and opset 18, as optimum exports them
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), fp32)
     quantize_dynamic(str(fp32), str(per_tensor), per_channel=True, weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul"])
     model = onnx.load(per_tensor)
@@ -75,7 +76,7 @@ def test_each_row_is_quantized_as_onnx_runtime_quantizes_it_alone(tmp_path, leve
 
 def test_the_rewrite_rounds_with_one_blocked_quantize_linear(tmp_path):
     """No DynamicQuantizeLinear is left; the rounding is one QuantizeLinear whose block is the whole row (the
-    MatMul's input width), which needs opset 21."""
+    MatMul's input width), which needs opset 21 and IR version 10 (the model passes ONNX's checker)."""
     _, _, model = _sessions(tmp_path)
     ops = [n.op_type for n in model.graph.node]
     assert "DynamicQuantizeLinear" not in ops and ops.count("QuantizeLinear") == 1
@@ -83,3 +84,18 @@ def test_the_rewrite_rounds_with_one_blocked_quantize_linear(tmp_path):
     attrs = {a.name: helper.get_attribute_value(a) for a in quantize.attribute}
     assert attrs == {"axis": -1, "block_size": K}
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 21
+    assert model.ir_version >= onnx.helper.find_min_ir_version_for([helper.make_opsetid("", 21)])
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_a_graph_whose_ops_changed_meaning_by_opset_21_is_refused():
+    """Raising the opset must not change what the rest of the graph computes: GroupNormalization's scale and
+    bias changed shape in opset 21, so a graph holding one is refused, not silently reinterpreted."""
+    from export.quantize import per_token_activations
+
+    graph = helper.make_graph([helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=2),
+                               helper.make_node("DynamicQuantizeLinear", ["y"], ["q", "qs", "qz"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3])],
+                              [helper.make_tensor_value_info("q", TensorProto.UINT8, [1, 4, 3])])
+    with pytest.raises(ValueError, match="GroupNormalization"):
+        per_token_activations(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
