@@ -204,6 +204,14 @@ def _trt_providers(dest: Path) -> list:
     return trt_providers(dest)
 
 
+def _cpu_providers(dest: Path) -> list:
+    """ONNX Runtime's CPU provider only, for the per-token int8 graphs: CUDA has no kernel for their
+    MatMulInteger (uint8 activations) and none for their per-row QuantizeLinear (its blocked CUDA path
+    takes 4-bit types only), so on CUDA they would run split across devices, or fail at the first step.
+    The CPU is also where they were checked and graded."""
+    return ["CPUExecutionProvider"]
+
+
 
 # An exact variant (fp32 graph, rounded or noised torch weights exported in fp32) must match its reference's
 # logits within 1e-4: that bound is what proves the export exact. Greedy answers can still flip where the
@@ -264,13 +272,13 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             # are what catch a broken graph. The logit bound likewise: 5.0 dropped a study
             # checkpoint at 6.62; int8 gets int4's bounds, far from what a broken graph gives.
             Tolerance(max_logit_diff=10.0, min_agreement=0.40), _build_ort_int8(all_weights=False),
-            expect_ops=("MatMulInteger",), needs="onnx-fp32"),
+            expect_ops=("MatMulInteger",), needs="onnx-fp32", providers=_cpu_providers),
     Variant("ort-int8-all", "onnxruntime", 8, ROLES,
             "ablation: ort-int8 plus the embedding lookup and the LM head quantized",
             # agreement recorded, not required: a floor of 0.60 dropped 3 of the 48 demo checkpoints (0.38-0.57),
             # exactly the runs where quantizing the head moves answers most (see ort-int8 below)
             Tolerance(max_logit_diff=5.0, min_agreement=0.0), _build_ort_int8(all_weights=True),
-            expect_ops=("MatMulInteger", "DequantizeLinear"), needs="onnx-fp32"),
+            expect_ops=("MatMulInteger", "DequantizeLinear"), needs="onnx-fp32", providers=_cpu_providers),
     Variant("ort-int4", "onnxruntime", 4, ("blocks",),
             "ONNX Runtime MatMulNBits 4-bit weight-only, RTN, block 32, symmetric (LM head fp32)",
             # 0.40: on the redesigned embedded base most answers are wrong, and two wrong answers rarely agree

@@ -58,6 +58,18 @@ def _providers(cfg: ServeConfig) -> list:
     return default_providers()
 
 
+def _variant_providers(variant: str, folder: Path) -> list | None:
+    """The providers a variant must run on (the registry's ``Variant.providers``: TensorRT's engine, the
+    per-token int8 graphs' CPU), or None for the server's own choice."""
+    from export.registry import get_variant
+
+    try:
+        spec = get_variant(variant)
+    except (KeyError, ValueError):  # a variant this version does not know: its manifest vouches for it
+        return None
+    return spec.providers(folder) if spec.providers else None
+
+
 def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
     """(servable entries, {model id: why refused}) under ``cfg.sweep``."""
     sweep = Path(cfg.sweep)
@@ -86,11 +98,7 @@ def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
         if m.get("runner") != "onnx":
             log.info("not serving %s: a %s variant runs in torch, not on the edge server", model_id, m.get("backend"))
             continue
-        entry_providers = providers
-        if m.get("backend") == "tensorrt":
-            from export.registry import get_variant
-
-            entry_providers = get_variant(variant).providers(folder)
+        entry_providers = _variant_providers(variant, folder) or providers
         fracture = folder / "fracture.json"
         digit_format = (json.loads(fracture.read_text()).get("digit_format", "compact") if fracture.is_file()
                         else "compact")

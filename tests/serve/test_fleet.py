@@ -141,3 +141,18 @@ def test_runs_and_variants_select_what_is_served(exported):
                                           runs=(first,)))
     assert sorted(fleet.entries) == [f"{first}/onnx-fp32", f"{first}/ort-int4"]
     assert len(everything.entries) == len(run_dirs(exported["sweep"])) > 1
+
+
+def test_per_token_int8_graphs_stay_on_the_cpu_when_the_server_picks_a_faked_cuda(exported, monkeypatch):
+    """A variant's own providers (the registry's ``Variant.providers``) win over the server's choice: the
+    per-token int8 graphs stay on ONNX Runtime's CPU provider even where the server would pick CUDA (faked
+    here: this machine has no GPU), and the other variants take the server's choice."""
+    import serve.fleet as fleet_module
+
+    monkeypatch.setattr(fleet_module, "_providers", lambda cfg: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    entries, refused = fleet_module.discover(ServeConfig(sweep=str(exported["sweep"]),
+                                                         variants=("onnx-fp32", "ort-int8")))
+    assert entries and not refused
+    by_variant = {e.variant: e.providers for e in entries}
+    assert by_variant["ort-int8"] == ["CPUExecutionProvider"]
+    assert by_variant["onnx-fp32"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
