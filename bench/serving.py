@@ -90,7 +90,8 @@ def pinned(cores: set[int] | None):
 def server_process(args: list[str], port: int, timeout: float = 180, ready: str = "/openapi.json",
                    cores: set[int] | None = None):
     """Start ``python <args>`` (on ``cores``, set before it runs, so that every thread it starts
-    inherits them) and wait until ``ready`` answers 200 on ``port``; stop it afterwards."""
+    inherits them) and wait until ``ready`` answers 200 on ``port``; yields (its URL, its pid); stops it
+    afterwards."""
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, preexec_fn=pin)  # noqa: PLW1509 - no threads of ours run at that point
@@ -100,13 +101,40 @@ def server_process(args: list[str], port: int, timeout: float = 180, ready: str 
             wait_http(f"{url}{ready}", timeout, proc)
         except RuntimeError:
             raise RuntimeError(f"server {args} exited: {proc.stderr.read()[-2000:]}") from None
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and all its threads so far (Linux' /proc), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def server_cpu_per_request(url: str, pid: int, bodies: list[dict], concurrency: int, seconds: float,
+                           repeats: int) -> dict | None:
+    """The CPU seconds a server spends per request under load (its process' CPU time over the requests it
+    answered, ``repeats`` loads of ``seconds``), and the share of its cores' time that is: where the load
+    generator, not the server, limits the req/s, 1 / req/s overstates what a request costs the server.
+    None where /proc cannot be read."""
+    per_request, busy = [], []
+    for _ in range(repeats):
+        before, started = cpu_seconds(pid), time.perf_counter()
+        done = load(url, bodies, concurrency, 10**9, seconds)
+        after, wall = cpu_seconds(pid), time.perf_counter() - started
+        if before is None or after is None:
+            return None
+        per_request.append((after - before) / max(done["completed"], 1))
+        busy.append((after - before) / wall)
+    return {**spread(per_request), "samples": per_request, "cpu_busy": spread(busy)}
 
 
 async def _load(url: str, bodies: list[dict], concurrency: int, max_requests: int, max_seconds: float,
@@ -279,29 +307,31 @@ def metrics_seconds_per_request(shifts: list[str], rounds: int = 9, calls: int =
 def model_seconds_per_request(folder: Path, prompts: list[str], batch: int, max_tokens: int,
                               cores: set[int] | None, repeats: int = 5, min_seconds: float = 0.5) -> dict:
     """The model's own seconds per request, as the server runs it at its most efficient: ``batch`` requests
-    decoded together (at concurrency ``batch`` no batch is larger, and a row costs least in the largest),
-    through the runner the fleet opens (``export.runtime.OnnxCausalLM``, the served intra-op threads), each
-    prompt tokenized as ``serve.completions`` does and each answer finished (cut, detokenized) as the batcher
-    does. In this process, on the servers' ``cores`` while every server idles, in ``repeats`` timed rounds.
+    (at most the server's ``max_batch_size``) decoded together, at concurrency ``batch`` no batch is larger
+    and a row costs least in the largest; through the runner the fleet opens (``export.runtime.OnnxCausalLM``
+    with the served intra-op threads), the prompts taken in turn as the load generator sends them and each
+    answer finished (cut, detokenized) as the batcher does. Tokenizing is left out (done once, before the
+    timing): it is part of the server's other work. In this process, pinned to the servers' ``cores`` once
+    the servers have stopped, in ``repeats`` timed rounds.
 
-    The floor's seconds per request plus this is what a served request would cost if the server's own work
-    were free: ``server_vs_floor_c32_bound``, the most ``server_vs_floor_c32`` can be with this model on
-    this machine."""
+    On a server with one core, its own work and its decode thread take turns, so the floor server's CPU
+    seconds per request plus this is the least a served request can cost: ``server_vs_floor_c32_bound``."""
     from export.runtime import OnnxCausalLM
     from serve.config import ServeConfig
     from tasks.formatting import format_prompt
 
-    runner = OnnxCausalLM(folder, threads=ServeConfig().threads, providers=["CPUExecutionProvider"])
-    digit_format = json.loads((folder / "fracture.json").read_text()).get("digit_format", "compact")
-    ids = [runner.encode_checked(format_prompt(p, digit_format))[0] for p in prompts]
-    batches = itertools.cycle([ids[i:i + batch] for i in range(0, len(ids) - batch + 1, batch)])
+    served = ServeConfig()
+    batch = min(batch, served.max_batch_size)
+    with pinned(cores):  # the session's threads, where it starts any, inherit the servers' cores
+        runner = OnnxCausalLM(folder, threads=served.threads, providers=["CPUExecutionProvider"])
+        digit_format = json.loads((folder / "fracture.json").read_text()).get("digit_format", "compact")
+        source = itertools.cycle([runner.encode_checked(format_prompt(p, digit_format))[0] for p in prompts])
 
-    def decode_batch() -> None:
-        chunk = next(batches)
-        for row, gen in zip(chunk, runner.generate_ids(chunk, max_tokens)):
-            runner.finish(len(row), gen[:max_tokens])
+        def decode_batch() -> None:
+            chunk = list(itertools.islice(source, batch))
+            for row, gen in zip(chunk, runner.generate_ids(chunk, max_tokens)):
+                runner.finish(len(row), gen[:max_tokens])
 
-    with pinned(cores):
         timed = interleaved({"model": decode_batch}, repeats=repeats, min_seconds=min_seconds)["model"]
     per_request = [s / batch for s in timed["samples"]]
     return {**spread(per_request), "samples": per_request, "batch": batch, "max_tokens": max_tokens}
@@ -469,10 +499,10 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
                               {"Authorization": f"Bearer {BENCH_TOKEN}"}),
         }
     with contextlib.ExitStack() as stack:
-        urls = {}
+        urls, pids = {}, {}
         for name, (argv, ready, _, _) in servers.items():
             port = free_port()
-            urls[name] = stack.enter_context(start([*argv, f"--port={port}"], port, ready=ready))
+            urls[name], pids[name] = stack.enter_context(start([*argv, f"--port={port}"], port, ready=ready))
 
         def point(server: str, concurrency: int, variant: str = quantized) -> tuple:
             _, _, model, headers = servers[server]
@@ -487,6 +517,9 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
         if edge:
             points |= {(EDGE_NAME, f"c{c}"): point(EDGE_NAME, c) for c in sorted(concurrencies)}
         timed = timed_rounds({f"{n}@{c}": p for (n, c), p in points.items()}, seconds, repeats)
+        # what a floor request costs its server: the load generator may be what holds the floor's req/s
+        floor_cpu = (server_cpu_per_request(urls["floor"], pids["floor"], bodies("floor"), max(concurrencies),
+                                            seconds, 3) if baselines else None)
     results: dict[str, dict] = {}
     for (name, level) in points:
         results.setdefault(name, {})[level] = timed[f"{name}@{level}"]
@@ -514,23 +547,25 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
     served = statistics.median(rps(quantized))
     recorded = metrics_seconds_per_request(list(sweep_splits(sweep)))
     guards = guards_seconds_per_request()
-    # the model's own time, after the servers stopped: its share of a served request, and the most the
-    # server could reach against the floor if everything else it does were free
+    # the model's own time, after the servers stopped: its share of a served request, and (on a one-core server,
+    # where the server's own work and its decoding take turns) the most it could reach against the floor if
+    # everything else it does were free: a served request costs at least the floor server's CPU per request
+    # plus the model's, against the floor's req/s as measured
     model = model_seconds_per_request(sweep / run / "variants" / quantized, [it["prompt"] for it in items],
                                       max(concurrencies), MAX_TOKENS, set(cores["server"]) or None)
     for name, cost in (("metrics_share_of_served", recorded), ("guards_share_of_served", guards),
                        ("model_share_of_served", model)):
         ratios[name] = cost["median"] * served
         ratio_spread[name] = {k: cost[k] * served for k in ("q1", "q3")}
-    if baselines:
-        floor_s = 1 / statistics.median(rps("floor"))
-        ratios["server_vs_floor_c32_bound"] = floor_s / (floor_s + model["median"])
-        ratio_spread["server_vs_floor_c32_bound"] = {"q1": floor_s / (floor_s + model["q3"]),
-                                                     "q3": floor_s / (floor_s + model["q1"])}
+    if baselines and floor_cpu and len(cores["server"]) == 1:
+        floor_s, floor_work = 1 / statistics.median(rps("floor")), floor_cpu["median"]
+        ratios["server_vs_floor_c32_bound"] = floor_s / (floor_work + model["median"])
+        ratio_spread["server_vs_floor_c32_bound"] = {"q1": floor_s / (floor_work + model["q3"]),
+                                                     "q3": floor_s / (floor_work + model["q1"])}
     payload = {"cores": cores, "run": run, "quantized": quantized, "seconds_per_point": seconds, "repeats": repeats,
                "results": results, "ratios": ratios, "ratio_spread": ratio_spread,
                "metrics_seconds_per_request": recorded, "guards_seconds_per_request": guards,
-               "model_seconds_per_request": model}
+               "model_seconds_per_request": model, "floor_cpu_seconds_per_request": floor_cpu}
     rows = [[name, level, f"{r['rps']['median']:.0f}", f"{r['rps']['q1']:.0f}-{r['rps']['q3']:.0f}",
              f"{r['p50_ms']['median']:.1f}", f"{r['p99_ms']['median']:.1f}", r["completed"]]
             for name, by_level in results.items() for level, r in by_level.items()]
