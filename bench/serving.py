@@ -19,6 +19,10 @@ Against, in the same run on the same machine:
   (``model_share_of_served``) and the most the server could reach against the floor were all
   its other work free (``server_vs_floor_c32_bound``).
 
+The demo's model is served as ``ort-int8`` (``SERVED``), the variant every ratio is read on; where the sweep
+has not exported it (a fresh ``make demo`` has ``ort-int4``), ``served_sweep`` builds it for the first run
+into bench/cache/, leaving the sweep as it was.
+
 Beside the demo's model, the pythia-70m-sized ``ort-int8`` of the edge part (``edge_sweep``: random
 weights, built once and cached under bench/cache/) is served at every concurrency: what a request
 costs at the size users deploy.
@@ -181,25 +185,77 @@ def load(url, bodies, concurrency, max_requests, max_seconds, headers: dict | No
     return asyncio.run(_load(url, bodies, concurrency, max_requests, max_seconds, 2 * concurrency, headers))
 
 
-def _pick(sweep: Path, variants: tuple[str, ...]) -> tuple[str, Path]:
+def _pick(sweep: Path, variants: tuple[str, ...]) -> tuple[str, int] | None:
+    """(the first run of ``sweep`` that has every one of ``variants``, its step), or None."""
     for run in sorted(p for p in sweep.iterdir() if p.is_dir()):
         if all((run / "variants" / v / "manifest.json").is_file() for v in variants):
-            step = json.loads((run / "variants" / variants[0] / "manifest.json").read_text())["step"]
-            return run.name, run / "checkpoints" / f"step-{step}"
-    raise FileNotFoundError(f"no run of {sweep} has all of {variants}: run `python -m export --sweep {sweep}`")
+            return run.name, json.loads((run / "variants" / variants[0] / "manifest.json").read_text())["step"]
+    return None
 
 
 MAX_TOKENS = 7  # of every request the benchmark sends
-QUANTIZED = ("ort-int8", "ort-int4")  # the variant the ratios are read on: the first of these the sweep has
+SERVED = "ort-int8"  # the variant every serving ratio is read on
 
 
-def _default_variants(sweep: Path) -> tuple[str, ...]:
-    """The first variant of QUANTIZED the sweep exported (the demo's set has no ort-int8: ort-int4), the one
-    every ratio is read on. Other variants (``bench_serving(variants=...)``, e.g. onnx-fp32 beside it) are
-    served too, each loaded at the top concurrency: a point of 15 s more each."""
-    runs = [p for p in sweep.iterdir() if p.is_dir()] if sweep.is_dir() else []
-    have = [q for q in QUANTIZED if any((r / "variants" / q / "manifest.json").is_file() for r in runs)]
-    return tuple(have[:1]) or QUANTIZED[:1]
+def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[Path, str, Path]:
+    """(the sweep folder the fracture servers serve, the run measured, its checkpoint in ``sweep``).
+
+    ``sweep`` itself where one of its runs has every one of ``variants``. Else (a fresh ``make demo`` exports
+    ``ort-int4``, not ``ort-int8``) a folder under ``cache`` for the first run with a published ``onnx-fp32``:
+    that run's published variants hard-linked, and each missing one of ``variants`` that derives from
+    ``onnx-fp32`` built by the registry's builder (seconds at the embedded base's size) and published with the
+    manifest an export writes. So every machine measures the same variant, and the sweep is left as it was:
+    no variant and no accuracy row is added to it (its analysis would change). What is built here is served
+    as built, without the export's parity check against the checkpoint."""
+    import hashlib
+
+    import onnxruntime
+
+    from common.files import atomic_write_text
+    from common.manifest import publish, verify
+    from export.fusion import FUSION_VERSION
+    from export.quantize import PER_TOKEN_VERSION
+    from export.registry import FP32, BuildContext, get_variant
+
+    picked = _pick(sweep, variants)
+    if picked:
+        return sweep, picked[0], sweep / picked[0] / "checkpoints" / f"step-{picked[1]}"
+    found = _pick(sweep, (FP32,))
+    if found is None:
+        raise FileNotFoundError(f"no run of {sweep} has {FP32}: run `python -m export --sweep {sweep}`")
+    run, step = found
+    checkpoint, published = sweep / run / "checkpoints" / f"step-{step}", sweep / run / "variants"
+    stamp = json.dumps([str(sweep.resolve()), run, (published / FP32 / "manifest.json").read_text(),
+                        onnxruntime.__version__, FUSION_VERSION, PER_TOKEN_VERSION])
+    root = cache / f"served-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
+    for v in variants:
+        dest = root / run / "variants" / v
+        if verify(dest, "variant") is None:
+            continue
+        tmp, scratch = dest.with_name(f".{v}.tmp"), dest.with_name(f".{v}.scratch")
+        for d in (tmp, scratch, dest):
+            shutil.rmtree(d, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if (published / v / "manifest.json").is_file():  # exported: the same files, with their own manifest
+            for f in (published / v).iterdir():
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:  # another file system
+                    shutil.copy2(f, tmp / f.name)
+            os.replace(tmp, dest)
+            continue
+        spec = get_variant(v)
+        if spec.needs != FP32 or spec.runner != "onnx":
+            raise FileNotFoundError(f"{v} is not exported in {sweep}: run `python -m export --sweep {sweep} "
+                                    f"--variants {v}`")
+        scratch.mkdir()
+        spec.build(BuildContext(checkpoint, published / FP32, scratch, "cpu", published / FP32), tmp)
+        shutil.rmtree(scratch, ignore_errors=True)
+        publish(tmp, dest, "variant", {"run": run, "variant": v, "step": step, "weight_bits": spec.bits,
+                                       "backend": spec.backend, "runner": spec.runner, "method": spec.method,
+                                       "built_by": "bench.serving (not in the sweep: no parity check)"})
+    atomic_write_text(root / "sweep.yaml", (sweep / "sweep.yaml").read_text())
+    return root, run, checkpoint
 
 
 EDGE_RUN, EDGE_VARIANT = "pythia70m-random", "ort-int8"  # the pythia-70m-sized model served beside the demo's
@@ -248,7 +304,9 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
     cores = {"server": sorted(server_cores or []), "load_generator": sorted(client_cores or [])}
     with pinned(client_cores):
         edge = edge_sweep(sweep, edge_arch, edge_cache) if edge_arch else None
-        return _bench_serving(start, cores, sweep, variants, concurrencies, seconds, repeats, baselines, edge, out_dir)
+        served = served_sweep(sweep, tuple(variants or (SERVED,)), edge_cache)
+        return _bench_serving(start, cores, sweep, served, variants, concurrencies, seconds, repeats, baselines,
+                              edge, out_dir)
 
 
 def timed_rounds(points: dict[str, tuple], seconds: float, repeats: int) -> dict[str, dict]:
@@ -464,14 +522,15 @@ def guards_seconds_per_request(rounds: int = 7, requests: int = 3000) -> dict:
         loop.close()
 
 
-def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | None, concurrencies,
+def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Path], variants: tuple[str, ...] | None,
+                   concurrencies,
                    seconds: float, repeats: int, baselines: bool, edge: Path | None, out_dir: Path | None) -> dict:
     from bench.servers import BENCH_TOKEN
     from tasks.dataset import read_jsonl
 
-    variants = tuple(variants or _default_variants(sweep))
-    quantized = next((v for v in QUANTIZED if v in variants), variants[-1])
-    run, checkpoint = _pick(sweep, variants)
+    variants = tuple(variants or (SERVED,))
+    quantized = SERVED if SERVED in variants else variants[-1]
+    served_root, run, checkpoint = served
     items = read_jsonl(sweep_data(sweep) / "dev.jsonl")[:256]
     top = f"c{max(concurrencies)}"
 
@@ -480,7 +539,7 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
                  "expected": it["answer"]} for it in items]
 
     # the one run measured: a fleet of every run would spend seconds opening sessions at each server start
-    serve = ["-m", "serve", f"--sweep={sweep}", f"--variants={','.join(variants)}", f"--runs={run}"]
+    serve = ["-m", "serve", f"--sweep={served_root}", f"--variants={','.join(variants)}", f"--runs={run}"]
     servers = {  # name -> (argv without --port, readiness path, model id, request headers)
         "fracture": (serve, "/openapi.json", None, None),
         # the same server without its guards, and recording no metrics: their cost on the served path
@@ -551,7 +610,7 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
     # where the server's own work and its decoding take turns) the most it could reach against the floor if
     # everything else it does were free: a served request costs at least the floor server's CPU per request
     # plus the model's, against the floor's req/s as measured
-    model = model_seconds_per_request(sweep / run / "variants" / quantized, [it["prompt"] for it in items],
+    model = model_seconds_per_request(served_root / run / "variants" / quantized, [it["prompt"] for it in items],
                                       max(concurrencies), MAX_TOKENS, set(cores["server"]) or None)
     for name, cost in (("metrics_share_of_served", recorded), ("guards_share_of_served", guards),
                        ("model_share_of_served", model)):
@@ -562,8 +621,9 @@ def _bench_serving(start, cores: dict, sweep: Path, variants: tuple[str, ...] | 
         ratios["server_vs_floor_c32_bound"] = floor_s / (floor_work + model["median"])
         ratio_spread["server_vs_floor_c32_bound"] = {"q1": floor_s / (floor_work + model["q3"]),
                                                      "q3": floor_s / (floor_work + model["q1"])}
-    payload = {"cores": cores, "run": run, "quantized": quantized, "seconds_per_point": seconds, "repeats": repeats,
-               "results": results, "ratios": ratios, "ratio_spread": ratio_spread,
+    payload = {"cores": cores, "run": run, "quantized": quantized, "served_sweep": str(served_root),
+               "seconds_per_point": seconds, "repeats": repeats, "results": results, "ratios": ratios,
+               "ratio_spread": ratio_spread,
                "metrics_seconds_per_request": recorded, "guards_seconds_per_request": guards,
                "model_seconds_per_request": model, "floor_cpu_seconds_per_request": floor_cpu}
     rows = [[name, level, f"{r['rps']['median']:.0f}", f"{r['rps']['q1']:.0f}-{r['rps']['q3']:.0f}",

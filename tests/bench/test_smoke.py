@@ -188,3 +188,33 @@ def test_edge_benchmark_smoke(tmp_path):
     assert written["bandwidth"]["read_bytes_per_s"] > 1e8
     (home,) = (tmp_path / "cache").iterdir()  # one cached model, every piece in place, no scratch left
     assert sorted(p.name for p in home.iterdir()) == sorted(["checkpoint", *VARIANTS])
+
+
+def test_the_served_variant_is_built_in_the_cache_where_the_sweep_lacks_it(exported, tmp_path):
+    """A fresh `make demo` exports ort-int4, not ort-int8: the serving benchmark builds ort-int8 of the sweep's
+    first run into its cache from the run's onnx-fp32 and leaves the sweep as it was, reuses the build on the
+    next call, and the server's fleet accepts what it built."""
+    import shutil
+
+    from bench.serving import SERVED, served_sweep
+    from serve.config import ServeConfig
+    from serve.fleet import discover
+
+    src = exported["sweep"]
+    run = sorted(p for p in src.iterdir() if (p / "variants" / "onnx-fp32" / "manifest.json").is_file())[0]
+    sweep = tmp_path / "sweep"
+    shutil.copytree(run / "variants" / "onnx-fp32", sweep / run.name / "variants" / "onnx-fp32")
+    shutil.copy(src / "sweep.yaml", sweep / "sweep.yaml")
+    before = sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
+    step = json.loads((sweep / run.name / "variants" / "onnx-fp32" / "manifest.json").read_text())["step"]
+
+    root, name, checkpoint = served_sweep(sweep, (SERVED,), tmp_path / "cache")
+    assert root.parent == tmp_path / "cache" and name == run.name
+    assert checkpoint == sweep / run.name / "checkpoints" / f"step-{step}"
+    assert sorted(p.relative_to(sweep) for p in sweep.rglob("*")) == before  # nothing added to the sweep
+    built = root / name / "variants" / SERVED / "manifest.json"
+    stamp = built.stat().st_mtime_ns
+    assert served_sweep(sweep, (SERVED,), tmp_path / "cache")[0] == root and built.stat().st_mtime_ns == stamp
+    entries, refused = discover(ServeConfig(sweep=str(root), variants=(SERVED,)))
+    assert [e.id for e in entries] == [f"{name}/{SERVED}"] and not refused
+    assert served_sweep(src, (SERVED,), tmp_path / "cache")[0] == src  # a sweep that has it is served itself
