@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
-from bench.gpu_check import PYTHIA_70M, make_base
+from bench.gpu_check import BASE_VERSION, PYTHIA_70M, make_base
 
 CACHE = Path(__file__).parent / "cache"
 VARIANTS = ("onnx-fp32", "ort-int8", "ort-int8-all", "ort-int4", "ort-int4-all")
@@ -52,8 +52,8 @@ QUICK_ARCH = PYTHIA_70M | {"hidden_size": 64, "num_hidden_layers": 2, "num_atten
 
 
 def _cache_key(arch: dict, names: tuple[str, ...]) -> str:
-    """The architecture, the tools' versions and how each variant is built (its registry line): a change
-    to any of them builds afresh."""
+    """The architecture, how the base model is drawn, the tools' versions and how each variant is built (its
+    registry line): a change to any of them builds afresh."""
     import onnxruntime
     import optimum.version
     import transformers
@@ -64,7 +64,7 @@ def _cache_key(arch: dict, names: tuple[str, ...]) -> str:
 
     methods = [get_variant(n).method for n in names]
     stamp = json.dumps([arch, onnxruntime.__version__, optimum.version.__version__, transformers.__version__,
-                        methods, FUSION_VERSION, PER_TOKEN_VERSION], sort_keys=True)
+                        methods, FUSION_VERSION, PER_TOKEN_VERSION, BASE_VERSION], sort_keys=True)
     return hashlib.sha256(stamp.encode()).hexdigest()[:12]
 
 

@@ -44,9 +44,19 @@ RPG_STEPS = 150
 RPG_EVAL_ITEMS = 16  # per split, once per run: evaluation is not what section 2 measures
 
 
+# bumped whenever make_base's model changes (the edge benchmark's model cache is keyed on it)
+BASE_VERSION = 2
+
+
 def make_base(out: Path, arch: dict | None = None, seed: int = 0) -> Path:
     """pythia-70m's architecture (or ``arch``), random init from ``seed``, with the embedded char
-    tokenizer (ids < 50304)."""
+    tokenizer (ids < 50304).
+
+    The LayerNorm parameters and the linear biases are drawn too (around 1 and 0, sd 0.02), where a fresh
+    model has the same ones and zeros in every layer: ONNX Runtime merges identical work, and took the two
+    LayerNorms of a layer's input (equal in a fresh GPT-NeoX, distinct in a trained one) for one, and with
+    them one in five of an int8 graph's per-token quantizations, so a benchmark of the fresh model ran less
+    than a trained checkpoint of the same size does."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -58,6 +68,12 @@ def make_base(out: Path, arch: dict | None = None, seed: int = 0) -> Path:
                         pad_token_id=tok.pad_token_id, **(arch or PYTHIA_70M))
     torch.manual_seed(seed)
     model = GPTNeoXForCausalLM(cfg)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.normal_(1.0, 0.02)
+            if isinstance(module, torch.nn.LayerNorm | torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_(0.0, 0.02)
     model.save_pretrained(out)
     return out
 

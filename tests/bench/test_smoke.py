@@ -188,6 +188,18 @@ def test_edge_benchmark_smoke(tmp_path):
     assert written["bandwidth"]["read_bytes_per_s"] > 1e8
     (home,) = (tmp_path / "cache").iterdir()  # one cached model, every piece in place, no scratch left
     assert sorted(p.name for p in home.iterdir()) == sorted(["checkpoint", *VARIANTS])
+    # as in a trained model, ONNX Runtime keeps both LayerNorms of each layer and every per-token quantization:
+    # a fresh model's equal LayerNorms were merged, and the benchmark ran less than a trained checkpoint does
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(home / INT8 / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node]
+    layers = written["arch"]["num_hidden_layers"]
+    assert ops.count("QuantizeLinear") == ops.count("MatMulInteger") == 4 * layers + 1
+    assert ops.count("LayerNormalization") + ops.count("SkipLayerNormalization") == 2 * layers + 1
 
 
 def test_the_served_variant_is_built_in_the_cache_where_the_sweep_lacks_it(exported, tmp_path):
