@@ -197,6 +197,15 @@ MAX_TOKENS = 7  # of every request the benchmark sends
 SERVED = "ort-int8"  # the variant every serving ratio is read on
 
 
+def _link_files(src: Path, dest: Path) -> None:
+    """Every file of ``src`` into ``dest``, hard-linked (copied where ``dest`` is on another file system)."""
+    for f in src.iterdir():
+        try:
+            os.link(f, dest / f.name)
+        except OSError:
+            shutil.copy2(f, dest / f.name)
+
+
 def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[Path, str, Path]:
     """(the sweep folder the fracture servers serve, the run measured, its checkpoint in ``sweep``).
 
@@ -213,7 +222,6 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
 
     from common.files import atomic_write_text
     from common.manifest import publish, verify
-    from export.fusion import FUSION_VERSION
     from export.quantize import PER_TOKEN_VERSION
     from export.registry import FP32, BuildContext, get_variant
 
@@ -225,8 +233,9 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
         raise FileNotFoundError(f"no run of {sweep} has {FP32}: run `python -m export --sweep {sweep}`")
     run, step = found
     checkpoint, published = sweep / run / "checkpoints" / f"step-{step}", sweep / run / "variants"
+    # the published onnx-fp32 (its manifest holds every file's sha256) and what the builders do with it
     stamp = json.dumps([str(sweep.resolve()), run, (published / FP32 / "manifest.json").read_text(),
-                        onnxruntime.__version__, FUSION_VERSION, PER_TOKEN_VERSION])
+                        onnxruntime.__version__, PER_TOKEN_VERSION])
     root = cache / f"served-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
     for v in variants:
         dest = root / run / "variants" / v
@@ -237,11 +246,7 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
             shutil.rmtree(d, ignore_errors=True)
         tmp.mkdir(parents=True)
         if (published / v / "manifest.json").is_file():  # exported: the same files, with their own manifest
-            for f in (published / v).iterdir():
-                try:
-                    os.link(f, tmp / f.name)
-                except OSError:  # another file system
-                    shutil.copy2(f, tmp / f.name)
+            _link_files(published / v, tmp)
             os.replace(tmp, dest)
             continue
         spec = get_variant(v)
@@ -280,11 +285,7 @@ def edge_sweep(sweep: Path, arch: dict, cache: Path) -> Path:
         tmp = dest.with_name(f".{EDGE_VARIANT}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for f in folders[EDGE_VARIANT].iterdir():
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:  # another file system
-                shutil.copy2(f, tmp / f.name)
+        _link_files(folders[EDGE_VARIANT], tmp)
         publish(tmp, dest, "variant", {"run": EDGE_RUN, "variant": EDGE_VARIANT, "step": 0, "weight_bits": 8,
                                        "backend": "onnxruntime", "runner": "onnx"})
     task = (yaml.safe_load((sweep / "sweep.yaml").read_text()) or {}).get("task", {})
@@ -304,7 +305,8 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
     cores = {"server": sorted(server_cores or []), "load_generator": sorted(client_cores or [])}
     with pinned(client_cores):
         edge = edge_sweep(sweep, edge_arch, edge_cache) if edge_arch else None
-        served = served_sweep(sweep, tuple(variants or (SERVED,)), edge_cache)
+        variants = tuple(variants or (SERVED,))
+        served = served_sweep(sweep, variants, edge_cache)
         return _bench_serving(start, cores, sweep, served, variants, concurrencies, seconds, repeats, baselines,
                               edge, out_dir)
 
@@ -522,13 +524,12 @@ def guards_seconds_per_request(rounds: int = 7, requests: int = 3000) -> dict:
         loop.close()
 
 
-def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Path], variants: tuple[str, ...] | None,
-                   concurrencies,
-                   seconds: float, repeats: int, baselines: bool, edge: Path | None, out_dir: Path | None) -> dict:
+def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Path], variants: tuple[str, ...],
+                   concurrencies, seconds: float, repeats: int, baselines: bool, edge: Path | None,
+                   out_dir: Path | None) -> dict:
     from bench.servers import BENCH_TOKEN
     from tasks.dataset import read_jsonl
 
-    variants = tuple(variants or (SERVED,))
     quantized = SERVED if SERVED in variants else variants[-1]
     served_root, run, checkpoint = served
     items = read_jsonl(sweep_data(sweep) / "dev.jsonl")[:256]
