@@ -4,7 +4,8 @@ Per checkpoint (one worker process each, in parallel):
 
 1. verify the checkpoint (sha256 manifest) and load it as the torch reference;
 2. for each variant, in dependency order: reuse it when its folder verifies against its
-   manifest and was made from this very checkpoint; else build it in a scratch folder,
+   manifest and was made from this very checkpoint by the graph rewrites of this fracture
+   (``graph_versions``: an older export is rebuilt, and said so); else build it in a scratch folder,
    check it (parity against the reference within the variant's tolerance, the quantized
    operators in the graph, the effective bits from the stored tensors), and publish it
    with its manifest in one rename. A variant that fails a check is not published;
@@ -260,7 +261,7 @@ def _build(variant: Variant, job: CheckpointJob, ckpt: Path, fp32_dir: Path | No
             "backend": variant.backend, "runner": variant.runner, "weight_bits": variant.bits,
             "method": variant.method,
             "quantizes": {role: role in variant.quantizes for role in ("blocks", "embeddings", "lm_head")},
-            **summary, "parity": parity, "tool_versions": tool_versions(),
+            **summary, "graph_versions": graph_versions(summary), "parity": parity, "tool_versions": tool_versions(),
             "build_seconds": round(build_seconds, 2),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -286,6 +287,32 @@ def reusable(dest: Path, ckpt_sha: str) -> str | None:
     if not manifest.get("parity", {}).get("passed"):
         return "its parity check did not pass"
     return None
+
+
+def graph_versions(summary: dict) -> dict[str, int]:
+    """The versions of fracture's own rewrites a variant's graph went through, read off its summary
+    (``_check_graph``, kept in the manifest): the attention fusion where it has fused layers, the per-token
+    int8 activations where it has MatMulInteger. Recorded in the manifest at build."""
+    from export.fusion import FUSION_VERSION
+    from export.quantize import PER_TOKEN_VERSION
+
+    versions = {}
+    if summary.get("fused_attention_layers"):
+        versions["fusion"] = FUSION_VERSION
+    if summary.get("quantized_ops", {}).get("MatMulInteger"):
+        versions["per_token"] = PER_TOKEN_VERSION
+    return versions
+
+
+def stale_graph(manifest: dict) -> str | None:
+    """``None`` when a published variant's graph was made by the rewrites this fracture makes, else why it is
+    rebuilt: an export from before a rewrite changed (or from before versions were recorded) computes the
+    same answers with more nodes a step, and a re-run gives the sweep the current graph (and grades it again).
+    Only the export rebuilds: ``python -m export.evaluate`` grades such a variant as it is."""
+    want, have = graph_versions(manifest), manifest.get("graph_versions", {})
+    if have == want:
+        return None
+    return f"its graph was made by older rewrites ({have or 'versions not recorded'}; now {want})"
 
 
 @dataclass(frozen=True)
@@ -333,13 +360,13 @@ def export_checkpoint(job: ExportJob) -> dict:
     ckpt = where.checkpoint
     problem = verify_checkpoint(ckpt)
     if problem:
-        return {"job": where, "rows": [], "log": [], "failed": [f"{where}: {problem}"]}
+        return {"job": where, "rows": [], "log": [], "failed": [f"{where}: {problem}"], "notes": []}
     splits, batch = job.data.load(), job.data.batch_size
     ref = Reference(ckpt, splits, batch, job.parity_batch)
     ckpt_sha = sha256_file(ckpt / "model.safetensors")
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    rows, log, failed, published = [], [], [], {}
+    rows, log, failed, notes, published = [], [], [], [], {}
     for variant in job.variants:
         name = variant.name
         dest = where.variant_dir(name)
@@ -349,6 +376,10 @@ def export_checkpoint(job: ExportJob) -> dict:
             continue
         fp32_dir = published.get(FP32) if variant.needs else None  # resolve() built it first where needed
         why = "forced" if job.force else reusable(dest, ckpt_sha)
+        if why is None:
+            why = stale_graph(read_manifest(dest))
+            if why:
+                notes.append(f"{where} {name}: rebuilt: {why}")
         runner, decoded = None, {}
         try:
             if why is None:
@@ -373,7 +404,7 @@ def export_checkpoint(job: ExportJob) -> dict:
         log.append((name, "evaluated", {"seconds": round(time.perf_counter() - started, 2)}))
         rows += [{"run": where.run, "step": where.step, "variant": name, "split": split, **r}
                  for split, r in results.items()]
-    return {"job": where, "rows": rows, "log": log, "failed": failed}
+    return {"job": where, "rows": rows, "log": log, "failed": failed, "notes": notes}
 
 
 # -- the parent side ------------------------------------------------------------------
@@ -423,13 +454,17 @@ def _export_sweep(cfg: ExportConfig) -> dict:
     print(f"export {sweep_dir}: {len(jobs)} checkpoint(s) x {len(chosen)} variant(s) "
           f"({', '.join(v.name for v in chosen)}), {workers} worker(s), eval batch {data.batch_size}")
 
-    results = []
+    results, stale = [], []
     bar = progress_bar(len(jobs), "checkpoints", "ckpt")
 
     def done(res):
         results.append(res)
         if res["rows"]:
             upsert_rows(table_path, res["rows"])  # after every checkpoint: a killed export keeps what it did
+        if res["notes"] and not stale:  # said once: a sweep exported before a rewrite changed has hundreds
+            tqdm.write(f"{res['notes'][0]} (so is every variant made by older rewrites: counted at the end)",
+                       file=sys.stderr)
+        stale.extend(res["notes"])
         for msg in res["failed"]:
             tqdm.write(f"FAILED {msg}", file=sys.stderr)
         bar.update(1)
@@ -444,7 +479,7 @@ def _export_sweep(cfg: ExportConfig) -> dict:
                      resources=Resources(cpus=cfg.threads))
     bar.close()
 
-    summary = {"built": 0, "reused": 0, "evaluated": 0, "skipped": skipped,
+    summary = {"built": 0, "reused": 0, "evaluated": 0, "skipped": skipped, "rebuilt_stale": len(stale),
                "failed": [m for r in results for m in r["failed"]]}
     for r in results:
         for _, what, _ in r["log"]:

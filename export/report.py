@@ -44,7 +44,9 @@ def format_summary(summary: dict, sweep: str | Path) -> str:
         mb = f"{r['mb']:7.3f}" if r["mb"] is not None else f"{'-':>7}"
         accs = " ".join(f"{a:14.3f}" if a is not None else f"{'-':>14}" for a in r["accuracy"].values())
         lines.append(f"{r['variant']:{width}} {r['checkpoints']:5d} {mb} {r['bits']:10.2f} {accs}")
-    lines.append(f"built {summary['built']}, reused {summary['reused']}, evaluated {summary['evaluated']}, "
+    stale = summary.get("rebuilt_stale", 0)
+    lines.append(f"built {summary['built']}" + (f" ({stale} made by older graph rewrites)" if stale else "")
+                 + f", reused {summary['reused']}, evaluated {summary['evaluated']}, "
                  f"skipped {len(summary['skipped'])} variant(s), failed {len(summary['failed'])}, "
                  f"{summary['seconds']:.0f}s")
     for name, reason in summary["skipped"].items():
