@@ -35,9 +35,8 @@ every point in turn, forwards then backwards, each point next to its baseline, s
 spell of the machine falls on both alike; every figure keeps the median and quartiles of
 its rounds, and a ratio is the ratio of medians with the quartiles of the per-round ratios
 as its spread. Latency is measured by the client (queueing included). The client is
-aiohttp: httpx's async pool saturated first at concurrency 32 (358 req/s against the
-floor server, where aiohttp reaches 5,655 on the
-same 2 cores).
+bench/loadgen.py: keep-alive connections on asyncio with httptools' parser, which keeps the
+floor server busy where aiohttp's client could not (see there).
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ from pathlib import Path
 from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
 from bench.edge import CACHE
 from bench.gpu_check import PYTHIA_70M
+from bench.loadgen import load
 from common.net import free_port, wait_http
 from tasks.dataset import sweep_data, sweep_splits
 
@@ -139,50 +139,6 @@ def server_cpu_per_request(url: str, pid: int, bodies: list[dict], concurrency: 
         per_request.append((after - before) / max(done["completed"], 1))
         busy.append((after - before) / wall)
     return {**spread(per_request), "samples": per_request, "cpu_busy": spread(busy)}
-
-
-async def _load(url: str, bodies: list[dict], concurrency: int, max_requests: int, max_seconds: float,
-                warmup: int, headers: dict | None = None) -> dict:
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    source = itertools.cycle(bodies)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60),
-                                     headers=headers) as client:
-        async def one(body, record: bool):
-            nonlocal errors
-            t = time.perf_counter()
-            async with client.post("/v1/completions", json=body) as resp:
-                await resp.read()
-                ok = resp.status == 200
-            if not ok:
-                errors += 1
-            elif record:
-                latencies.append(time.perf_counter() - t)
-
-        await asyncio.gather(*(one(next(source), False) for _ in range(warmup)))
-        started = time.perf_counter()
-        deadline = started + max_seconds
-        sent = 0
-
-        async def worker():
-            nonlocal sent
-            while sent < max_requests and time.perf_counter() < deadline:
-                sent += 1
-                await one(next(source), True)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return {"concurrency": concurrency, "completed": len(latencies), "errors": errors, "seconds": round(wall, 3),
-            "rps": len(latencies) / wall, "p50_ms": 1000 * statistics.median(ordered),
-            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
-
-
-def load(url, bodies, concurrency, max_requests, max_seconds, headers: dict | None = None) -> dict:
-    return asyncio.run(_load(url, bodies, concurrency, max_requests, max_seconds, 2 * concurrency, headers))
 
 
 def _pick(sweep: Path, variants: tuple[str, ...]) -> tuple[str, int] | None:
