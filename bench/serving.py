@@ -286,7 +286,7 @@ def timed_rounds(points: dict[str, tuple], seconds: float, repeats: int) -> dict
             for name, rs in rounds.items()}
 
 
-def metrics_seconds_per_request(shifts: list[str], rounds: int = 9, calls: int = 10000) -> dict:
+def metrics_seconds_per_request(shifts: list[str], rounds: int = 15, calls: int = 10000) -> dict:
     """What recording one completion costs the server, in process: the metric calls a request makes
     (``CompletionService``: in flight up and down, the loaded-model count, the graded completion with its
     digits; ``Batcher``: a batch-size observation, counted here once per request, where a batch shares one)
@@ -398,13 +398,15 @@ class _Transport(asyncio.Transport):
 
 
 def _raw_request(token: str | None) -> bytes:
-    """A completion request as the load generator (aiohttp) sends it, with the bearer token when given."""
-    body = json.dumps({"model": "floor", "prompt": "123+456=", "max_tokens": MAX_TOKENS, "temperature": 0,
-                       "shift": "id", "expected": "579"}).encode()
-    head = ["POST /v1/completions HTTP/1.1", "Host: 127.0.0.1:8000", "Accept: */*", "Accept-Encoding: gzip, deflate",
-            "User-Agent: Python/3.11 aiohttp/3.14", f"Content-Length: {len(body)}", "Content-Type: application/json"]
-    head += [f"Authorization: Bearer {token}"] if token else []
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    """A completion request as the load generator (bench/loadgen.py) sends it, with the bearer token when
+    given."""
+    from bench.loadgen import encode
+
+    body = {"model": "floor", "prompt": "123+456=", "max_tokens": MAX_TOKENS, "temperature": 0, "shift": "id",
+            "expected": "579"}
+    (raw,) = encode("http://127.0.0.1:8000", "/v1/completions", [body],
+                    {"Authorization": f"Bearer {token}"} if token else None)
+    return raw
 
 
 async def _seconds_per_request(config, raw: bytes, requests: int) -> float:
@@ -440,7 +442,7 @@ async def _seconds_per_request(config, raw: bytes, requests: int) -> float:
     return seconds
 
 
-def guards_seconds_per_request(rounds: int = 7, requests: int = 3000) -> dict:
+def guards_seconds_per_request(rounds: int = 15, requests: int = 3000) -> dict:
     """What fracture's guards cost a request, in process: the fixed-answer app (``bench.servers.floor_app``)
     behind uvicorn's own HTTP protocol against the same app behind the guards exactly as the server runs
     them (``serve.http.uvicorn_config``'s header-limited protocol and settings, the body limit, bearer auth
