@@ -261,7 +261,7 @@ def _build(variant: Variant, job: CheckpointJob, ckpt: Path, fp32_dir: Path | No
             "backend": variant.backend, "runner": variant.runner, "weight_bits": variant.bits,
             "method": variant.method,
             "quantizes": {role: role in variant.quantizes for role in ("blocks", "embeddings", "lm_head")},
-            **summary, "graph_versions": graph_versions(summary), "parity": parity, "tool_versions": tool_versions(),
+            **summary, "graph_versions": graph_versions(variant), "parity": parity, "tool_versions": tool_versions(),
             "build_seconds": round(build_seconds, 2),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -289,30 +289,32 @@ def reusable(dest: Path, ckpt_sha: str) -> str | None:
     return None
 
 
-def graph_versions(summary: dict) -> dict[str, int]:
-    """The versions of fracture's own rewrites a variant's graph went through, read off its summary
-    (``_check_graph``, kept in the manifest): the attention fusion where it has fused layers, the per-token
-    int8 activations where it has MatMulInteger. Recorded in the manifest at build."""
+def graph_versions(variant: Variant) -> dict[str, int]:
+    """The versions of fracture's own rewrites a variant's graph goes through, from its registry entry: the
+    attention fusion for every ONNX Runtime graph (``export_onnx`` fuses, or leaves a model it cannot fuse
+    as it is, which a later version tries again), the per-token int8 activations where it runs
+    MatMulInteger. TensorRT's graph (unfused) and torch variants go through neither. Recorded in the
+    manifest at build."""
     from export.fusion import FUSION_VERSION
     from export.quantize import PER_TOKEN_VERSION
 
     versions = {}
-    if summary.get("fused_attention_layers"):
+    if variant.runner == "onnx" and variant.backend == "onnxruntime":
         versions["fusion"] = FUSION_VERSION
-    if summary.get("quantized_ops", {}).get("MatMulInteger"):
+    if "MatMulInteger" in variant.expect_ops:
         versions["per_token"] = PER_TOKEN_VERSION
     return versions
 
 
-def stale_graph(manifest: dict) -> str | None:
+def stale_graph(manifest: dict, variant: Variant) -> str | None:
     """``None`` when a published variant's graph was made by the rewrites this fracture makes, else why it is
     rebuilt: an export from before a rewrite changed (or from before versions were recorded) computes the
     same answers with more nodes a step, and a re-run gives the sweep the current graph (and grades it again).
-    Only the export rebuilds: ``python -m export.evaluate`` grades such a variant as it is."""
-    want, have = graph_versions(manifest), manifest.get("graph_versions", {})
+    Only the export rebuilds: ``python -m export evaluate`` grades such a variant as it is."""
+    want, have = graph_versions(variant), manifest.get("graph_versions", {})
     if have == want:
         return None
-    return f"its graph was made by older rewrites ({have or 'versions not recorded'}; now {want})"
+    return f"its graph was made by other versions of fracture's rewrites ({have or 'none recorded'}; now {want})"
 
 
 @dataclass(frozen=True)
@@ -360,13 +362,13 @@ def export_checkpoint(job: ExportJob) -> dict:
     ckpt = where.checkpoint
     problem = verify_checkpoint(ckpt)
     if problem:
-        return {"job": where, "rows": [], "log": [], "failed": [f"{where}: {problem}"], "notes": []}
+        return {"job": where, "rows": [], "log": [], "failed": [f"{where}: {problem}"], "rebuilt": [], "warnings": []}
     splits, batch = job.data.load(), job.data.batch_size
     ref = Reference(ckpt, splits, batch, job.parity_batch)
     ckpt_sha = sha256_file(ckpt / "model.safetensors")
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    rows, log, failed, notes, published = [], [], [], [], {}
+    rows, log, failed, rebuilt, warnings, published = [], [], [], [], [], {}
     for variant in job.variants:
         name = variant.name
         dest = where.variant_dir(name)
@@ -376,10 +378,8 @@ def export_checkpoint(job: ExportJob) -> dict:
             continue
         fp32_dir = published.get(FP32) if variant.needs else None  # resolve() built it first where needed
         why = "forced" if job.force else reusable(dest, ckpt_sha)
-        if why is None:
-            why = stale_graph(read_manifest(dest))
-            if why:
-                notes.append(f"{where} {name}: rebuilt: {why}")
+        stale = stale_graph(read_manifest(dest), variant) if why is None else None
+        why = why or stale
         runner, decoded = None, {}
         try:
             if why is None:
@@ -389,10 +389,17 @@ def export_checkpoint(job: ExportJob) -> dict:
                 manifest, runner, decoded["id"] = _build(variant, where, ckpt, fp32_dir, needs_dir, ref, job.threads,
                                                          dest, device)
                 log.append((name, "built", manifest))
+                if stale:
+                    rebuilt.append(f"{where} {name}: rebuilt: {stale}")
         except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the others
             detail = str(exc) if isinstance(exc, ExportCheckFailed) else traceback.format_exc(limit=3)
-            failed.append(f"{where} {name}: {detail}")
-            continue
+            if not stale:
+                failed.append(f"{where} {name}: {detail}")
+                continue
+            # the published variant still verifies and answers as before: kept, so its dependents build
+            warnings.append(f"{where} {name}: kept as it was ({stale}): rebuilding it failed: {detail}")
+            manifest, runner, why = read_manifest(dest), None, None
+            log.append((name, "reused", manifest))
         published[name] = dest
         if name in job.graded and why is None:
             continue
@@ -404,7 +411,7 @@ def export_checkpoint(job: ExportJob) -> dict:
         log.append((name, "evaluated", {"seconds": round(time.perf_counter() - started, 2)}))
         rows += [{"run": where.run, "step": where.step, "variant": name, "split": split, **r}
                  for split, r in results.items()]
-    return {"job": where, "rows": rows, "log": log, "failed": failed, "notes": notes}
+    return {"job": where, "rows": rows, "log": log, "failed": failed, "rebuilt": rebuilt, "warnings": warnings}
 
 
 # -- the parent side ------------------------------------------------------------------
@@ -454,17 +461,19 @@ def _export_sweep(cfg: ExportConfig) -> dict:
     print(f"export {sweep_dir}: {len(jobs)} checkpoint(s) x {len(chosen)} variant(s) "
           f"({', '.join(v.name for v in chosen)}), {workers} worker(s), eval batch {data.batch_size}")
 
-    results, stale = [], []
+    results, rebuilt = [], []
     bar = progress_bar(len(jobs), "checkpoints", "ckpt")
 
     def done(res):
         results.append(res)
         if res["rows"]:
             upsert_rows(table_path, res["rows"])  # after every checkpoint: a killed export keeps what it did
-        if res["notes"] and not stale:  # said once: a sweep exported before a rewrite changed has hundreds
-            tqdm.write(f"{res['notes'][0]} (so is every variant made by older rewrites: counted at the end)",
+        if res["rebuilt"] and not rebuilt:  # said once: a sweep exported before a rewrite changed has hundreds
+            tqdm.write(f"{res['rebuilt'][0]} (so is every variant made by other rewrites: counted at the end)",
                        file=sys.stderr)
-        stale.extend(res["notes"])
+        rebuilt.extend(res["rebuilt"])
+        for msg in res["warnings"]:
+            tqdm.write(f"WARNING {msg}", file=sys.stderr)
         for msg in res["failed"]:
             tqdm.write(f"FAILED {msg}", file=sys.stderr)
         bar.update(1)
@@ -479,7 +488,7 @@ def _export_sweep(cfg: ExportConfig) -> dict:
                      resources=Resources(cpus=cfg.threads))
     bar.close()
 
-    summary = {"built": 0, "reused": 0, "evaluated": 0, "skipped": skipped, "rebuilt_stale": len(stale),
+    summary = {"built": 0, "reused": 0, "evaluated": 0, "skipped": skipped, "rebuilt_stale": len(rebuilt),
                "failed": [m for r in results for m in r["failed"]]}
     for r in results:
         for _, what, _ in r["log"]:

@@ -51,37 +51,78 @@ def test_bad_arguments_get_clear_errors(exported):
 
 def test_a_variant_made_by_older_graph_rewrites_is_rebuilt_and_said_so(exported):
     """An export from before a rewrite of the graph changed (here: a manifest without the versions, as every
-    export before they were recorded) is rebuilt by the next export, which says why; the rewrites change no
-    answer, so the accuracy rows stay as they were."""
+    export before they were recorded) is rebuilt by the next export, which says why, and graded again; the
+    rewrites change no answer, so the accuracy rows stay as they were."""
     from export.pipeline import graph_versions, stale_graph
+    from export.registry import get_variant
 
     sweep = exported["sweep"]
     table = (sweep / "accuracy.csv").read_text()
     folder = run_dirs(sweep)[0] / "variants" / "ort-int8"
+    variant = get_variant("ort-int8")
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert stale_graph(manifest) is None and set(manifest["graph_versions"]) == {"fusion", "per_token"}
+    assert stale_graph(manifest, variant) is None and set(manifest["graph_versions"]) == {"fusion", "per_token"}
     del manifest["graph_versions"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert verify(folder, "variant") is None  # a valid export: only its graph is old
-    assert "older rewrites" in stale_graph(manifest)
+    assert "none recorded" in stale_graph(manifest, variant)
 
     res = export_cli(sweep, "--variants=ort-int8")
     assert res.returncode == 0, res.stderr
-    assert "built 1 (1 made by older graph rewrites)," in res.stdout
-    assert "ort-int8: rebuilt: its graph was made by older rewrites" in res.stderr
-    assert json.loads((folder / "manifest.json").read_text())["graph_versions"] == graph_versions(manifest)
+    assert "built 1 (1 made by older graph rewrites)," in res.stdout and "evaluated 1," in res.stdout
+    assert "ort-int8: rebuilt: its graph was made by other versions of fracture's rewrites" in res.stderr
+    assert json.loads((folder / "manifest.json").read_text())["graph_versions"] == graph_versions(variant)
     assert (sweep / "accuracy.csv").read_text() == table
 
 
-def test_graph_versions_follow_what_the_graph_holds():
-    """The fusion's version where attention was fused, the per-token rewrite's where MatMulInteger runs, none
-    for a torch variant (TensorRT's graph is not fused either)."""
-    from export.fusion import FUSION_VERSION
-    from export.pipeline import graph_versions
-    from export.quantize import PER_TOKEN_VERSION
+def test_a_stale_variant_whose_rebuild_fails_is_kept_for_its_dependents(exported, monkeypatch):
+    """A published onnx-fp32 made by older rewrites whose rebuild fails (here: a builder that raises, the
+    export's worker run in this process) is kept as it was, with a warning, and ort-int8, which needs it,
+    is reused rather than failed."""
+    from export import pipeline
+    from export.config import ExportConfig
+    from export.registry import resolve
 
-    assert graph_versions({"fused_attention_layers": 2, "quantized_ops": {}}) == {"fusion": FUSION_VERSION}
-    assert graph_versions({"fused_attention_layers": 2, "quantized_ops": {"MatMulInteger": 8}}) == {
-        "fusion": FUSION_VERSION, "per_token": PER_TOKEN_VERSION}
-    assert graph_versions({"fused_attention_layers": 0, "quantized_ops": {"MatMulNBits": 8}}) == {}
-    assert graph_versions({"quantized_tensors": {}}) == {}
+    sweep = exported["sweep"]
+    folder = run_dirs(sweep)[0] / "variants" / "onnx-fp32"
+    original = (folder / "manifest.json").read_text()
+    manifest = json.loads(original)
+    manifest["graph_versions"] = {"fusion": 1}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    def fails(*args, **kwargs):
+        raise pipeline.ExportCheckFailed("parity failed")
+
+    monkeypatch.setattr(pipeline, "_build", fails)
+    try:
+        cfg = ExportConfig(sweep=str(sweep), variants=("ort-int8",))
+        spec = pipeline.load_sweep(sweep)
+        job = next(j for j in pipeline.plan_jobs(cfg, sweep, spec) if j.run_dir.name == run_dirs(sweep)[0].name)
+        result = pipeline.export_checkpoint(pipeline.ExportJob(
+            job, tuple(resolve(["ort-int8"])), pipeline.EvalData.of_sweep(spec), frozenset({"onnx-fp32", "ort-int8"}),
+            1, 8, False))
+    finally:
+        (folder / "manifest.json").write_text(original)
+    assert result["failed"] == [] and result["rebuilt"] == [] and result["rows"] == []
+    (warning,) = result["warnings"]
+    assert "onnx-fp32: kept as it was" in warning and "{'fusion': 1}" in warning and "parity failed" in warning
+    assert [(name, what) for name, what, _ in result["log"]] == [("onnx-fp32", "reused"), ("ort-int8", "reused")]
+
+
+def test_graph_versions_follow_the_registry():
+    """The fusion's version for every ONNX Runtime graph, the per-token rewrite's where MatMulInteger runs;
+    none for TensorRT's unfused graph or a torch variant, whose manifests need none to be reused."""
+    from export.fusion import FUSION_VERSION
+    from export.pipeline import graph_versions, stale_graph
+    from export.quantize import PER_TOKEN_VERSION
+    from export.registry import get_variant
+
+    fused = {"fusion": FUSION_VERSION}
+    for name in ("onnx-fp32", "ort-int4", "ort-int4-all", "sim-w4", "noise@ort-int4"):
+        assert graph_versions(get_variant(name)) == fused, name
+    for name in ("ort-int8", "ort-int8-all"):
+        assert graph_versions(get_variant(name)) == fused | {"per_token": PER_TOKEN_VERSION}, name
+    for name in ("trt-fp16", "bnb-int8"):
+        assert graph_versions(get_variant(name)) == {}, name
+        assert stale_graph({"parity": {"passed": True}}, get_variant(name)) is None, name
+    assert "{'fusion': 1}" in stale_graph({"graph_versions": {"fusion": 1}}, get_variant("onnx-fp32"))
