@@ -49,6 +49,8 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks
     def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:  # an interim answer (100 Continue): the real one follows
+            return
         if not self.parser.should_keep_alive():  # "Connection: close": the next request needs a new one
             self.closed = True
             self.transport.close()
@@ -59,10 +61,13 @@ class _Connection(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
 
-    async def send(self, raw: bytes) -> int:
+    async def send(self, raw: bytes, where: str) -> int:
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(raw)
-        return await asyncio.wait_for(self.waiter, TIMEOUT)
+        try:
+            return await asyncio.wait_for(self.waiter, TIMEOUT)
+        except TimeoutError:
+            raise TimeoutError(f"{where}: no complete response within {TIMEOUT:g} s") from None
 
 
 def encode(url: str, path: str, bodies: list[dict], headers: dict | None = None) -> list[bytes]:
@@ -82,7 +87,10 @@ async def run_load(url: str, bodies: list[dict], concurrency: int, max_requests:
                    warmup: int, headers: dict | None = None, path: str = "/v1/completions") -> dict:
     """``concurrency`` connections, each sending its next request as soon as its last was answered, until
     ``max_requests`` were sent or ``max_seconds`` passed, after ``warmup`` untimed requests. A response other
-    than 200 is an error; a connection the server closes is opened again (mid-response: an error too)."""
+    than 200 is an error. A connection the server ends with ``Connection: close`` is opened again for the
+    next request; one it drops with a request unanswered (or half answered) costs that request, counted as
+    an error, and is opened again. A response that takes over ``TIMEOUT`` (a hung server) or a connection
+    that cannot be opened fails the load."""
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     source = itertools.cycle(encode(url, path, bodies, headers))
@@ -91,7 +99,8 @@ async def run_load(url: str, bodies: list[dict], concurrency: int, max_requests:
         _, conn = await loop.create_connection(_Connection, parts.hostname, parts.port)
         return conn
 
-    conns = [await connect() for _ in range(concurrency)]
+    where = f"{url.rstrip('/')}{path}"
+    conns: list[_Connection] = []
     latencies: list[float] = []
     errors = 0
 
@@ -101,7 +110,7 @@ async def run_load(url: str, bodies: list[dict], concurrency: int, max_requests:
             conns[slot] = await connect()
         t = time.perf_counter()
         try:
-            status = await conns[slot].send(raw)
+            status = await conns[slot].send(raw, where)
         except ConnectionError:
             errors += 1
             conns[slot].transport.close()
@@ -112,10 +121,21 @@ async def run_load(url: str, bodies: list[dict], concurrency: int, max_requests:
         elif record:
             latencies.append(time.perf_counter() - t)
 
+    async def together(coros) -> None:
+        """Run ``coros`` as tasks; the first failure cancels the others before it is raised."""
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     try:
+        for _ in range(concurrency):
+            conns.append(await connect())
         for start in range(0, warmup, concurrency):
-            await asyncio.gather(*(one(slot, next(source), False)
-                                   for slot in range(min(concurrency, warmup - start))))
+            await together(one(slot, next(source), False) for slot in range(min(concurrency, warmup - start)))
         started = time.perf_counter()
         deadline = started + max_seconds
         sent = 0
@@ -126,13 +146,13 @@ async def run_load(url: str, bodies: list[dict], concurrency: int, max_requests:
                 sent += 1
                 await one(slot, next(source), True)
 
-        await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
+        await together(worker(slot) for slot in range(concurrency))
         wall = time.perf_counter() - started
     finally:
         for conn in conns:
             conn.transport.close()
     if not latencies:
-        raise RuntimeError(f"no request to {url}{path} succeeded ({errors} errors)")
+        raise RuntimeError(f"no request to {where} succeeded ({errors} errors)")
     ordered = sorted(latencies)
     return {"concurrency": concurrency, "completed": len(latencies), "errors": errors, "seconds": round(wall, 3),
             "rps": len(latencies) / wall, "p50_ms": 1000 * statistics.median(ordered),

@@ -74,7 +74,7 @@ def test_an_answer_other_than_200_is_an_error_not_a_latency():
 
 
 def test_a_connection_the_server_ends_is_opened_again():
-    """Closed after a complete answer (the server's keep-alive ended): nothing lost. Closed mid-answer: that
+    """Ended with ``Connection: close`` after a complete answer: nothing lost. Dropped mid-answer: that
     request is an error, and the load goes on over a new connection."""
     async def close_after_each(body, writer, n):
         _answer(writer, close=True)
@@ -114,3 +114,40 @@ def test_load_runs_its_own_event_loop_against_a_real_server():
     with server_process(["-m", "bench.servers", "floor", f"--port={port}"], port, 60, "/healthz") as (url, _):
         result = load(url, [{"model": "floor", "prompt": "1+1=", "max_tokens": 2}], 4, 50, 10)
     assert result["completed"] == 50 and result["errors"] == 0
+
+
+def test_a_connection_dropped_without_notice_costs_the_request_sent_on_it():
+    """A server that drops a kept-alive connection after a complete answer, without ``Connection: close``:
+    the next request sent on it is lost (an error, as documented), the load goes on over a new one."""
+    async def drop_after_each(body, writer, n):
+        _answer(writer)
+        await writer.drain()
+        return False
+
+    result, seen = _serve(drop_after_each)(bodies=[{"p": 1}], concurrency=1, max_requests=10, max_seconds=10,
+                                           warmup=0)
+    assert result["completed"] + result["errors"] == 10 and result["completed"] >= 5 and len(seen) >= 5
+
+
+def test_an_interim_answer_is_not_the_answer():
+    async def continue_first(body, writer, n):
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        _answer(writer, 200 if n % 2 else 503)
+        return True
+
+    result, _ = _serve(continue_first)(bodies=[{"p": 1}], concurrency=1, max_requests=10, max_seconds=10,
+                                       warmup=0)
+    assert result["completed"] == 5 and result["errors"] == 5
+
+
+def test_a_hung_server_fails_the_load_and_names_it(monkeypatch):
+    import bench.loadgen
+
+    monkeypatch.setattr(bench.loadgen, "TIMEOUT", 0.2)
+
+    async def never(body, writer, n):
+        await asyncio.sleep(5)
+        return False
+
+    with pytest.raises(TimeoutError, match=r"127\.0\.0\.1:\d+/v1/completions: no complete response within 0.2 s"):
+        _serve(never)(bodies=[{"p": 1}], concurrency=2, max_requests=10, max_seconds=10, warmup=0)
