@@ -141,10 +141,22 @@ def server_cpu_per_request(url: str, pid: int, bodies: list[dict], concurrency: 
     return {**spread(per_request), "samples": per_request, "cpu_busy": spread(busy)}
 
 
-def _pick(sweep: Path, variants: tuple[str, ...]) -> tuple[str, int] | None:
-    """(the first run of ``sweep`` that has every one of ``variants``, its step), or None."""
+def _current(folder: Path, variant: str) -> bool:
+    """``folder`` holds a published ``variant`` whose graph this fracture's rewrites made: a sweep exported
+    before a rewrite changed is not benchmarked on its older graph (``export.pipeline.stale_graph``)."""
+    from export.pipeline import stale_graph
+    from export.registry import get_variant
+
+    path = folder / "manifest.json"
+    return path.is_file() and stale_graph(json.loads(path.read_text()), get_variant(variant)) is None
+
+
+def _pick(sweep: Path, variants: tuple[str, ...], current: bool = True) -> tuple[str, int] | None:
+    """(the first run of ``sweep`` that has every one of ``variants``, made by the current rewrites unless
+    ``current`` is false, and its step), or None."""
     for run in sorted(p for p in sweep.iterdir() if p.is_dir()):
-        if all((run / "variants" / v / "manifest.json").is_file() for v in variants):
+        folders = [run / "variants" / v for v in variants]
+        if all(_current(f, v) if current else (f / "manifest.json").is_file() for f, v in zip(folders, variants)):
             return run.name, json.loads((run / "variants" / variants[0] / "manifest.json").read_text())["step"]
     return None
 
@@ -165,9 +177,10 @@ def _link_files(src: Path, dest: Path) -> None:
 def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[Path, str, Path]:
     """(the sweep folder the fracture servers serve, the run measured, its checkpoint in ``sweep``).
 
-    ``sweep`` itself where one of its runs has every one of ``variants``. Else (a fresh ``make demo`` exports
+    ``sweep`` itself where one of its runs has every one of ``variants``, made by the current graph rewrites
+    (an export from before they changed is not measured as it is). Else (a fresh ``make demo`` exports
     ``ort-int4``, not ``ort-int8``) a folder under ``cache`` for the first run with a published ``onnx-fp32``:
-    that run's published variants hard-linked, and each missing one of ``variants`` that derives from
+    that run's current published variants hard-linked, and each other one of ``variants`` that derives from
     ``onnx-fp32`` built by the registry's builder (seconds at the embedded base's size) and published with the
     manifest an export writes. So every machine measures the same variant, and the sweep is left as it was:
     no variant and no accuracy row is added to it (its analysis would change). What is built here is served
@@ -178,13 +191,14 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
 
     from common.files import atomic_write_text
     from common.manifest import publish, verify
+    from export.pipeline import graph_versions
     from export.quantize import PER_TOKEN_VERSION
     from export.registry import FP32, BuildContext, get_variant
 
     picked = _pick(sweep, variants)
     if picked:
         return sweep, picked[0], sweep / picked[0] / "checkpoints" / f"step-{picked[1]}"
-    found = _pick(sweep, (FP32,))
+    found = _pick(sweep, (FP32,), current=False)
     if found is None:
         raise FileNotFoundError(f"no run of {sweep} has {FP32}: run `python -m export --sweep {sweep}`")
     run, step = found
@@ -201,7 +215,7 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
         for d in (tmp, scratch, dest):
             shutil.rmtree(d, ignore_errors=True)
         tmp.mkdir(parents=True)
-        if (published / v / "manifest.json").is_file():  # exported: the same files, with their own manifest
+        if _current(published / v, v):  # exported by the current rewrites: the same files, with their manifest
             _link_files(published / v, tmp)
             os.replace(tmp, dest)
             continue
@@ -214,6 +228,7 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
         shutil.rmtree(scratch, ignore_errors=True)
         publish(tmp, dest, "variant", {"run": run, "variant": v, "step": step, "weight_bits": spec.bits,
                                        "backend": spec.backend, "runner": spec.runner, "method": spec.method,
+                                       "graph_versions": graph_versions(spec),
                                        "built_by": "bench.serving (not in the sweep: no parity check)"})
     atomic_write_text(root / "sweep.yaml", (sweep / "sweep.yaml").read_text())
     return root, run, checkpoint

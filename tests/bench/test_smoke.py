@@ -230,3 +230,13 @@ def test_the_served_variant_is_built_in_the_cache_where_the_sweep_lacks_it(expor
     entries, refused = discover(ServeConfig(sweep=str(root), variants=(SERVED,)))
     assert [e.id for e in entries] == [f"{name}/{SERVED}"] and not refused
     assert served_sweep(src, (SERVED,), tmp_path / "cache")[0] == src  # a sweep that has it is served itself
+    # a sweep whose ort-int8 was exported before the graph rewrites changed is not measured on that graph
+    old = tmp_path / "old"
+    shutil.copytree(sweep, old)
+    shutil.copytree(run / "variants" / SERVED, old / run.name / "variants" / SERVED)
+    manifest = json.loads((old / run.name / "variants" / SERVED / "manifest.json").read_text())
+    del manifest["graph_versions"]
+    (old / run.name / "variants" / SERVED / "manifest.json").write_text(json.dumps(manifest))
+    root, _, _ = served_sweep(old, (SERVED,), tmp_path / "cache")
+    assert root.parent == tmp_path / "cache"
+    assert "graph_versions" in json.loads((root / run.name / "variants" / SERVED / "manifest.json").read_text())
