@@ -154,9 +154,9 @@ def _current(folder: Path, variant: str) -> bool:
 def _pick(sweep: Path, variants: tuple[str, ...], current: bool = True) -> tuple[str, int] | None:
     """(the first run of ``sweep`` that has every one of ``variants``, made by the current rewrites unless
     ``current`` is false, and its step), or None."""
+    published = _current if current else (lambda folder, _: (folder / "manifest.json").is_file())
     for run in sorted(p for p in sweep.iterdir() if p.is_dir()):
-        folders = [run / "variants" / v for v in variants]
-        if all(_current(f, v) if current else (f / "manifest.json").is_file() for f, v in zip(folders, variants)):
+        if all(published(run / "variants" / v, v) for v in variants):
             return run.name, json.loads((run / "variants" / variants[0] / "manifest.json").read_text())["step"]
     return None
 

@@ -378,12 +378,13 @@ def export_checkpoint(job: ExportJob) -> dict:
             continue
         fp32_dir = published.get(FP32) if variant.needs else None  # resolve() built it first where needed
         why = "forced" if job.force else reusable(dest, ckpt_sha)
-        stale = stale_graph(read_manifest(dest), variant) if why is None else None
+        published_manifest = read_manifest(dest) if why is None else None  # it verified: read once
+        stale = stale_graph(published_manifest, variant) if published_manifest is not None else None
         why = why or stale
         runner, decoded = None, {}
         try:
             if why is None:
-                manifest = read_manifest(dest)
+                manifest = published_manifest
                 log.append((name, "reused", manifest))
             else:
                 manifest, runner, decoded["id"] = _build(variant, where, ckpt, fp32_dir, needs_dir, ref, job.threads,
@@ -398,7 +399,7 @@ def export_checkpoint(job: ExportJob) -> dict:
                 continue
             # the published variant still verifies and answers as before: kept, so its dependents build
             warnings.append(f"{where} {name}: kept as it was ({stale}): rebuilding it failed: {detail}")
-            manifest, runner, why = read_manifest(dest), None, None
+            manifest, runner, why = published_manifest, None, None
             log.append((name, "reused", manifest))
         published[name] = dest
         if name in job.graded and why is None:
