@@ -240,3 +240,32 @@ def test_the_served_variant_is_built_in_the_cache_where_the_sweep_lacks_it(expor
     root, _, _ = served_sweep(old, (SERVED,), tmp_path / "cache")
     assert root.parent == tmp_path / "cache"
     assert "graph_versions" in json.loads((root / run.name / "variants" / SERVED / "manifest.json").read_text())
+
+
+def test_a_served_variant_derives_from_an_onnx_fp32_of_the_current_rewrites(exported, tmp_path):
+    """Where the sweep's onnx-fp32 was exported by older graph rewrites, the serving benchmark builds a fresh
+    onnx-fp32 from the run's checkpoint into its cache and derives ort-int8 from that one: the old graph (here
+    made unreadable) is never read."""
+    import shutil
+
+    from bench.serving import SERVED, _current, served_sweep
+
+    src = exported["sweep"]
+    run = sorted(p for p in src.iterdir() if (p / "variants" / "onnx-fp32" / "manifest.json").is_file())[0]
+    fp32 = run / "variants" / "onnx-fp32"
+    step = json.loads((fp32 / "manifest.json").read_text())["step"]
+    sweep = tmp_path / "sweep"
+    old = sweep / run.name / "variants" / "onnx-fp32"
+    shutil.copytree(fp32, old)
+    shutil.copytree(run / "checkpoints" / f"step-{step}", sweep / run.name / "checkpoints" / f"step-{step}")
+    shutil.copy(src / "sweep.yaml", sweep / "sweep.yaml")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["graph_versions"]  # as an export from before the versions were recorded
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    (old / "model.onnx").write_bytes(b"not a graph")
+
+    root, name, _ = served_sweep(sweep, (SERVED,), tmp_path / "cache")
+    assert root.parent == tmp_path / "cache" and name == run.name
+    for v in ("onnx-fp32", SERVED):
+        assert _current(root / name / "variants" / v, v), v
+    assert (old / "model.onnx").read_bytes() == b"not a graph"  # the sweep left as it was
