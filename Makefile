@@ -92,7 +92,7 @@ pretrain: setup   ## rebuild models/embedded-base (about 20 minutes on 2 cores; 
 bench: setup      ## every benchmark, each against its baseline: bench/results/<timestamp>-all.json + a table
 	$(PY) -m bench all --sweep runs/demo
 
-bench-serving: setup  ## req/s, p50/p99 at concurrency 1/8/32: fracture vs naive transformers server vs HTTP floor
+bench-serving: setup  ## req/s, p50/p99 at concurrency 1/8/32: fracture vs naive transformers server vs HTTP floor, + metrics/guards over HTTP
 	$(PY) -m bench serving --sweep runs/demo
 
 bench-export: setup  ## decode tokens/s: export/runtime.py vs transformers generate vs ORTModelForCausalLM

@@ -4,11 +4,12 @@ Against, in the same run on the same machine:
 - the naive baseline (bench/servers.py naive): transformers ``generate``, one request at a
   time, same HTTP stack;
 - the floor (bench/servers.py floor): the same stack answering a fixed completion;
-- the same fracture server with metrics recording nothing (telemetry overhead);
-- the floor with and without fracture's HTTP guards (header limits and deadlines, body
-  limit, bearer auth, drain): their cost per request;
-- fracture's server with and without those guards (bench/servers.py unguarded): their
-  cost on the served path itself.
+- with ``overheads`` (``python -m bench serving``; ``make bench`` leaves them out): the same
+  fracture server with metrics recording nothing (telemetry overhead); the floor with and
+  without fracture's HTTP guards (header limits and deadlines, body limit, bearer auth,
+  drain): their cost per request; fracture's server with and without those guards
+  (bench/servers.py unguarded): their cost on the served path itself. No target: a 3 s
+  point moves ±10-15% from round to round here, so these cannot tell 3%.
 - in process, the metric calls one request makes, on real Prometheus metrics and on the
   do-nothing ones (``metrics_seconds_per_request``), and the guards, uvicorn's protocol and the
   ASGI stack with and without them (``guards_seconds_per_request``): each one's cost per request
@@ -34,7 +35,8 @@ the other. Each point (a server, a model, a concurrency) is loaded for a fixed t
 every point in turn, forwards then backwards, each point next to its baseline, so a slow
 spell of the machine falls on both alike; every figure keeps the median and quartiles of
 its rounds, and a ratio is the ratio of medians with the quartiles of the per-round ratios
-as its spread. Latency is measured by the client (queueing included). The client is
+as its spread. Latency is measured by the client (queueing included); each server's CPU time
+over the requests it answered in a round comes from /proc. The client is
 bench/loadgen.py: keep-alive connections on asyncio with httptools' parser, which keeps the
 floor server busy where aiohttp's client could not (see there).
 """
@@ -121,24 +123,6 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
-
-
-def server_cpu_per_request(url: str, pid: int, bodies: list[dict], concurrency: int, seconds: float,
-                           repeats: int) -> dict | None:
-    """The CPU seconds a server spends per request under load (its process' CPU time over the requests it
-    answered, ``repeats`` loads of ``seconds``), and the share of its cores' time that is: where the load
-    generator, not the server, limits the req/s, 1 / req/s overstates what a request costs the server.
-    None where /proc cannot be read."""
-    per_request, busy = [], []
-    for _ in range(repeats):
-        before, started = cpu_seconds(pid), time.perf_counter()
-        done = load(url, bodies, concurrency, 10**9, seconds)
-        after, wall = cpu_seconds(pid), time.perf_counter() - started
-        if before is None or after is None:
-            return None
-        per_request.append((after - before) / max(done["completed"], 1))
-        busy.append((after - before) / wall)
-    return {**spread(per_request), "samples": per_request, "cpu_busy": spread(busy)}
 
 
 def _current(folder: Path, variant: str) -> bool:
@@ -285,12 +269,15 @@ def edge_sweep(sweep: Path, arch: dict, cache: Path) -> Path:
 
 
 def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurrencies=(1, 8, 32),
-                  seconds: float = 3.0, repeats: int = 5, baselines: bool = True, edge_arch: dict | None = PYTHIA_70M,
-                  edge_cache: Path = CACHE, out_dir: Path | None = RESULTS) -> dict:
+                  seconds: float = 3.0, repeats: int = 5, baselines: bool = True, overheads: bool = True,
+                  edge_arch: dict | None = PYTHIA_70M, edge_cache: Path = CACHE,
+                  out_dir: Path | None = RESULTS) -> dict:
     """Every server on one half of the cores, the load generator on the other (``split_cores``), so
-    that the client's work never preempts the server it measures. ``edge_arch``: the architecture of the
-    model also served at every concurrency (``edge_sweep``; default pythia-70m's, None for none) and the
-    cache it is built in."""
+    that the client's work never preempts the server it measures. ``overheads``: also the three points that
+    compare throughput over HTTP with and without metrics or guards (no target: the in-process shares are
+    the measures held to one; ``make bench`` leaves them out to keep within ~5 minutes). ``edge_arch``: the
+    architecture of the model also served at every concurrency (``edge_sweep``; default pythia-70m's, None
+    for none) and the cache it is built in."""
     server_cores, client_cores = split_cores()
     start = functools.partial(server_process, cores=server_cores)
     cores = {"server": sorted(server_cores or []), "load_generator": sorted(client_cores or [])}
@@ -299,26 +286,41 @@ def bench_serving(sweep: Path, variants: tuple[str, ...] | None = None, concurre
         variants = tuple(variants or (SERVED,))
         served = served_sweep(sweep, variants, edge_cache)
         return _bench_serving(start, cores, sweep, served, variants, concurrencies, seconds, repeats, baselines,
-                              edge, out_dir)
+                              overheads, edge, out_dir)
 
 
 def timed_rounds(points: dict[str, tuple], seconds: float, repeats: int) -> dict[str, dict]:
-    """Each point (``(url, bodies, concurrency, headers)``) loaded for ``seconds``, in ``repeats``
+    """Each point (``(url, bodies, concurrency, headers, server pid)``) loaded for ``seconds``, in ``repeats``
     rounds that visit every point in turn, in the given order and then in reverse (ABC, CBA, ...):
     a point and the baseline next to it are measured seconds apart, and over two rounds a drift of
     the machine's speed falls on both alike; a ratio is paired round by round. Per point: req/s,
-    p50 and p99 of every round (``samples``), their median and quartiles, and the requests counted."""
+    p50 and p99 of every round (``samples``), their median and quartiles, and the requests counted;
+    and, where Linux' /proc tells, the server's CPU seconds per request answered and the share of its
+    cores' time that was (``server_cpu``: where the load generator, not the server, limits the req/s,
+    1 / req/s overstates what a request costs the server)."""
     rounds: dict[str, list[dict]] = {name: [] for name in points}
     order = list(points)
     for r in range(repeats):
         for name in (order if r % 2 == 0 else order[::-1]):
-            url, bodies, concurrency, headers = points[name]
-            rounds[name].append(load(url, bodies, concurrency, 10**9, seconds, headers))
-    return {name: {"concurrency": rs[0]["concurrency"], "completed": sum(r["completed"] for r in rs),
-                   "errors": sum(r["errors"] for r in rs), "seconds": round(sum(r["seconds"] for r in rs), 3),
-                   **{key: {"samples": [r[key] for r in rs], **spread([r[key] for r in rs])}
-                      for key in ("rps", "p50_ms", "p99_ms")}}
-            for name, rs in rounds.items()}
+            url, bodies, concurrency, headers, pid = points[name]
+            before, started = cpu_seconds(pid), time.perf_counter()
+            done = load(url, bodies, concurrency, 10**9, seconds, headers)
+            after, wall = cpu_seconds(pid), time.perf_counter() - started
+            if before is not None and after is not None:
+                done |= {"cpu_per_request": (after - before) / max(done["completed"], 1),
+                         "cpu_busy": (after - before) / wall}
+            rounds[name].append(done)
+    out = {}
+    for name, rs in rounds.items():
+        out[name] = {"concurrency": rs[0]["concurrency"], "completed": sum(r["completed"] for r in rs),
+                     "errors": sum(r["errors"] for r in rs), "seconds": round(sum(r["seconds"] for r in rs), 3),
+                     **{key: {"samples": [r[key] for r in rs], **spread([r[key] for r in rs])}
+                        for key in ("rps", "p50_ms", "p99_ms")}}
+        if all("cpu_per_request" in r for r in rs):
+            per_request = [r["cpu_per_request"] for r in rs]
+            out[name]["server_cpu"] = {"samples": per_request, **spread(per_request),
+                                       "cpu_busy": spread([r["cpu_busy"] for r in rs])}
+    return out
 
 
 def metrics_seconds_per_request(shifts: list[str], rounds: int = 15, calls: int = 10000) -> dict:
@@ -518,8 +520,8 @@ def guards_seconds_per_request(rounds: int = 15, requests: int = 3000) -> dict:
 
 
 def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Path], variants: tuple[str, ...],
-                   concurrencies, seconds: float, repeats: int, baselines: bool, edge: Path | None,
-                   out_dir: Path | None) -> dict:
+                   concurrencies, seconds: float, repeats: int, baselines: bool, overheads: bool,
+                   edge: Path | None, out_dir: Path | None) -> dict:
     from bench.servers import BENCH_TOKEN
     from tasks.dataset import read_jsonl
 
@@ -534,12 +536,11 @@ def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Pat
 
     # the one run measured: a fleet of every run would spend seconds opening sessions at each server start
     serve = ["-m", "serve", f"--sweep={served_root}", f"--variants={','.join(variants)}", f"--runs={run}"]
-    servers = {  # name -> (argv without --port, readiness path, model id, request headers)
-        "fracture": (serve, "/openapi.json", None, None),
-        # the same server without its guards, and recording no metrics: their cost on the served path
-        "unguarded": (["-m", "bench.servers", "unguarded", *serve[2:]], "/openapi.json", None, None),
-        "no-metrics": ([*serve, "--record_metrics=false"], "/openapi.json", None, None),
-    }
+    servers = {"fracture": (serve, "/openapi.json", None, None)}  # name -> (argv without --port, readiness path,
+    # model id, request headers)
+    if overheads:  # the same server without its guards, and recording no metrics: their cost on the served path
+        servers |= {"unguarded": (["-m", "bench.servers", "unguarded", *serve[2:]], "/openapi.json", None, None),
+                    "no-metrics": ([*serve, "--record_metrics=false"], "/openapi.json", None, None)}
     if edge:  # the pythia-70m-sized int8 variant, served at every concurrency
         servers[EDGE_NAME] = (["-m", "serve", f"--sweep={edge}", f"--variants={EDGE_VARIANT}"], "/openapi.json",
                               f"{EDGE_RUN}/{EDGE_VARIANT}", None)
@@ -547,10 +548,10 @@ def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Pat
         servers |= {
             "naive": (["-m", "bench.servers", "naive", f"--checkpoint={checkpoint}"], "/openapi.json", "naive", None),
             "floor": (["-m", "bench.servers", "floor"], "/openapi.json", "floor", None),
-            # the floor behind fracture's HTTP guards: their cost per request where nothing else costs
-            "floor-guarded": (["-m", "bench.servers", "floor", "--guarded"], "/healthz", "floor",
-                              {"Authorization": f"Bearer {BENCH_TOKEN}"}),
         }
+    if baselines and overheads:  # the floor behind fracture's HTTP guards: their cost where nothing else costs
+        servers["floor-guarded"] = (["-m", "bench.servers", "floor", "--guarded"], "/healthz", "floor",
+                                    {"Authorization": f"Bearer {BENCH_TOKEN}"})
     with contextlib.ExitStack() as stack:
         urls, pids = {}, {}
         for name, (argv, ready, _, _) in servers.items():
@@ -559,10 +560,10 @@ def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Pat
 
         def point(server: str, concurrency: int, variant: str = quantized) -> tuple:
             _, _, model, headers = servers[server]
-            return urls[server], bodies(model or f"{run}/{variant}"), concurrency, headers
+            return urls[server], bodies(model or f"{run}/{variant}"), concurrency, headers, pids[server]
 
         # each pair of a ratio next to each other: the quantized variant at the top level beside the same
-        # server without its guards and without metrics, the floor beside the guarded floor
+        # server without its guards and without metrics, the floor beside the guarded floor (``overheads``)
         points = {(quantized, f"c{c}"): point("fracture", c) for c in sorted(concurrencies)}
         points |= {(name, top): point(name, max(concurrencies))
                    for name in servers if name not in ("fracture", EDGE_NAME)}
@@ -570,9 +571,6 @@ def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Pat
         if edge:
             points |= {(EDGE_NAME, f"c{c}"): point(EDGE_NAME, c) for c in sorted(concurrencies)}
         timed = timed_rounds({f"{n}@{c}": p for (n, c), p in points.items()}, seconds, repeats)
-        # what a floor request costs its server: the load generator may be what holds the floor's req/s
-        floor_cpu = (server_cpu_per_request(urls["floor"], pids["floor"], bodies("floor"), max(concurrencies),
-                                            seconds, 3) if baselines else None)
     results: dict[str, dict] = {}
     for (name, level) in points:
         results.setdefault(name, {})[level] = timed[f"{name}@{level}"]
@@ -585,13 +583,14 @@ def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Pat
 
     ratios, ratio_spread = {}, {}
     record_ratio(ratios, ratio_spread, "c32_vs_c1", paired_ratio(rps(quantized), rps(quantized, "c1")))
-    overheads = [("metrics_overhead", rps(quantized), rps("no-metrics")),
-                 ("guards_overhead_served", rps(quantized), rps("unguarded"))]
+    compared = [("metrics_overhead", rps(quantized), rps("no-metrics")),
+                ("guards_overhead_served", rps(quantized), rps("unguarded"))] if overheads else []
     if baselines:
         record_ratio(ratios, ratio_spread, "quantized_vs_naive_c32", paired_ratio(rps(quantized), rps("naive")))
         record_ratio(ratios, ratio_spread, "server_vs_floor_c32", paired_ratio(rps(quantized), rps("floor")))
-        overheads.append(("guards_overhead_floor", rps("floor-guarded"), rps("floor")))
-    for name, num, den in overheads:  # the share of throughput lost: 1 - ratio (its quartiles swap ends)
+        if overheads:
+            compared.append(("guards_overhead_floor", rps("floor-guarded"), rps("floor")))
+    for name, num, den in compared:  # the share of throughput lost: 1 - ratio (its quartiles swap ends)
         r = paired_ratio(num, den)
         ratios[name], ratio_spread[name] = 1 - r["median"], {"q1": 1 - r["q3"], "q3": 1 - r["q1"]}
     # the metrics' and the guards' in-process seconds per request over the served request's seconds (1 / req/s of
@@ -610,7 +609,10 @@ def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Pat
                        ("model_share_of_served", model)):
         ratios[name] = cost["median"] * served
         ratio_spread[name] = {k: cost[k] * served for k in ("q1", "q3")}
-    if baselines and floor_cpu and len(cores["server"]) == 1:
+    # what a floor request costs its server (its CPU seconds over the requests it answered in its rounds): the load
+    # generator may be what holds the floor's req/s
+    floor_cpu = results["floor"][top].get("server_cpu") if baselines else None
+    if floor_cpu and len(cores["server"]) == 1:
         floor_s, floor_work = 1 / statistics.median(rps("floor")), floor_cpu["median"]
         ratios["server_vs_floor_c32_bound"] = floor_s / (floor_work + model["median"])
         ratio_spread["server_vs_floor_c32_bound"] = {"q1": floor_s / (floor_work + model["q3"]),
@@ -621,10 +623,12 @@ def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Pat
                "metrics_seconds_per_request": recorded, "guards_seconds_per_request": guards,
                "model_seconds_per_request": model, "floor_cpu_seconds_per_request": floor_cpu}
     rows = [[name, level, f"{r['rps']['median']:.0f}", f"{r['rps']['q1']:.0f}-{r['rps']['q3']:.0f}",
-             f"{r['p50_ms']['median']:.1f}", f"{r['p99_ms']['median']:.1f}", r["completed"]]
+             f"{r['p50_ms']['median']:.1f}", f"{r['p99_ms']['median']:.1f}", r["completed"],
+             f"{1e6 * r['server_cpu']['median']:.0f}" if "server_cpu" in r else "—"]
             for name, by_level in results.items() for level, r in by_level.items()]
     publish("serving", payload, out_dir, [
-        markdown_table(["server", "concurrency", "req/s (median)", "req/s IQR", "p50 ms", "p99 ms", "requests"],
+        markdown_table(["server", "concurrency", "req/s (median)", "req/s IQR", "p50 ms", "p99 ms", "requests",
+                        "server CPU µs/request"],
                        rows),
         ratio_table(ratios, ratio_spread)])
     return payload

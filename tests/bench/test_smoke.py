@@ -70,8 +70,9 @@ def test_serving_benchmark_smoke(exported, tmp_path):
         *(["server_vs_floor_c32_bound"] if len(written["cores"]["server"]) == 1 else [])}
     model = written["model_seconds_per_request"]  # the variant's own decoding, at the largest batch served
     assert model["batch"] == 2 and len(model["samples"]) == 5 and model["q1"] <= model["median"] <= model["q3"]
-    floor = written["floor_cpu_seconds_per_request"]  # what a floor request costs its server, from /proc
-    assert len(floor["samples"]) == 3 and floor["median"] > 0 and floor["cpu_busy"]["median"] > 0
+    floor = written["floor_cpu_seconds_per_request"]  # what a floor request costs its server, from /proc, per round
+    assert len(floor["samples"]) == 2 and floor["median"] > 0 and floor["cpu_busy"]["median"] > 0
+    assert floor == written["results"]["floor"]["c2"]["server_cpu"]
     for name, value in written["ratios"].items():  # well formed; nothing said about speed
         low, high = written["ratio_spread"][name]["q1"], written["ratio_spread"][name]["q3"]
         assert all(map(math.isfinite, (value, low, high))) and low <= high, name
@@ -86,6 +87,20 @@ def test_serving_benchmark_smoke(exported, tmp_path):
     if len(os.sched_getaffinity(0)) > 1:
         assert cores["server"] and cores["load_generator"] and not set(cores["server"]) & set(cores["load_generator"])
     assert os.sched_getaffinity(0) == before  # the benchmark gave this process its cores back
+
+
+def test_make_bench_serves_without_the_http_overhead_points(exported, tmp_path):
+    """`make bench` (``overheads=False``) starts no server for the HTTP overhead comparisons, which have no target,
+    and still gives every targeted share; each point keeps its server's CPU per request."""
+    from bench.serving import bench_serving
+
+    payload = bench_serving(exported["sweep"], variants=("ort-int8",), concurrencies=(1, 2), seconds=0.2, repeats=2,
+                            baselines=False, overheads=False, edge_arch=None, out_dir=None)
+    assert set(payload["results"]) == {"ort-int8"} and set(payload["results"]["ort-int8"]) == {"c1", "c2"}
+    assert set(payload["ratios"]) == {"c32_vs_c1", "metrics_share_of_served", "guards_share_of_served",
+                                      "model_share_of_served"}
+    cpu = payload["results"]["ort-int8"]["c2"]["server_cpu"]
+    assert len(cpu["samples"]) == 2 and cpu["median"] > 0 and cpu["cpu_busy"]["median"] > 0
 
 
 def test_the_guarded_floor_really_runs_fracture_guards():
