@@ -158,26 +158,6 @@ def _link_files(src: Path, dest: Path) -> None:
             shutil.copy2(f, dest / f.name)
 
 
-def _build_published(spec, checkpoint: Path, fp32: Path | None, dest: Path, run: str, step: int) -> None:
-    """``spec`` built by the registry's builder from ``checkpoint`` (and the published ``fp32`` it derives from)
-    and published at ``dest`` with the manifest an export writes, its graph versions among it."""
-    from common.manifest import publish
-    from export.pipeline import graph_versions
-    from export.registry import BuildContext
-
-    tmp, scratch = dest.with_name(f".{spec.name}.tmp"), dest.with_name(f".{spec.name}.scratch")
-    for d in (tmp, scratch, dest):
-        shutil.rmtree(d, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    scratch.mkdir()
-    spec.build(BuildContext(checkpoint, fp32, scratch, "cpu", fp32), tmp)
-    shutil.rmtree(scratch, ignore_errors=True)
-    publish(tmp, dest, "variant", {"run": run, "variant": spec.name, "step": step, "weight_bits": spec.bits,
-                                   "backend": spec.backend, "runner": spec.runner, "method": spec.method,
-                                   "graph_versions": graph_versions(spec),
-                                   "built_by": "bench.serving (not in the sweep: no parity check)"})
-
-
 def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[Path, str, Path]:
     """(the sweep folder the fracture servers serve, the run measured, its checkpoint in ``sweep``).
 
@@ -187,9 +167,9 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
     that run's current published variants hard-linked, and each other one of ``variants`` that derives from
     ``onnx-fp32`` built by the registry's builder (seconds at the embedded base's size) and published with the
     manifest an export writes; from that run's ``onnx-fp32`` where the current rewrites made it, else from one
-    built afresh there from the checkpoint. So every machine measures the same variant, and the sweep is left
-    as it was: no variant and no accuracy row is added to it (its analysis would change). What is built here
-    is served as built, without the export's parity check against the checkpoint."""
+    built afresh there from the checkpoint. Each is checked as the export checks it (its graph, and parity
+    against the checkpoint: ``export.pipeline.build_checked``). So every machine measures the same variant, and
+    the sweep is left as it was: no variant and no accuracy row is added to it (its analysis would change)."""
     import hashlib
 
     import onnxruntime
@@ -197,6 +177,7 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
     from common.files import atomic_write_text
     from common.manifest import verify
     from export.fusion import FUSION_VERSION
+    from export.pipeline import CheckpointJob, build_checked
     from export.quantize import PER_TOKEN_VERSION
     from export.registry import FP32, get_variant
 
@@ -208,15 +189,17 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
         raise FileNotFoundError(f"no run of {sweep} has {FP32}: run `python -m export --sweep {sweep}`")
     run, step = found
     checkpoint, published = sweep / run / "checkpoints" / f"step-{step}", sweep / run / "variants"
-    # the published onnx-fp32 (its manifest holds every file's sha256) and what the builders do with it
+    job = CheckpointJob(run, step, step, sweep / run)
+    # the published onnx-fp32 (its manifest holds every file's sha256) and what the builders do with it (checked
+    # since 2026-11-29: a cache built before, without the parity check, is not reused)
     stamp = json.dumps([str(sweep.resolve()), run, (published / FP32 / "manifest.json").read_text(),
-                        onnxruntime.__version__, FUSION_VERSION, PER_TOKEN_VERSION])
+                        onnxruntime.__version__, FUSION_VERSION, PER_TOKEN_VERSION, "checked"])
     root = cache / f"served-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
     fp32 = published / FP32
     if not _current(fp32, FP32):  # made by older rewrites: what derives from it would be older too
         fp32 = root / run / "variants" / FP32
         if verify(fp32, "variant") is not None:
-            _build_published(get_variant(FP32), checkpoint, None, fp32, run, step)
+            build_checked(sweep, job, get_variant(FP32), fp32)
     for v in variants:
         dest = root / run / "variants" / v
         if verify(dest, "variant") is None:
@@ -233,7 +216,7 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
         if spec.needs != FP32 or spec.runner != "onnx":
             raise FileNotFoundError(f"{v} is not exported in {sweep}: run `python -m export --sweep {sweep} "
                                     f"--variants {v}`")
-        _build_published(spec, checkpoint, fp32, dest, run, step)
+        build_checked(sweep, job, spec, dest, fp32)
     atomic_write_text(root / "sweep.yaml", (sweep / "sweep.yaml").read_text())
     return root, run, checkpoint
 

@@ -276,6 +276,20 @@ class ExportCheckFailed(RuntimeError):
     pass
 
 
+def build_checked(sweep_dir: Path, job: CheckpointJob, variant: Variant, dest: Path, fp32_dir: Path | None = None,
+                  threads: int = 1, parity_batch: int = ExportConfig.parity_batch) -> dict:
+    """``variant`` of ``job``'s checkpoint built from it (and from the published ``fp32_dir`` where the variant
+    derives from onnx-fp32), checked as the export checks it (its graph; parity against the checkpoint on the
+    sweep's id split, within its tolerance) and published at ``dest`` with the export's manifest, which it
+    returns; raises ExportCheckFailed. ``dest`` may lie outside the sweep: for what a benchmark serves that the
+    sweep did not export, where the sweep is left as it was."""
+    data = EvalData.of_sweep(load_sweep(sweep_dir))
+    ref = Reference(job.checkpoint, data.load(), data.batch_size, parity_batch)
+    manifest, _, _ = _build(variant, job, job.checkpoint, fp32_dir, fp32_dir if variant.needs else None, ref,
+                            threads, dest, "cpu")
+    return manifest
+
+
 def reusable(dest: Path, ckpt_sha: str) -> str | None:
     """``None`` when the published variant can be reused, else why it must be rebuilt."""
     problem = verify(dest, "variant")

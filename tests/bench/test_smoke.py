@@ -219,8 +219,9 @@ def test_edge_benchmark_smoke(tmp_path):
 
 def test_the_served_variant_is_built_in_the_cache_where_the_sweep_lacks_it(exported, tmp_path):
     """A fresh `make demo` exports ort-int4, not ort-int8: the serving benchmark builds ort-int8 of the sweep's
-    first run into its cache from the run's onnx-fp32 and leaves the sweep as it was, reuses the build on the
-    next call, and the server's fleet accepts what it built."""
+    first run into its cache from the run's onnx-fp32, checked as the export checks it (parity against the
+    checkpoint), and leaves the sweep as it was, reuses the build on the next call, and the server's fleet
+    accepts what it built."""
     import shutil
 
     from bench.serving import SERVED, served_sweep
@@ -231,15 +232,18 @@ def test_the_served_variant_is_built_in_the_cache_where_the_sweep_lacks_it(expor
     run = sorted(p for p in src.iterdir() if (p / "variants" / "onnx-fp32" / "manifest.json").is_file())[0]
     sweep = tmp_path / "sweep"
     shutil.copytree(run / "variants" / "onnx-fp32", sweep / run.name / "variants" / "onnx-fp32")
+    step = json.loads((sweep / run.name / "variants" / "onnx-fp32" / "manifest.json").read_text())["step"]
+    shutil.copytree(run / "checkpoints" / f"step-{step}", sweep / run.name / "checkpoints" / f"step-{step}")
     shutil.copy(src / "sweep.yaml", sweep / "sweep.yaml")
     before = sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
-    step = json.loads((sweep / run.name / "variants" / "onnx-fp32" / "manifest.json").read_text())["step"]
 
     root, name, checkpoint = served_sweep(sweep, (SERVED,), tmp_path / "cache")
     assert root.parent == tmp_path / "cache" and name == run.name
     assert checkpoint == sweep / run.name / "checkpoints" / f"step-{step}"
     assert sorted(p.relative_to(sweep) for p in sweep.rglob("*")) == before  # nothing added to the sweep
     built = root / name / "variants" / SERVED / "manifest.json"
+    parity = json.loads(built.read_text())["parity"]  # the export's own check, against the checkpoint
+    assert parity["passed"] and parity["greedy_items"] > 0
     stamp = built.stat().st_mtime_ns
     assert served_sweep(sweep, (SERVED,), tmp_path / "cache")[0] == root and built.stat().st_mtime_ns == stamp
     entries, refused = discover(ServeConfig(sweep=str(root), variants=(SERVED,)))
