@@ -174,10 +174,10 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
 
     import onnxruntime
 
-    from common.files import atomic_write_text
+    from common.files import atomic_write_text, folder_lock
     from common.manifest import verify
     from export.fusion import FUSION_VERSION
-    from export.pipeline import CheckpointJob, build_checked
+    from export.pipeline import CheckpointJob, ExportCheckFailed, build_checked, reference_of
     from export.quantize import PER_TOKEN_VERSION
     from export.registry import FP32, get_variant
 
@@ -189,35 +189,50 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
         raise FileNotFoundError(f"no run of {sweep} has {FP32}: run `python -m export --sweep {sweep}`")
     run, step = found
     checkpoint, published = sweep / run / "checkpoints" / f"step-{step}", sweep / run / "variants"
+    problem = verify(published / FP32, "variant")
+    if problem:
+        raise FileNotFoundError(f"{problem}: run `python -m export --sweep {sweep}`")
+    missing = [v for v in variants if not _current(published / v, v)]
+    for v in missing:  # said before anything is built
+        spec = get_variant(v)
+        if spec.needs != FP32 or spec.runner != "onnx":
+            raise FileNotFoundError(f"{v} is not exported in {sweep}: run `python -m export --sweep {sweep} "
+                                    f"--variants {v}`")
     job = CheckpointJob(run, step, step, sweep / run)
     # the published onnx-fp32 (its manifest holds every file's sha256) and what the builders do with it (checked
     # since 2026-11-29: a cache built before, without the parity check, is not reused)
     stamp = json.dumps([str(sweep.resolve()), run, (published / FP32 / "manifest.json").read_text(),
                         onnxruntime.__version__, FUSION_VERSION, PER_TOKEN_VERSION, "checked"])
     root = cache / f"served-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
-    fp32 = published / FP32
-    if not _current(fp32, FP32):  # made by older rewrites: what derives from it would be older too
-        fp32 = root / run / "variants" / FP32
-        if verify(fp32, "variant") is not None:
-            build_checked(sweep, job, get_variant(FP32), fp32)
-    for v in variants:
-        dest = root / run / "variants" / v
-        if verify(dest, "variant") is None:
-            continue
-        if _current(published / v, v):  # exported by the current rewrites: the same files, with their manifest
-            tmp = dest.with_name(f".{v}.tmp")
-            for d in (tmp, dest):
-                shutil.rmtree(d, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            _link_files(published / v, tmp)
-            os.replace(tmp, dest)
-            continue
-        spec = get_variant(v)
-        if spec.needs != FP32 or spec.runner != "onnx":
-            raise FileNotFoundError(f"{v} is not exported in {sweep}: run `python -m export --sweep {sweep} "
-                                    f"--variants {v}`")
-        build_checked(sweep, job, spec, dest, fp32)
-    atomic_write_text(root / "sweep.yaml", (sweep / "sweep.yaml").read_text())
+    reference = functools.cache(lambda: reference_of(sweep, job))  # the checkpoint and its outputs, once
+
+    def build(spec, dest: Path, fp32: Path | None) -> None:
+        try:
+            build_checked(reference(), job, spec, dest, fp32)
+        except ExportCheckFailed as exc:
+            raise RuntimeError(f"building {spec.name} into {root} for the serving benchmark failed the export's "
+                               f"check: {exc}") from None
+
+    with folder_lock(root, "the serving benchmark's build"):  # two benchmarks never build into one folder
+        fp32 = published / FP32
+        if not _current(fp32, FP32):  # made by older rewrites: what derives from it would be older too
+            fp32 = root / run / "variants" / FP32
+            if verify(fp32, "variant") is not None:
+                build(get_variant(FP32), fp32, None)
+        for v in variants:
+            dest = root / run / "variants" / v
+            if verify(dest, "variant") is None:
+                continue
+            if v not in missing:  # exported by the current rewrites: the same files, with their manifest
+                tmp = dest.with_name(f".{v}.tmp")
+                for d in (tmp, dest):
+                    shutil.rmtree(d, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                _link_files(published / v, tmp)
+                os.replace(tmp, dest)
+                continue
+            build(get_variant(v), dest, fp32)
+        atomic_write_text(root / "sweep.yaml", (sweep / "sweep.yaml").read_text())
     return root, run, checkpoint
 
 

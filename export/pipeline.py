@@ -276,15 +276,24 @@ class ExportCheckFailed(RuntimeError):
     pass
 
 
-def build_checked(sweep_dir: Path, job: CheckpointJob, variant: Variant, dest: Path, fp32_dir: Path | None = None,
-                  threads: int = 1, parity_batch: int = ExportConfig.parity_batch) -> dict:
-    """``variant`` of ``job``'s checkpoint built from it (and from the published ``fp32_dir`` where the variant
-    derives from onnx-fp32), checked as the export checks it (its graph; parity against the checkpoint on the
-    sweep's id split, within its tolerance) and published at ``dest`` with the export's manifest, which it
-    returns; raises ExportCheckFailed. ``dest`` may lie outside the sweep: for what a benchmark serves that the
-    sweep did not export, where the sweep is left as it was."""
+def reference_of(sweep_dir: Path, job: CheckpointJob, parity_batch: int = ExportConfig.parity_batch) -> Reference:
+    """The torch checkpoint of ``job`` with the sweep's id split: what ``build_checked`` checks a variant against."""
     data = EvalData.of_sweep(load_sweep(sweep_dir))
-    ref = Reference(job.checkpoint, data.load(), data.batch_size, parity_batch)
+    return Reference(job.checkpoint, data.load(), data.batch_size, parity_batch)
+
+
+def build_checked(ref: Reference, job: CheckpointJob, variant: Variant, dest: Path, fp32_dir: Path | None = None,
+                  threads: int = 1) -> dict:
+    """``variant`` of ``job``'s checkpoint built from it (and from the published ``fp32_dir`` where the variant
+    derives from onnx-fp32), checked as the export checks it (its graph; parity against ``ref``, the checkpoint
+    on the sweep's id split: ``reference_of``, within its tolerance) and published at ``dest`` with the export's
+    manifest, which it returns; raises ExportCheckFailed. ``dest`` may lie outside the sweep: for what a
+    benchmark serves that the sweep did not export, where the sweep is left as it was. onnx-fp32 and the
+    variants made from it only: one made from another variant (``Variant.needs``) is built by the export."""
+    if variant.needs not in (None, FP32):
+        raise ValueError(f"{variant.name} is made from {variant.needs}: build it with `python -m export`")
+    if variant.needs and fp32_dir is None:
+        raise ValueError(f"{variant.name} is made from {FP32}: give its published folder")
     manifest, _, _ = _build(variant, job, job.checkpoint, fp32_dir, fp32_dir if variant.needs else None, ref,
                             threads, dest, "cpu")
     return manifest

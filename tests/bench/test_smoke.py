@@ -90,17 +90,24 @@ def test_serving_benchmark_smoke(exported, tmp_path):
 
 
 def test_make_bench_serves_without_the_http_overhead_points(exported, tmp_path):
-    """`make bench` (``overheads=False``) starts no server for the HTTP overhead comparisons, which have no target,
-    and still gives every targeted share; each point keeps its server's CPU per request."""
+    """`make bench` (``overheads=False``, with the baselines) starts no server for the HTTP overhead comparisons,
+    which have no target, and still gives every serving ratio `bench all` requires; the floor's CPU per request
+    comes from its timed rounds, and each point keeps its server's CPU per request."""
+    from bench.__main__ import REQUIRED
     from bench.serving import bench_serving
 
     payload = bench_serving(exported["sweep"], variants=("ort-int8",), concurrencies=(1, 2), seconds=0.2, repeats=2,
-                            baselines=False, overheads=False, edge_arch=None, out_dir=None)
-    assert set(payload["results"]) == {"ort-int8"} and set(payload["results"]["ort-int8"]) == {"c1", "c2"}
-    assert set(payload["ratios"]) == {"c32_vs_c1", "metrics_share_of_served", "guards_share_of_served",
-                                      "model_share_of_served"}
-    cpu = payload["results"]["ort-int8"]["c2"]["server_cpu"]
-    assert len(cpu["samples"]) == 2 and cpu["median"] > 0 and cpu["cpu_busy"]["median"] > 0
+                            overheads=False, edge_arch=None, out_dir=None)
+    assert set(payload["results"]) == {"ort-int8", "naive", "floor"}
+    assert set(payload["results"]["ort-int8"]) == {"c1", "c2"}
+    serving = {"c32_vs_c1", "quantized_vs_naive_c32", "server_vs_floor_c32", "metrics_share_of_served",
+               "guards_share_of_served"}
+    assert serving <= set(REQUIRED) and serving <= set(payload["ratios"])
+    assert not {"metrics_overhead", "guards_overhead_served", "guards_overhead_floor"} & set(payload["ratios"])
+    assert payload["floor_cpu_seconds_per_request"] == payload["results"]["floor"]["c2"]["server_cpu"]
+    for name in payload["results"]:
+        cpu = payload["results"][name]["c2"]["server_cpu"]
+        assert len(cpu["samples"]) == 2 and cpu["median"] > 0 and cpu["cpu_busy"]["median"] > 0, name
 
 
 def test_the_guarded_floor_really_runs_fracture_guards():
@@ -265,6 +272,7 @@ def test_a_served_variant_derives_from_an_onnx_fp32_of_the_current_rewrites(expo
     """Where the sweep's onnx-fp32 was exported by older graph rewrites, the serving benchmark builds a fresh
     onnx-fp32 from the run's checkpoint into its cache and derives ort-int8 from that one: the old graph (here
     made unreadable) is never read."""
+    import hashlib
     import shutil
 
     from bench.serving import SERVED, _current, served_sweep
@@ -282,6 +290,10 @@ def test_a_served_variant_derives_from_an_onnx_fp32_of_the_current_rewrites(expo
     del manifest["graph_versions"]  # as an export from before the versions were recorded
     (old / "manifest.json").write_text(json.dumps(manifest))
     (old / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(FileNotFoundError, match="model.onnx"):  # an onnx-fp32 that does not verify: said, not used
+        served_sweep(sweep, (SERVED,), tmp_path / "cache")
+    manifest["files"]["model.onnx"] = {"bytes": 11, "sha256": hashlib.sha256(b"not a graph").hexdigest()}
+    (old / "manifest.json").write_text(json.dumps(manifest))  # whole, but made by older rewrites
 
     root, name, _ = served_sweep(sweep, (SERVED,), tmp_path / "cache")
     assert root.parent == tmp_path / "cache" and name == run.name
