@@ -85,7 +85,7 @@ def run_all(sweep: Path) -> Path:
         parts[name] = run()
         seconds[name] = round(time.perf_counter() - started, 1)
     ratios = {k: v for p in parts.values() for k, v in p["ratios"].items()}
-    missing = [k for k in REQUIRED if k not in ratios]
+    missing = [k for k in (*REQUIRED, *TARGETS) if k not in ratios]  # a target never silently drops out
     if missing:
         raise RuntimeError(f"ratios missing from the results: {missing}")
     rows = verdicts(ratios)
