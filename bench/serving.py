@@ -188,7 +188,8 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
     if found is None:
         raise FileNotFoundError(f"no run of {sweep} has {FP32}: run `python -m export --sweep {sweep}`")
     run, step = found
-    checkpoint, published = sweep / run / "checkpoints" / f"step-{step}", sweep / run / "variants"
+    job = CheckpointJob(run, step, step, sweep / run)  # the run's last checkpoint: its variants are the served ones
+    checkpoint, published = job.checkpoint, job.run_dir / "variants"
     problem = verify(published / FP32, "variant")
     if problem:
         raise FileNotFoundError(f"{problem}: run `python -m export --sweep {sweep}`")
@@ -198,7 +199,6 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
         if spec.needs != FP32 or spec.runner != "onnx":
             raise FileNotFoundError(f"{v} is not exported in {sweep}: run `python -m export --sweep {sweep} "
                                     f"--variants {v}`")
-    job = CheckpointJob(run, step, step, sweep / run)
     # the published onnx-fp32 (its manifest holds every file's sha256) and what the builders do with it (checked
     # since 2026-11-29: a cache built before, without the parity check, is not reused)
     stamp = json.dumps([str(sweep.resolve()), run, (published / FP32 / "manifest.json").read_text(),

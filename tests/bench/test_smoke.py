@@ -224,6 +224,20 @@ def test_edge_benchmark_smoke(tmp_path):
     assert ops.count("LayerNormalization") + ops.count("SkipLayerNormalization") == 2 * layers + 1
 
 
+def _fp32_only_sweep(src, dest):
+    """A copy of ``src``'s first run with its onnx-fp32 and the checkpoint it was exported from, and no other
+    variant, as a fresh `make demo` leaves a run that lacks ort-int8; returns (the run in src, its step)."""
+    import shutil
+
+    run = sorted(p for p in src.iterdir() if (p / "variants" / "onnx-fp32" / "manifest.json").is_file())[0]
+    fp32 = run / "variants" / "onnx-fp32"
+    step = json.loads((fp32 / "manifest.json").read_text())["step"]
+    shutil.copytree(fp32, dest / run.name / "variants" / "onnx-fp32")
+    shutil.copytree(run / "checkpoints" / f"step-{step}", dest / run.name / "checkpoints" / f"step-{step}")
+    shutil.copy(src / "sweep.yaml", dest / "sweep.yaml")
+    return run, step
+
+
 def test_the_served_variant_is_built_in_the_cache_where_the_sweep_lacks_it(exported, tmp_path):
     """A fresh `make demo` exports ort-int4, not ort-int8: the serving benchmark builds ort-int8 of the sweep's
     first run into its cache from the run's onnx-fp32, checked as the export checks it (parity against the
@@ -235,13 +249,8 @@ def test_the_served_variant_is_built_in_the_cache_where_the_sweep_lacks_it(expor
     from serve.config import ServeConfig
     from serve.fleet import discover
 
-    src = exported["sweep"]
-    run = sorted(p for p in src.iterdir() if (p / "variants" / "onnx-fp32" / "manifest.json").is_file())[0]
-    sweep = tmp_path / "sweep"
-    shutil.copytree(run / "variants" / "onnx-fp32", sweep / run.name / "variants" / "onnx-fp32")
-    step = json.loads((sweep / run.name / "variants" / "onnx-fp32" / "manifest.json").read_text())["step"]
-    shutil.copytree(run / "checkpoints" / f"step-{step}", sweep / run.name / "checkpoints" / f"step-{step}")
-    shutil.copy(src / "sweep.yaml", sweep / "sweep.yaml")
+    src, sweep = exported["sweep"], tmp_path / "sweep"
+    run, step = _fp32_only_sweep(src, sweep)
     before = sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
 
     root, name, checkpoint = served_sweep(sweep, (SERVED,), tmp_path / "cache")
@@ -273,19 +282,12 @@ def test_a_served_variant_derives_from_an_onnx_fp32_of_the_current_rewrites(expo
     onnx-fp32 from the run's checkpoint into its cache and derives ort-int8 from that one: the old graph (here
     made unreadable) is never read."""
     import hashlib
-    import shutil
 
     from bench.serving import SERVED, _current, served_sweep
 
-    src = exported["sweep"]
-    run = sorted(p for p in src.iterdir() if (p / "variants" / "onnx-fp32" / "manifest.json").is_file())[0]
-    fp32 = run / "variants" / "onnx-fp32"
-    step = json.loads((fp32 / "manifest.json").read_text())["step"]
     sweep = tmp_path / "sweep"
+    run, _ = _fp32_only_sweep(exported["sweep"], sweep)
     old = sweep / run.name / "variants" / "onnx-fp32"
-    shutil.copytree(fp32, old)
-    shutil.copytree(run / "checkpoints" / f"step-{step}", sweep / run.name / "checkpoints" / f"step-{step}")
-    shutil.copy(src / "sweep.yaml", sweep / "sweep.yaml")
     manifest = json.loads((old / "manifest.json").read_text())
     del manifest["graph_versions"]  # as an export from before the versions were recorded
     (old / "manifest.json").write_text(json.dumps(manifest))
