@@ -12,7 +12,7 @@ DEMO_EVAL_ITEMS ?= 10  # items of each split replayed to every served model in `
 STAMP  := $(VENV)/.installed-stamp
 DEV_STAMP := $(VENV)/.dev-installed-stamp
 
-.PHONY: help setup setup-dev demo test test-slow lint data train sweep export report watch pretrain bench bench-export \
+.PHONY: help setup setup-dev demo test test-slow lint data train sweep export report watch pretrain bench bench-prune bench-export \
         bench-serving gpu-check up traffic down dashboards clean study
 
 help:             ## list the targets
@@ -91,6 +91,9 @@ pretrain: setup   ## rebuild models/embedded-base (about 20 minutes on 2 cores; 
 
 bench: setup      ## every benchmark, each against its baseline: bench/results/<timestamp>-all.json + a table
 	$(PY) -m bench all --sweep runs/demo
+
+bench-prune: setup  ## remove what bench/cache/ holds for other versions of fracture or its tools (1.2 GB each)
+	$(PY) -m bench prune
 
 bench-serving: setup  ## req/s, p50/p99 at concurrency 1/8/32: fracture vs naive transformers server vs HTTP floor, + metrics/guards over HTTP
 	$(PY) -m bench serving --sweep runs/demo

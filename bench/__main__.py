@@ -7,6 +7,7 @@
     python -m bench evaluation --sweep runs/demo     # batched evaluation vs per-item generate
     python -m bench training                         # the sweep's fine-tuning vs a plain Trainer
     python -m bench edge [--quick]                   # pythia-70m-sized decode per variant vs the memory floor
+    python -m bench prune [--dry-run]                # remove what bench/cache/ holds for other versions
 
 Ratios are the figures to read (absolute times depend on the machine). Not tests: they
 run on demand (`make bench`), and nothing asserts on speed.
@@ -115,10 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a tiny model and few repeats: checks the benchmark itself")
     p.add_argument("--accuracy-from", dest="sweep", default="runs/demo", type=Path,
                    help="the sweep whose accuracy.csv gives each variant's accuracy (default runs/demo)")
+    p = sub.add_parser("prune", help="remove the folders of bench/cache/ built by other versions (bench/caches.py)")
+    p.add_argument("--dry-run", action="store_true", help="list them, with what changed, and remove nothing")
     args = parser.parse_args(argv)
     sweep = getattr(args, "sweep", None)
     if sweep is not None and args.part != "edge" and not (sweep / "sweep.yaml").is_file():
         parser.exit(2, f"error: {sweep} is not a sweep folder (no sweep.yaml); `make demo` writes runs/demo\n")
+    if args.part == "prune":
+        from bench.caches import prune
+
+        prune(dry_run=args.dry_run)
+        return 0
     try:
         if args.part == "all":
             run_all(args.sweep)
@@ -144,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             bench_training()
     except FileNotFoundError as exc:
         parser.exit(2, f"error: {exc}\n")
+    from bench.caches import hint
+
+    stale = hint()
+    if stale:
+        print(stale)
     return 0
 
 

@@ -52,9 +52,12 @@ QUICK_ARCH = PYTHIA_70M | {"hidden_size": 64, "num_hidden_layers": 2, "num_atten
                            "intermediate_size": 256}
 
 
-def _cache_key(arch: dict, names: tuple[str, ...]) -> str:
-    """The architecture, how the base model is drawn, the tools' versions and how each variant is built (its
-    registry line): a change to any of them builds afresh."""
+STAMP = "stamp.json"  # in every cache folder: what it was built from (bench/caches.py reads it to prune)
+
+
+def cache_record(arch: dict, names: tuple[str, ...]) -> dict:
+    """What a cached model is built from: the architecture, how the base model is drawn, the tools' versions and
+    how each variant is built (its registry line). A change to any of them builds afresh."""
     import onnxruntime
     import optimum.version
     import transformers
@@ -63,19 +66,36 @@ def _cache_key(arch: dict, names: tuple[str, ...]) -> str:
     from export.quantize import PER_TOKEN_VERSION
     from export.registry import get_variant
 
-    methods = [get_variant(n).method for n in names]
-    stamp = json.dumps([arch, onnxruntime.__version__, optimum.version.__version__, transformers.__version__,
-                        methods, FUSION_VERSION, PER_TOKEN_VERSION, BASE_VERSION], sort_keys=True)
+    return {"arch": arch, "variants": list(names), "onnxruntime": onnxruntime.__version__,
+            "optimum": optimum.version.__version__, "transformers": transformers.__version__,
+            "methods": [get_variant(n).method for n in names], "fusion": FUSION_VERSION,
+            "per_token": PER_TOKEN_VERSION, "base": BASE_VERSION}
+
+
+def cache_key(record: dict) -> str:
+    """The folder name's hash of a ``cache_record``."""
+    r = record
+    stamp = json.dumps([r["arch"], r["onnxruntime"], r["optimum"], r["transformers"], r["methods"], r["fusion"],
+                        r["per_token"], r["base"]], sort_keys=True)
     return hashlib.sha256(stamp.encode()).hexdigest()[:12]
 
 
 def build_models(arch: dict, names: tuple[str, ...] = VARIANTS, root: Path = CACHE) -> tuple[Path, dict[str, Path]]:
     """(torch checkpoint, {variant: folder}), built once per architecture and tool versions. Each piece is
-    written to a scratch folder and renamed into place, so an interrupted build is redone, never reused."""
+    written to a scratch folder and renamed into place, so an interrupted build is redone, never reused; the
+    folder's lock keeps a second benchmark from building into it at the same time."""
+    from common.files import atomic_write_json, folder_lock
+
+    record = cache_record(arch, names)
+    home = root / f"gptneox-{cache_key(record)}"
+    with folder_lock(home, "the edge benchmark's build"):
+        atomic_write_json(home / STAMP, record)
+        return _build_models(home, arch, names)
+
+
+def _build_models(home: Path, arch: dict, names: tuple[str, ...]) -> tuple[Path, dict[str, Path]]:
     from export.registry import FP32, BuildContext, resolve
 
-    home = root / f"gptneox-{_cache_key(arch, names)}"
-    home.mkdir(parents=True, exist_ok=True)
     checkpoint = home / "checkpoint"
     if not (checkpoint / "model.safetensors").is_file():
         scratch = home / ".checkpoint.tmp"

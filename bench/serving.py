@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
 import os
@@ -57,7 +58,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
-from bench.edge import CACHE
+from bench.edge import CACHE, STAMP
 from bench.gpu_check import PYTHIA_70M
 from bench.loadgen import load
 from common.net import free_port, wait_http
@@ -158,6 +159,31 @@ def _link_files(src: Path, dest: Path) -> None:
             shutil.copy2(f, dest / f.name)
 
 
+def served_cache_record(sweep: Path, run: str) -> dict:
+    """What the serving benchmark's cache of ``sweep``'s ``run`` is built from: the run's published onnx-fp32 (its
+    manifest holds every file's sha256) and what the builders do with it (``checked``: since 2026-11-29 each
+    build is checked as an export is; a cache built before, without the parity check, is not reused). Raises
+    FileNotFoundError when the run has no published onnx-fp32."""
+    import onnxruntime
+
+    from export.fusion import FUSION_VERSION
+    from export.quantize import PER_TOKEN_VERSION
+    from export.registry import FP32
+
+    manifest = sweep / run / "variants" / FP32 / "manifest.json"
+    return {"sweep": str(sweep.resolve()), "run": run, "onnx_fp32_manifest": manifest.read_text(),
+            "onnxruntime": onnxruntime.__version__, "fusion": FUSION_VERSION, "per_token": PER_TOKEN_VERSION,
+            "checked": True}
+
+
+def served_cache_key(record: dict) -> str:
+    """The folder name's hash of a ``served_cache_record``."""
+    r = record
+    stamp = json.dumps([r["sweep"], r["run"], r["onnx_fp32_manifest"], r["onnxruntime"], r["fusion"], r["per_token"],
+                        "checked"])
+    return hashlib.sha256(stamp.encode()).hexdigest()[:12]
+
+
 def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[Path, str, Path]:
     """(the sweep folder the fracture servers serve, the run measured, its checkpoint in ``sweep``).
 
@@ -170,15 +196,9 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
     built afresh there from the checkpoint. Each is checked as the export checks it (its graph, and parity
     against the checkpoint: ``export.pipeline.build_checked``). So every machine measures the same variant, and
     the sweep is left as it was: no variant and no accuracy row is added to it (its analysis would change)."""
-    import hashlib
-
-    import onnxruntime
-
-    from common.files import atomic_write_text, folder_lock
+    from common.files import atomic_write_json, atomic_write_text, folder_lock
     from common.manifest import verify
-    from export.fusion import FUSION_VERSION
     from export.pipeline import CheckpointJob, ExportCheckFailed, build_checked, reference_of
-    from export.quantize import PER_TOKEN_VERSION
     from export.registry import FP32, get_variant
 
     picked = _pick(sweep, variants)
@@ -199,11 +219,8 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
         if spec.needs != FP32 or spec.runner != "onnx":
             raise FileNotFoundError(f"{v} is not exported in {sweep}: run `python -m export --sweep {sweep} "
                                     f"--variants {v}`")
-    # the published onnx-fp32 (its manifest holds every file's sha256) and what the builders do with it (checked
-    # since 2026-11-29: a cache built before, without the parity check, is not reused)
-    stamp = json.dumps([str(sweep.resolve()), run, (published / FP32 / "manifest.json").read_text(),
-                        onnxruntime.__version__, FUSION_VERSION, PER_TOKEN_VERSION, "checked"])
-    root = cache / f"served-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
+    record = served_cache_record(sweep, run)
+    root = cache / f"served-{served_cache_key(record)}"
     reference = functools.cache(lambda: reference_of(sweep, job))  # the checkpoint and its outputs, once
 
     def build(spec, dest: Path, fp32: Path | None) -> None:
@@ -214,6 +231,7 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
                                f"check: {exc}") from None
 
     with folder_lock(root, "the serving benchmark's build"):  # two benchmarks never build into one folder
+        atomic_write_json(root / STAMP, record)
         fp32 = published / FP32
         if not _current(fp32, FP32):  # made by older rewrites: what derives from it would be older too
             fp32 = root / run / "variants" / FP32

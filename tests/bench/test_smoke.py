@@ -209,7 +209,10 @@ def test_edge_benchmark_smoke(tmp_path):
     assert int4 < fp32 / 4  # the 4-bit head and blocks: a quarter of fp32's bytes and less
     assert written["bandwidth"]["read_bytes_per_s"] > 1e8
     (home,) = (tmp_path / "cache").iterdir()  # one cached model, every piece in place, no scratch left
-    assert sorted(p.name for p in home.iterdir()) == sorted(["checkpoint", *VARIANTS])
+    assert sorted(p.name for p in home.iterdir()) == sorted([".lock", "checkpoint", "stamp.json", *VARIANTS])
+    from bench.caches import stale_caches
+
+    assert stale_caches(tmp_path / "cache") == []  # its record says it is today's: `bench prune` keeps it
     # as in a trained model, ONNX Runtime keeps both LayerNorms of each layer and every per-token quantization:
     # a fresh model's equal LayerNorms were merged, and the benchmark ran less than a trained checkpoint does
     import onnx
@@ -262,6 +265,9 @@ def test_the_served_variant_is_built_in_the_cache_where_the_sweep_lacks_it(expor
     assert parity["passed"] and parity["greedy_items"] > 0
     stamp = built.stat().st_mtime_ns
     assert served_sweep(sweep, (SERVED,), tmp_path / "cache")[0] == root and built.stat().st_mtime_ns == stamp
+    from bench.caches import stale_caches
+
+    assert stale_caches(tmp_path / "cache") == []  # its record says it is today's: `bench prune` keeps it
     entries, refused = discover(ServeConfig(sweep=str(root), variants=(SERVED,)))
     assert [e.id for e in entries] == [f"{name}/{SERVED}"] and not refused
     assert served_sweep(src, (SERVED,), tmp_path / "cache")[0] == src  # a sweep that has it is served itself
