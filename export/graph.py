@@ -144,17 +144,25 @@ def distinct_levels_per_group(model: onnx.ModelProto, group: int, role: str = "b
 
 def bytes_read_per_token(model: onnx.ModelProto) -> int:
     """Bytes of stored weights one decode step must read: every initializer in full, except a table
-    that a Gather indexes with ``input_ids`` (directly or through a DequantizeLinear), of which one
-    row is read per token. The memory floor of a decode step is this over the memory bandwidth."""
-    producers, _ = node_index(model.graph.node)
-    lookups = set()
-    for node in model.graph.node:
+    that a Gather indexes with ``input_ids`` (directly or through a DequantizeLinear; or a
+    GatherBlockQuantized, with its scales and zero points), of which one row is read per token. A
+    table that any other node reads too (an embedding tied to the LM head) is read in full. The memory
+    floor of a decode step is this over the memory bandwidth."""
+    nodes = list(model.graph.node)
+    writer = {name: i for i, n in enumerate(nodes) for name in n.output}
+    lookups, lookup_nodes = set(), set()  # the tables read one row at a time; the nodes (indices) that read them so
+    for i, node in enumerate(nodes):
         if node.op_type in ("Gather", "GatherBlockQuantized") and "input_ids" in node.input[1:]:
             table = node.input[0]
             lookups.add(table)
-            source = producers.get(table)
-            if source is not None and source.op_type == "DequantizeLinear":
-                lookups.update(source.input)  # the quantized table, its scale and zero point
+            lookup_nodes.add(i)
+            if node.op_type == "GatherBlockQuantized":
+                lookups.update(node.input[2:])  # its scales and zero points, one row of blocks per token
+            source = writer.get(table)
+            if source is not None and nodes[source].op_type == "DequantizeLinear":
+                lookups.update(nodes[source].input)  # the quantized table, its scale and zero point
+                lookup_nodes.add(source)
+    lookups -= {name for i, node in enumerate(nodes) if i not in lookup_nodes for name in node.input}
     total = 0
     for t in model.graph.initializer:
         size = _numel(t) * _BITS.get(t.data_type, 32) // 8
