@@ -47,9 +47,15 @@ def test_evaluation_benchmark_smoke(exported, tmp_path):
 def test_training_benchmark_smoke(tmp_path):
     from bench.training import bench_training
 
-    payload = bench_training(steps=2, batch_size=4, repeats=1, out_dir=tmp_path)
+    payload = bench_training(steps=2, batch_size=4, repeats=2, out_dir=tmp_path)
     written = json.loads(next(tmp_path.glob("*-training.json")).read_text())
     assert written["ratios"]["sweep_vs_plain_trainer"] == payload["ratios"]["sweep_vs_plain_trainer"] > 0
+    spread = written["ratio_spread"]["sweep_vs_plain_trainer"]
+    assert 0 < spread["q1"] <= spread["q3"]
+    for side in ("sweep_finetune", "plain_trainer"):  # every round kept, with median and quartiles
+        seconds = written["results"][side]["seconds"]
+        assert len(seconds["samples"]) == seconds["n"] == 2 and all(s > 0 for s in seconds["samples"])
+        assert {"median", "q1", "q3"} <= set(written["results"][side]["samples_per_s"])
 
 
 def test_serving_benchmark_smoke(exported, tmp_path):
