@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
+import os
 import platform
 import statistics
 import time
@@ -23,39 +24,64 @@ def spread(samples: list[float]) -> dict:
 def interleaved(points: dict[str, Callable[[], object]], repeats: int = 5, min_seconds: float = 0.2,
                 warmup: int = 1, self_timed: bool = False, pause_s: float = 0.0) -> dict[str, dict]:
     """Seconds per call of every point, timed in rounds: each round runs one repeat of every point in
-    turn, so a slow spell of the machine falls on a point and its baseline alike.
+    turn, so a slow spell of the machine falls on a point and its baseline alike. Rounds go forwards and
+    backwards in turn, so what a point leaves behind (caches it filled or emptied, threads still spinning)
+    does not fall on the same neighbour every round.
 
-    A repeat calls its point as many times as it takes to last ``min_seconds`` (counted on the last of
-    ``warmup`` untimed calls, at least one), so that a scheduler hiccup is a small part of it. Returns,
-    per point, the per-call seconds of every round (``samples``, in round order, for paired ratios) and
-    their median and quartiles. With ``self_timed``, a point returns the seconds it measured itself (a
-    decode step timed inside the loop, apart from the prefill around it), and a repeat's figure is the
-    mean of what its calls returned. ``pause_s``: a rest before each repeat, for points whose engines keep
-    the cores busy after they return (ONNX Runtime's idle intra-op threads spin for tens of ms, and slowed
-    the next engine measured by up to 2x).
+    A repeat calls its point until the time it measured reaches ``min_seconds`` (after ``warmup`` untimed
+    calls of every point), so that a scheduler hiccup is a small part of it. With ``self_timed``, a point
+    times itself and returns ``(seconds, units)``: the seconds it measured and how many units of work they
+    cover (the decode steps of a call, timed inside the loop apart from the prefill around it). A repeat
+    then lasts until those seconds add up to ``min_seconds``, and its figure is seconds per unit over the
+    repeat; otherwise it is the repeat's wall time over its calls. Returns, per point, the figure of every
+    round (``samples``, in round order, for paired ratios), their median and quartiles, and each repeat's
+    calls and measured seconds. ``pause_s``: a rest before each
+    repeat, for points whose engines keep the cores busy after they return (ONNX Runtime's idle intra-op
+    threads spin for tens of ms, and slowed the next engine measured by up to 2x).
     """
-    calls = {}
-    for name, fn in points.items():
-        for _ in range(max(warmup - 1, 0)):
+    for fn in points.values():
+        for _ in range(warmup):
             fn()
-        t = time.perf_counter()
-        fn()  # the last warm-up call sizes the repeats
-        calls[name] = max(1, math.ceil(min_seconds / max(time.perf_counter() - t, 1e-9)))
     samples: dict[str, list[float]] = {name: [] for name in points}
-    for _ in range(repeats):
-        for name, fn in points.items():
+    calls: dict[str, list[int]] = {name: [] for name in points}
+    measured: dict[str, list[float]] = {name: [] for name in points}
+    order = list(points)
+    for round_ in range(repeats):
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            fn = points[name]
             time.sleep(pause_s)
-            t = time.perf_counter()
-            measured = [fn() for _ in range(calls[name])]
-            elapsed = time.perf_counter() - t
-            samples[name].append(statistics.fmean(measured) if self_timed else elapsed / calls[name])
-    return {name: {"samples": s, "calls_per_repeat": calls[name], **spread(s)} for name, s in samples.items()}
+            n, units, total, started = 0, 0, 0.0, time.perf_counter()
+            while total < min_seconds or n == 0:
+                got = fn()
+                n += 1
+                if self_timed:
+                    total, units = total + got[0], units + got[1]
+                else:
+                    total, units = time.perf_counter() - started, n
+            samples[name].append(total / units)
+            calls[name].append(n)
+            measured[name].append(total)
+    return {name: {"samples": s, "calls_per_repeat": calls[name], "measured_s_per_repeat": measured[name],
+                   **spread(s)} for name, s in samples.items()}
 
 
 def paired_ratio(num: list[float], den: list[float]) -> dict:
     """``median(num) / median(den)``, with the quartiles of the per-round ratios as its spread."""
     per_round = [a / b for a, b in zip(num, den, strict=True)]
     return {**spread(per_round), "median": statistics.median(num) / statistics.median(den)}
+
+
+def combined_spread(fn: Callable[..., float], *parts: list) -> dict:
+    """A figure made of parts measured apart (each a list of samples): ``fn`` of the parts' medians, with the
+    quartiles of ``fn`` over every combination of one sample from each part, so that each part's own noise
+    shows in the spread (a part measured in the same rounds goes in as one list of tuples)."""
+    def median(samples: list):
+        if isinstance(samples[0], tuple):
+            return tuple(statistics.median(column) for column in zip(*samples, strict=True))
+        return statistics.median(samples)
+
+    q = spread([fn(*combo) for combo in itertools.product(*parts)])
+    return {"median": fn(*(median(part) for part in parts)), "q1": q["q1"], "q3": q["q3"]}
 
 
 def record_ratio(ratios: dict, spreads: dict, name: str, ratio: dict, scale: float = 1.0) -> None:
@@ -82,9 +108,16 @@ def publish(part: str, payload: dict, out_dir: Path | None, tables: list[str]) -
         print(f"wrote {path}")
 
 
-def machine() -> dict:
-    import os
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and all its threads so far (Linux' /proc), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
+
+def machine() -> dict:
     return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
 
 

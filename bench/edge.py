@@ -187,6 +187,11 @@ def _prompts(n: int, length: int, seed: int = 0) -> list[str]:
     return ["".join(map(str, rng.integers(0, 10, length - 1))) + "=" for _ in range(n)]
 
 
+def _agreement(rows: list[list[int]], reference: list[list[int]]) -> float:
+    """The share of rows whose tokens are the reference's (one row per prompt, in order)."""
+    return float(np.mean([a == b for a, b in zip(rows, reference, strict=True)]))
+
+
 def _demo_accuracy(sweep: Path | None, names: tuple[str, ...]) -> dict[str, float | None]:
     """Mean per-digit accuracy on ``id`` of each variant's final checkpoints in the demo's accuracy.csv."""
     from common.accuracy_table import read_table
@@ -272,16 +277,18 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
     # call took in two prefills' noise (a step of -2.5 ms in one round of 2026-11-29)
     tokens, first_token_s = {}, {}
 
-    def timed_decode(key: tuple, decode) -> float:
+    def timed_decode(key: tuple, decode) -> tuple[float, int]:
         clock = [time.perf_counter()]
         tokens[key] = decode(clock)
+        if len(clock) != new_tokens + 1:  # a call that stopped early would time fewer steps than it divides by
+            raise RuntimeError(f"{key}: {len(clock) - 1} tokens decoded, {new_tokens} asked for")
         first_token_s.setdefault(key, []).append(clock[1] - clock[0])
-        return (clock[-1] - clock[1]) / (new_tokens - 1)
+        return clock[-1] - clock[1], new_tokens - 1  # the steps after the first token, and how many
 
-    def timed_read() -> float:
+    def timed_read() -> tuple[float, int]:
         started = time.perf_counter()
         reader()
-        return time.perf_counter() - started
+        return time.perf_counter() - started, 1
 
     variants, results, ratios, ratio_spread = {}, {}, {}, {}
     demo = _demo_accuracy(sweep, VARIANTS)
@@ -309,10 +316,12 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
             results[f"{engine}_{v}_b{batch}"] = {"step_s": spread(steps),
                                                  "tokens_per_s": spread([batch / s for s in steps]),
                                                  "first_token_s": spread(first_token_s[engine, v, batch]),
-                                                 "step_samples": steps}
+                                                 "step_samples": steps,
+                                                 "calls_per_repeat": timed[f"{engine}/{v}"]["calls_per_repeat"],
+                                                 "decode_s_per_repeat": timed[f"{engine}/{v}"]["measured_s_per_repeat"]}
             if engine != "runtime":  # greedy: every engine of a variant chooses the same tokens
-                variants.setdefault(v, {}).setdefault("engines_agree", {})[f"{engine}_b{batch}"] = float(
-                    np.mean([a == b for a, b in zip(tokens[engine, v, batch], tokens["runtime", v, batch])]))
+                variants.setdefault(v, {}).setdefault("engines_agree", {})[f"{engine}_b{batch}"] = _agreement(
+                    tokens[engine, v, batch], tokens["runtime", v, batch])
         put(f"int8_vs_fp32_b{batch}", f"runtime_onnx-fp32_b{batch}", f"runtime_{INT8}_b{batch}")
         put(f"int4_vs_fp32_b{batch}", f"runtime_onnx-fp32_b{batch}", f"runtime_{INT4}_b{batch}")
         put(f"edge_runtime_vs_generate_b{batch}", f"generate_onnx-fp32_b{batch}", f"runtime_onnx-fp32_b{batch}")
@@ -326,8 +335,7 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
             "bytes_read_per_token": graph.bytes_read_per_token(model),
             "file_bytes": (folders[v] / MODEL_FILE).stat().st_size,
             "parity_vs_fp32": {"max_abs_logit_diff": float(np.abs(logits - fp32_logits)[mask.astype(bool)].max()),
-                               "greedy_agreement": float(np.mean([a == b for a, b in zip(
-                                   tokens["runtime", v, max(batches)], fp32_tokens)]))},
+                               "greedy_agreement": _agreement(tokens["runtime", v, max(batches)], fp32_tokens)},
             "demo_id_digit_accuracy": demo[v],
         })
     reader.close()
