@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from bench.common import cpu_seconds
+
 TIMEOUT = 60.0  # seconds a response may take before the load fails: a hung server, not a slow one
 
 
@@ -84,13 +86,15 @@ def encode(url: str, path: str, bodies: list[dict], headers: dict | None = None)
 
 
 async def run_load(url: str, bodies: list[dict], concurrency: int, max_requests: int, max_seconds: float,
-                   warmup: int, headers: dict | None = None, path: str = "/v1/completions") -> dict:
+                   warmup: int, headers: dict | None = None, path: str = "/v1/completions",
+                   watch_pid: int | None = None) -> dict:
     """``concurrency`` connections, each sending its next request as soon as its last was answered, until
     ``max_requests`` were sent or ``max_seconds`` passed, after ``warmup`` untimed requests. A response other
     than 200 is an error. A connection the server ends with ``Connection: close`` is opened again for the
     next request; one it drops with a request unanswered (or half answered) costs that request, counted as
     an error, and is opened again. A response that takes over ``TIMEOUT`` (a hung server) or a connection
-    that cannot be opened fails the load."""
+    that cannot be opened fails the load. ``watch_pid``: also the CPU seconds that process (the server) spent
+    over the timed requests (``watched_cpu_s``, where Linux' /proc tells), its warm-up left out."""
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     source = itertools.cycle(encode(url, path, bodies, headers))
@@ -136,7 +140,7 @@ async def run_load(url: str, bodies: list[dict], concurrency: int, max_requests:
             conns.append(await connect())
         for start in range(0, warmup, concurrency):
             await together(one(slot, next(source), False) for slot in range(min(concurrency, warmup - start)))
-        started = time.perf_counter()
+        cpu_before, started = cpu_seconds(watch_pid) if watch_pid else None, time.perf_counter()
         deadline = started + max_seconds
         sent = 0
 
@@ -148,22 +152,26 @@ async def run_load(url: str, bodies: list[dict], concurrency: int, max_requests:
 
         await together(worker(slot) for slot in range(concurrency))
         wall = time.perf_counter() - started
+        cpu_after = cpu_seconds(watch_pid) if watch_pid else None
     finally:
         for conn in conns:
             conn.transport.close()
     if not latencies:
         raise RuntimeError(f"no request to {where} succeeded ({errors} errors)")
     ordered = sorted(latencies)
-    return {"concurrency": concurrency, "completed": len(latencies), "errors": errors, "seconds": round(wall, 3),
-            "rps": len(latencies) / wall, "p50_ms": 1000 * statistics.median(ordered),
-            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
+    out = {"concurrency": concurrency, "completed": len(latencies), "errors": errors, "seconds": wall,
+           "rps": len(latencies) / wall, "p50_ms": 1000 * statistics.median(ordered),
+           "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
+    if cpu_before is not None and cpu_after is not None:  # the watched process' CPU over the same timed span
+        out["watched_cpu_s"] = cpu_after - cpu_before
+    return out
 
 
 def load(url: str, bodies: list[dict], concurrency: int, max_requests: int, max_seconds: float,
-         headers: dict | None = None) -> dict:
+         headers: dict | None = None, watch_pid: int | None = None) -> dict:
     """One load (``run_load``, 2 x ``concurrency`` warm-up requests) on a fresh event loop: uvloop's where
     installed (what uvicorn's servers run on too), else asyncio's."""
-    coro = run_load(url, bodies, concurrency, max_requests, max_seconds, 2 * concurrency, headers)
+    coro = run_load(url, bodies, concurrency, max_requests, max_seconds, 2 * concurrency, headers, watch_pid=watch_pid)
     try:
         import uvloop
     except ImportError:

@@ -49,15 +49,25 @@ import functools
 import hashlib
 import itertools
 import json
+import operator
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, interleaved, markdown_table, paired_ratio, publish, ratio_table, record_ratio, spread
+from bench.common import (
+    RESULTS,
+    combined_spread,
+    interleaved,
+    markdown_table,
+    paired_ratio,
+    publish,
+    ratio_table,
+    record_ratio,
+    spread,
+)
 from bench.edge import CACHE, STAMP
 from bench.gpu_check import PYTHIA_70M
 from bench.loadgen import load
@@ -115,15 +125,6 @@ def server_process(args: list[str], port: int, timeout: float = 180, ready: str 
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` and all its threads so far (Linux' /proc), else None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
 
 def _current(folder: Path, variant: str) -> bool:
@@ -319,12 +320,10 @@ def timed_rounds(points: dict[str, tuple], seconds: float, repeats: int) -> dict
     for r in range(repeats):
         for name in (order if r % 2 == 0 else order[::-1]):
             url, bodies, concurrency, headers, pid = points[name]
-            before, started = cpu_seconds(pid), time.perf_counter()
-            done = load(url, bodies, concurrency, 10**9, seconds, headers)
-            after, wall = cpu_seconds(pid), time.perf_counter() - started
-            if before is not None and after is not None:
-                done |= {"cpu_per_request": (after - before) / max(done["completed"], 1),
-                         "cpu_busy": (after - before) / wall}
+            done = load(url, bodies, concurrency, 10**9, seconds, headers, watch_pid=pid)
+            if "watched_cpu_s" in done:  # the server's CPU over the timed requests (its warm-up left out)
+                done |= {"cpu_per_request": done["watched_cpu_s"] / max(done["completed"], 1),
+                         "cpu_busy": done["watched_cpu_s"] / done["seconds"]}
             rounds[name].append(done)
     out = {}
     for name, rs in rounds.items():
@@ -578,15 +577,19 @@ def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Pat
             _, _, model, headers = servers[server]
             return urls[server], bodies(model or f"{run}/{variant}"), concurrency, headers, pids[server]
 
-        # each pair of a ratio next to each other: the quantized variant at the top level beside the same
-        # server without its guards and without metrics, the floor beside the guarded floor (``overheads``)
-        points = {(quantized, f"c{c}"): point("fracture", c) for c in sorted(concurrencies)}
+        points = {(quantized, f"c{c}"): point("fracture", c) for c in sorted(concurrencies)}  # the table's order
         points |= {(name, top): point(name, max(concurrencies))
                    for name in servers if name not in ("fracture", EDGE_NAME)}
         points |= {(v, top): point("fracture", max(concurrencies), v) for v in variants if v != quantized}
         if edge:
             points |= {(EDGE_NAME, f"c{c}"): point(EDGE_NAME, c) for c in sorted(concurrencies)}
-        timed = timed_rounds({f"{n}@{c}": p for (n, c), p in points.items()}, seconds, repeats)
+        # the order of the rounds puts the two sides of a ratio next to each other where it can: c1 beside the
+        # top level (c32_vs_c1), the top level beside the floor (server_vs_floor_c32), the floor beside the
+        # guarded floor; then the top level's other baselines (naive; unguarded and no-metrics), then the rest
+        lead = [(quantized, "c1"), (quantized, top), ("floor", top), ("floor-guarded", top), ("naive", top),
+                ("unguarded", top), ("no-metrics", top)]
+        order = [k for k in dict.fromkeys(lead) if k in points] + [k for k in points if k not in lead]
+        timed = timed_rounds({f"{n}@{c}": points[n, c] for n, c in order}, seconds, repeats)
     results: dict[str, dict] = {}
     for (name, level) in points:
         results.setdefault(name, {})[level] = timed[f"{name}@{level}"]
@@ -612,7 +615,6 @@ def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Pat
     # the metrics' and the guards' in-process seconds per request over the served request's seconds (1 / req/s of
     # the quantized variant at the top level; on a saturated one-core server that is its CPU per request, with
     # more cores the share comes out larger than it is)
-    served = statistics.median(rps(quantized))
     recorded = metrics_seconds_per_request(list(sweep_splits(sweep)))
     guards = guards_seconds_per_request()
     # the model's own time, after the servers stopped: its share of a served request, and (on a one-core server,
@@ -621,18 +623,19 @@ def _bench_serving(start, cores: dict, sweep: Path, served: tuple[Path, str, Pat
     # plus the model's, against the floor's req/s as measured
     model = model_seconds_per_request(served_root / run / "variants" / quantized, [it["prompt"] for it in items],
                                       max(concurrencies), MAX_TOKENS, set(cores["server"]) or None)
+    # (each spread takes in both parts' noise: the in-process cost's rounds and the served req/s' rounds)
     for name, cost in (("metrics_share_of_served", recorded), ("guards_share_of_served", guards),
                        ("model_share_of_served", model)):
-        ratios[name] = cost["median"] * served
-        ratio_spread[name] = {k: cost[k] * served for k in ("q1", "q3")}
+        record_ratio(ratios, ratio_spread, name,
+                     combined_spread(operator.mul, cost["samples"], rps(quantized)))
     # what a floor request costs its server (its CPU seconds over the requests it answered in its rounds): the load
     # generator may be what holds the floor's req/s
     floor_cpu = results["floor"][top].get("server_cpu") if baselines else None
     if floor_cpu and len(cores["server"]) == 1:
-        floor_s, floor_work = 1 / statistics.median(rps("floor")), floor_cpu["median"]
-        ratios["server_vs_floor_c32_bound"] = floor_s / (floor_work + model["median"])
-        ratio_spread["server_vs_floor_c32_bound"] = {"q1": floor_s / (floor_work + model["q3"]),
-                                                     "q3": floor_s / (floor_work + model["q1"])}
+        floor_rounds = list(zip(rps("floor"), floor_cpu["samples"], strict=True))  # (req/s, CPU s a request)
+        record_ratio(ratios, ratio_spread, "server_vs_floor_c32_bound",
+                     combined_spread(lambda floor, model_s: (1 / floor[0]) / (floor[1] + model_s), floor_rounds,
+                                     model["samples"]))
     payload = {"cores": cores, "run": run, "quantized": quantized, "served_sweep": str(served_root),
                "seconds_per_point": seconds, "repeats": repeats, "results": results, "ratios": ratios,
                "ratio_spread": ratio_spread,

@@ -111,9 +111,14 @@ def test_load_runs_its_own_event_loop_against_a_real_server():
     from common.net import free_port
 
     port = free_port()
-    with server_process(["-m", "bench.servers", "floor", f"--port={port}"], port, 60, "/healthz") as (url, _):
+    with server_process(["-m", "bench.servers", "floor", f"--port={port}"], port, 60, "/healthz") as (url, pid):
         result = load(url, [{"model": "floor", "prompt": "1+1=", "max_tokens": 2}], 4, 50, 10)
+        busy = load(url, [{"model": "floor", "prompt": "1+1=", "max_tokens": 2}], 4, 10**9, 0.5, watch_pid=pid)
+        idle = load(url, [{"model": "floor", "prompt": "1+1=", "max_tokens": 2}], 1, 1, 10, watch_pid=1 << 30)
     assert result["completed"] == 50 and result["errors"] == 0
+    # the server's CPU over the timed half second: it was busy, on its one event loop (a clock tick of slack)
+    assert 0 < busy["watched_cpu_s"] <= busy["seconds"] + 0.02
+    assert "watched_cpu_s" not in idle  # a process /proc does not know: no figure rather than a wrong one
 
 
 def test_a_connection_dropped_without_notice_costs_the_request_sent_on_it():
