@@ -73,7 +73,8 @@ def cache_record(arch: dict, names: tuple[str, ...]) -> dict:
 
 
 def cache_key(record: dict) -> str:
-    """The folder name's hash of a ``cache_record``."""
+    """The folder name's hash of a ``cache_record``: these fields in this order, as the folders were named before
+    they kept a record, so those folders keep their names."""
     r = record
     stamp = json.dumps([r["arch"], r["onnxruntime"], r["optimum"], r["transformers"], r["methods"], r["fusion"],
                         r["per_token"], r["base"]], sort_keys=True)

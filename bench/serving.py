@@ -160,11 +160,12 @@ def _link_files(src: Path, dest: Path) -> None:
             shutil.copy2(f, dest / f.name)
 
 
-def served_cache_record(sweep: Path, run: str) -> dict:
+def served_cache_record(sweep: Path, run: str, variants: tuple[str, ...] = (SERVED,)) -> dict:
     """What the serving benchmark's cache of ``sweep``'s ``run`` is built from: the run's published onnx-fp32 (its
     manifest holds every file's sha256) and what the builders do with it (``checked``: since 2026-11-29 each
-    build is checked as an export is; a cache built before, without the parity check, is not reused). Raises
-    FileNotFoundError when the run has no published onnx-fp32."""
+    build is checked as an export is; a cache built before, without the parity check, is not reused); and the
+    ``variants`` it was built for (not in the key: bench/caches.py reads them to tell when the sweep has its own).
+    Raises FileNotFoundError when the run has no published onnx-fp32."""
     import onnxruntime
 
     from export.fusion import FUSION_VERSION
@@ -174,11 +175,12 @@ def served_cache_record(sweep: Path, run: str) -> dict:
     manifest = sweep / run / "variants" / FP32 / "manifest.json"
     return {"sweep": str(sweep.resolve()), "run": run, "onnx_fp32_manifest": manifest.read_text(),
             "onnxruntime": onnxruntime.__version__, "fusion": FUSION_VERSION, "per_token": PER_TOKEN_VERSION,
-            "checked": True}
+            "checked": True, "variants": list(variants)}
 
 
 def served_cache_key(record: dict) -> str:
-    """The folder name's hash of a ``served_cache_record``."""
+    """The folder name's hash of a ``served_cache_record``: these fields in this order, as the folders were named
+    before they kept a record, so those folders keep their names."""
     r = record
     stamp = json.dumps([r["sweep"], r["run"], r["onnx_fp32_manifest"], r["onnxruntime"], r["fusion"], r["per_token"],
                         "checked"])
@@ -220,7 +222,7 @@ def served_sweep(sweep: Path, variants: tuple[str, ...], cache: Path) -> tuple[P
         if spec.needs != FP32 or spec.runner != "onnx":
             raise FileNotFoundError(f"{v} is not exported in {sweep}: run `python -m export --sweep {sweep} "
                                     f"--variants {v}`")
-    record = served_cache_record(sweep, run)
+    record = served_cache_record(sweep, run, variants)
     root = cache / f"served-{served_cache_key(record)}"
     reference = functools.cache(lambda: reference_of(sweep, job))  # the checkpoint and its outputs, once
 

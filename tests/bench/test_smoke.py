@@ -287,6 +287,11 @@ def test_the_served_variant_is_built_in_the_cache_where_the_sweep_lacks_it(expor
     root, _, _ = served_sweep(old, (SERVED,), tmp_path / "cache")
     assert root.parent == tmp_path / "cache"
     assert "graph_versions" in json.loads((root / run.name / "variants" / SERVED / "manifest.json").read_text())
+    # once the sweep exports its own ort-int8, the benchmark serves that one and `bench prune` may remove the cache
+    shutil.copytree(run / "variants" / SERVED, sweep / run.name / "variants" / SERVED)
+    assert served_sweep(sweep, (SERVED,), tmp_path / "cache")[0] == sweep
+    (stale,) = stale_caches(tmp_path / "cache")
+    assert "now has its own ort-int8" in stale.reason and stale.path != root
 
 
 def test_a_served_variant_derives_from_an_onnx_fp32_of_the_current_rewrites(exported, tmp_path):
