@@ -150,18 +150,21 @@ def bytes_read_per_token(model: onnx.ModelProto) -> int:
     floor of a decode step is this over the memory bandwidth."""
     nodes = list(model.graph.node)
     writer = {name: i for i, n in enumerate(nodes) for name in n.output}
-    lookups, lookup_nodes = set(), set()  # the tables read one row at a time; the nodes (indices) that read them so
-    for i, node in enumerate(nodes):
-        if node.op_type in ("Gather", "GatherBlockQuantized") and "input_ids" in node.input[1:]:
-            table = node.input[0]
-            lookups.add(table)
-            lookup_nodes.add(i)
-            if node.op_type == "GatherBlockQuantized":
-                lookups.update(node.input[2:])  # its scales and zero points, one row of blocks per token
-            source = writer.get(table)
-            if source is not None and nodes[source].op_type == "DequantizeLinear":
-                lookups.update(nodes[source].input)  # the quantized table, its scale and zero point
-                lookup_nodes.add(source)
+    gathers = {i for i, n in enumerate(nodes)
+               if n.op_type in ("Gather", "GatherBlockQuantized") and "input_ids" in n.input[1:]}
+    lookups, lookup_nodes = set(), set(gathers)  # the tables read one row at a time; the nodes that read them so
+    for i in gathers:
+        node = nodes[i]
+        table = node.input[0]
+        lookups.add(table)
+        if node.op_type == "GatherBlockQuantized":
+            lookups.update(node.input[2:])  # its scales and zero points, one row of blocks per token
+        source = writer.get(table)
+        # a DequantizeLinear whose table only lookups read: the quantized table, its scale and zero point
+        if (source is not None and nodes[source].op_type == "DequantizeLinear"
+                and all(j in gathers for j, n in enumerate(nodes) if table in n.input)):
+            lookups.update(nodes[source].input)
+            lookup_nodes.add(source)
     lookups -= {name for i, node in enumerate(nodes) if i not in lookup_nodes for name in node.input}
     total = 0
     for t in model.graph.initializer:

@@ -46,3 +46,13 @@ def test_a_table_the_lm_head_also_reads_is_read_in_full():
                 helper.make_node("Identity", ["h2"], ["y"])],
                {"table": np.zeros((V, D), np.float32)})
     assert bytes_read_per_token(m) == V * D * 4
+
+
+def test_a_quantized_table_the_lm_head_also_reads_is_read_in_full():
+    """Tied through one DequantizeLinear: the gathered table is also what the head multiplies."""
+    m = _model([helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["table"], axis=0),
+                helper.make_node("Gather", ["table", "input_ids"], ["h"]),
+                helper.make_node("Transpose", ["table"], ["table_t"]),
+                helper.make_node("MatMul", ["h", "table_t"], ["y"])],
+               {"q": np.zeros((V, D), np.int8), "scale": np.ones(V, np.float32), "zp": np.zeros(V, np.int8)})
+    assert bytes_read_per_token(m) == V * D + V * 4 + V
