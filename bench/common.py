@@ -55,6 +55,8 @@ def interleaved(points: dict[str, Callable[[], object]], repeats: int = 5, min_s
                 got = fn()
                 n += 1
                 if self_timed:
+                    if got[1] <= 0 or got[0] < 0:
+                        raise ValueError(f"{name}: a self-timed call must time at least one unit, got {got}")
                     total, units = total + got[0], units + got[1]
                 else:
                     total, units = time.perf_counter() - started, n
@@ -74,7 +76,12 @@ def paired_ratio(num: list[float], den: list[float]) -> dict:
 def combined_spread(fn: Callable[..., float], *parts: list) -> dict:
     """A figure made of parts measured apart (each a list of samples): ``fn`` of the parts' medians, with the
     quartiles of ``fn`` over every combination of one sample from each part, so that each part's own noise
-    shows in the spread (a part measured in the same rounds goes in as one list of tuples)."""
+    shows in the spread. Values measured in the same rounds go in as one part, a list of tuples: their rounds
+    stay paired in the combinations, and the figure takes each column's median. Like ``paired_ratio``'s, the
+    figure can lie outside its quartiles when the parts pair unevenly."""
+    if not all(parts):
+        raise ValueError("every part needs at least one sample")
+
     def median(samples: list):
         if isinstance(samples[0], tuple):
             return tuple(statistics.median(column) for column in zip(*samples, strict=True))

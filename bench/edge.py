@@ -225,6 +225,8 @@ def bench_edge(quick: bool = False, sweep: Path | None = Path("runs/demo"), batc
 
     if quick:
         batches, new_tokens, repeats, min_seconds = (1, 4), 8, 2, 0.02
+    if new_tokens < 2:
+        raise ValueError("new_tokens must be at least 2: a step is timed from the first new token to the last")
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     arch = QUICK_ARCH if quick else PYTHIA_70M
