@@ -52,3 +52,12 @@ def test_a_figure_of_parts_measured_apart_spreads_with_each_parts_noise():
     assert paired["median"] == 3.0 / 1.5 and paired["q1"] == paired["q3"] == 2.0  # never 2 / 2 or 4 / 1
     both = combined_spread(lambda a, b: a * b, [1.0, 2.0], [10.0, 30.0])  # products 10, 30, 20, 60
     assert both["median"] == 1.5 * 20.0 and (both["q1"], both["q3"]) == (17.5, 37.5)
+
+
+def test_a_self_timed_call_that_times_nothing_fails_instead_of_looping():
+    with pytest.raises(ValueError, match="at least one unit"):
+        interleaved({"decode": lambda: (0.0, 0)}, repeats=1, min_seconds=0.1, warmup=0, self_timed=True)
+    from bench.common import combined_spread
+
+    with pytest.raises(ValueError, match="at least one sample"):
+        combined_spread(lambda a, b: a * b, [1.0], [])
