@@ -22,6 +22,7 @@ that reads it records one). Anything else under bench/cache/ is left alone.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -64,10 +65,16 @@ def _why_stale(folder: Path) -> str | None:
     return (_why_stale_model if kind == "gptneox" else _why_stale_served)(key, recorded)
 
 
+@functools.cache
+def _todays_models() -> dict[str, dict]:
+    """{folder key: architecture} of the two models the benchmark builds with this fracture and these tools."""
+    return {cache_key(cache_record(arch, VARIANTS)): arch for arch in (PYTHIA_70M, QUICK_ARCH)}
+
+
 def _why_stale_model(key: str, recorded: dict | None) -> str | None:
     """The benchmark builds two models, pythia-70m's architecture and ``--quick``'s, each with every edge variant:
     a folder of any other key is never read. Its record, where it has one, says what changed."""
-    today = {cache_key(cache_record(arch, VARIANTS)): arch for arch in (PYTHIA_70M, QUICK_ARCH)}
+    today = _todays_models()
     if key in today:
         return None
     if recorded is None:

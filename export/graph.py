@@ -142,30 +142,34 @@ def distinct_levels_per_group(model: onnx.ModelProto, group: int, role: str = "b
     return worst
 
 
+def _is_lookup(node) -> bool:
+    """A row lookup per token: a Gather (or GatherBlockQuantized) indexed by the graph's ``input_ids``."""
+    return node.op_type in ("Gather", "GatherBlockQuantized") and "input_ids" in node.input[1:]
+
+
 def bytes_read_per_token(model: onnx.ModelProto) -> int:
     """Bytes of stored weights one decode step must read: every initializer in full, except a table
     that a Gather indexes with ``input_ids`` (directly or through a DequantizeLinear; or a
     GatherBlockQuantized, with its scales and zero points), of which one row is read per token. A
     table that any other node reads too (an embedding tied to the LM head) is read in full. The memory
     floor of a decode step is this over the memory bandwidth."""
-    nodes = list(model.graph.node)
-    writer = {name: i for i, n in enumerate(nodes) for name in n.output}
-    gathers = {i for i, n in enumerate(nodes)
-               if n.op_type in ("Gather", "GatherBlockQuantized") and "input_ids" in n.input[1:]}
-    lookups, lookup_nodes = set(), set(gathers)  # the tables read one row at a time; the nodes that read them so
-    for i in gathers:
-        node = nodes[i]
+    producers, consumers = node_index(model.graph.node)
+    lookups, dequantized = set(), set()  # the tables read one row at a time; those made by a DequantizeLinear
+    for node in model.graph.node:
+        if not _is_lookup(node):
+            continue
         table = node.input[0]
         lookups.add(table)
         if node.op_type == "GatherBlockQuantized":
             lookups.update(node.input[2:])  # its scales and zero points, one row of blocks per token
-        source = writer.get(table)
-        # a DequantizeLinear whose table only lookups read: the quantized table, its scale and zero point
-        if (source is not None and nodes[source].op_type == "DequantizeLinear"
-                and all(j in gathers for j, n in enumerate(nodes) if table in n.input)):
-            lookups.update(nodes[source].input)
-            lookup_nodes.add(source)
-    lookups -= {name for i, node in enumerate(nodes) if i not in lookup_nodes for name in node.input}
+        source = producers.get(table)
+        if (source is not None and source.op_type == "DequantizeLinear"
+                and all(_is_lookup(c) for c in consumers[table])):  # a table only lookups read
+            lookups.update(source.input)  # the quantized table, its scale and zero point
+            dequantized.add(table)
+    lookups -= {name for n in model.graph.node
+                if not _is_lookup(n) and not (n.op_type == "DequantizeLinear" and n.output[0] in dequantized)
+                for name in n.input}
     total = 0
     for t in model.graph.initializer:
         size = _numel(t) * _BITS.get(t.data_type, 32) // 8
