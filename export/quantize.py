@@ -6,7 +6,10 @@
   activations with one scale for the whole input tensor, i.e. for the whole *batch*, so a
   row's answer would depend on its batch-mates (a served answer would differ from the
   offline one); ``per_token_activations`` rewrites that step to one scale and zero point
-  per row (per token), which keeps MatMulInteger and makes every row independent.
+  per row (per token), which keeps MatMulInteger and makes every row independent. ORT's own graph
+  is kept beside it as the variant's single-row graph (``ROW_MODEL_FILE``): for a step of one row
+  and one token, the only shape where one scale per tensor is one scale per token, it computes the
+  same bits in a fifth of the nodes, and the runtime runs it there (batch-1 decoding).
 - weight-only k-bit (``MatMulNBitsQuantizer``): round-to-nearest, symmetric, one scale per
   block of input channels, stored packed in MatMulNBits; the LM head stays fp32.
 """
@@ -23,7 +26,7 @@ import numpy as np
 import onnx
 
 from export.graph import node_index, weight_roles
-from export.runtime import MODEL_FILE
+from export.runtime import MODEL_FILE, ROW_MODEL_FILE
 
 
 @contextlib.contextmanager
@@ -69,15 +72,60 @@ def dynamic_int8(fp32_dir: Path, dest: Path, include_embeddings_and_head: bool) 
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     quantized = onnx.load(str(dest / MODEL_FILE))
+    row = onnx.ModelProto()
+    row.CopyFrom(quantized)
     if not per_token_activations(quantized):
         raise RuntimeError("quantize_dynamic left no DynamicQuantizeLinear: nothing was quantized")
     onnx.save(quantized, str(dest / MODEL_FILE))
+    onnx.save(row, str(dest / ROW_MODEL_FILE))
+    check_row_graph(dest)
+
+
+def check_row_graph(folder: Path, prompts: int = 4, prompt_tokens: int = 8, steps: int = 8, seed: int = 0) -> int:
+    """Refuse a variant whose single-row graph does not compute its main graph's bits. Random prompts of one row
+    are prefilled by the main graph, then each decode step runs both graphs on the same inputs, and every
+    output (logits and every present key and value) must be equal bit for bit; decoding goes on from the main
+    graph's. Returns the number of steps compared.
+
+    Why they agree: on one row of one token, ORT's DynamicQuantizeLinear and the per-token rewrite compute the
+    same scale, zero point and uint8 values (tests/export/test_quantize.py), MatMulInteger's product of
+    (q - z) and W is exact in int32, and the per-token graph's float q @ W - z * colsum(W) is the same integer
+    (both terms exact in float32 below 2**24); the nodes after it are the same in both graphs. What this check
+    adds is that ONNX Runtime, with the row graph's fusions left out (``export.runtime.ROW_DISABLED_FUSIONS``),
+    runs them alike."""
+    from export.runtime import OnnxCausalLM
+
+    runner = OnnxCausalLM(folder, threads=1, providers=["CPUExecutionProvider"])
+    if runner.row_session is None:
+        raise RuntimeError(f"{folder}: no {ROW_MODEL_FILE} to check")
+    rng = np.random.default_rng(seed)
+    vocab = runner.tokenizer.get_vocab_size()
+    compared = 0
+    for _ in range(prompts):
+        ids, mask = runner.left_pad([rng.integers(0, vocab, prompt_tokens).tolist()])
+        logits, *past = runner.session.run(runner._output_names, runner._feed(ids, mask, runner._empty_past(1)))
+        for step in range(steps):
+            ids = logits[:, -1:].argmax(axis=-1).astype(np.int64)
+            mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+            feed = runner._feed(ids, mask, past)
+            main = runner.session.run(runner._output_names, feed)
+            row = runner.row_session.run(runner._output_names, feed)
+            for name, a, b in zip(runner._output_names, main, row):
+                if a.shape != b.shape or not np.array_equal(a, b):
+                    how = f"max |diff| {np.abs(a - b).max():.3g}" if a.shape == b.shape else f"{b.shape} for {a.shape}"
+                    raise RuntimeError(f"{folder}: {ROW_MODEL_FILE} differs from {MODEL_FILE} on {name} at decode "
+                                       f"step {step + 1} ({how}): a batch-1 answer would depend on the graph that "
+                                       "decoded it")
+            logits, *past = main
+            compared += 1
+    return compared
 
 
 BLOCKED_QUANTIZE_OPSET, BLOCKED_QUANTIZE_IR = 21, 10  # QuantizeLinear with block_size, and the IR version it needs
 CHANGED_BY_OPSET_21 = {"DFT", "GridSample", "GroupNormalization"}  # ops whose meaning changed from opset 18 to 21
-# bumped whenever per_token_activations' graph changes (the benchmark's model cache is keyed on it)
-PER_TOKEN_VERSION = 2
+# bumped whenever per_token_activations' graph changes, or what is exported beside it (the benchmark's model cache
+# is keyed on it, and an older export is rebuilt): 3 added the single-row graph
+PER_TOKEN_VERSION = 3
 
 
 def per_token_activations(model: onnx.ModelProto) -> int:

@@ -21,6 +21,13 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 MODEL_FILE = "model.onnx"
+# a second graph of the same weights for a step of one row and one token, where it is exactly the main graph's
+# arithmetic in fewer nodes (export.quantize.single_row_graph: the per-token int8 variants); absent elsewhere
+ROW_MODEL_FILE = "model.row.onnx"
+# ONNX Runtime fusions left out of the row graph's session: they would fold its quantization, product and scales
+# into one kernel of its own arithmetic (export.quantize.check_row_graph holds the row graph to the main graph's
+# bits), and on pythia-70m's size the fused step was slower (1.24 against 0.93 ms, 2026-12-07)
+ROW_DISABLED_FUSIONS = "DynamicQuantizeMatMulFusion;MatMulIntegerToFloatFusion"
 PAST_PREFIX = "past_key_values."
 
 
@@ -93,24 +100,47 @@ def _unk_id(model_dir: Path, tokenizer: Tokenizer) -> int | None:
     return None
 
 
+def _session_options(threads: int | None, disabled_fusions: str = "", stop_spinning: bool = False
+                     ) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if disabled_fusions:
+        opts.add_session_config_entry("optimization.disable_specified_optimizers", disabled_fusions)
+    if stop_spinning:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
+    return opts
+
+
 class OnnxCausalLM:
     """One exported causal LM: an InferenceSession plus its tokenizer."""
 
     def __init__(self, model_dir: str | Path, threads: int | None = None, providers: list | None = None,
-                 model_bytes: bytes | None = None):
+                 model_bytes: bytes | None = None, row_model_bytes: bytes | None = None):
         """``model_bytes``: the graph as already read (and checked) by the caller, so the session runs exactly
-        those bytes whatever happens to the file afterwards."""
+        those bytes whatever happens to the file afterwards; ``row_model_bytes`` likewise for the variant's
+        single-row graph (``ROW_MODEL_FILE``), which a caller passing ``model_bytes`` must pass too for it to be
+        used (it is never read unchecked beside a checked graph)."""
         self.model_dir = Path(model_dir)
         path = self.model_dir / MODEL_FILE
         if model_bytes is None and not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (not an exported variant?)")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(model_bytes if model_bytes is not None else str(path), opts,
-                                            providers=providers or default_providers())
+        row_path = self.model_dir / ROW_MODEL_FILE
+        if row_model_bytes is None and model_bytes is None and row_path.is_file():
+            row_model_bytes = row_path.read_bytes()
+        providers = providers or default_providers()
+        # with a row graph, the main graph's threads stop spinning when its run ends: left spinning after a
+        # batch-1 prefill they took the cores from the row graph's steps (1.65 against 1.33 ms a step of
+        # ort-int8-all at pythia-70m's size, 9 alternated rounds, 2026-12-07; at batch 64 the same 12.6 ms)
+        self.session = ort.InferenceSession(model_bytes if model_bytes is not None else str(path),
+                                            _session_options(threads, stop_spinning=row_model_bytes is not None),
+                                            providers=providers)
+        # a step of one row and one token (batch-1 decoding) runs the row graph: the same weights and the same
+        # arithmetic as the main graph's for that shape (checked bit for bit when the variant is exported)
+        self.row_session = None if row_model_bytes is None else ort.InferenceSession(
+            row_model_bytes, _session_options(threads, disabled_fusions=ROW_DISABLED_FUSIONS), providers=providers)
         tokenizer_file = self.model_dir / "tokenizer.json"
         if not tokenizer_file.is_file():
             raise FileNotFoundError(f"{tokenizer_file} is missing (the variant's tokenizer)")
@@ -151,6 +181,13 @@ class OnnxCausalLM:
         return self.encode_checked(prompt)[1]
 
     # -- forward passes -------------------------------------------------------------
+    def session_for(self, input_ids: np.ndarray) -> ort.InferenceSession:
+        """The session that runs a forward pass over ``input_ids``: the row graph's for one row of one token
+        where the variant has one, else the main graph's."""
+        if self.row_session is not None and input_ids.shape == (1, 1):
+            return self.row_session
+        return self.session
+
     def _feed(self, input_ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray]) -> dict:
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if self._has_position_ids:
@@ -185,7 +222,7 @@ class OnnxCausalLM:
         done = np.zeros(batch, dtype=bool)
         steps = 0
         for step in range(max_new_tokens):
-            logits, *past = self.session.run(self._output_names, self._feed(input_ids, mask, past))
+            logits, *past = self.session_for(input_ids).run(self._output_names, self._feed(input_ids, mask, past))
             nxt = logits[:, -1, :].argmax(axis=-1)
             nxt = np.where(done, self.pad_id, nxt)  # finished rows only carry padding
             generated[:, step] = nxt

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from common.manifest import read_manifest, read_verified, verify
-from export.runtime import MODEL_FILE, OnnxCausalLM, default_providers
+from export.runtime import MODEL_FILE, ROW_MODEL_FILE, OnnxCausalLM, default_providers
 from serve.config import ServeConfig
 from serve.schema import ModelInfo
 
@@ -177,17 +177,20 @@ class Fleet:
         changed after discovery, or between the check and the load, is never served); refuses it on failure."""
         started = time.perf_counter()
         external = any(n != MODEL_FILE and n.endswith((".onnx_data", ".data")) for n in entry.files)
-        # the graph is hashed once, below, from the bytes the session is built from
-        problem = verify(entry.folder, "variant", skip=frozenset() if external else frozenset({MODEL_FILE}))
+        # the graphs are hashed once, below, from the bytes the sessions are built from (the row graph where the
+        # manifest lists one: export.runtime.ROW_MODEL_FILE)
+        graphs = () if external else (MODEL_FILE, *[n for n in (ROW_MODEL_FILE,) if n in entry.files])
+        problem = verify(entry.folder, "variant", skip=frozenset(graphs))
         if problem:
             raise self._refusal(entry.id, problem)
-        try:
-            graph = None if external else read_verified(entry.folder, MODEL_FILE)  # external weights: by path
+        try:  # external weights: by path
+            graph, row_graph = (read_verified(entry.folder, n) if n in graphs else None
+                                for n in (MODEL_FILE, ROW_MODEL_FILE))
         except (OSError, ValueError) as exc:
             raise self._refusal(entry.id, str(exc)) from None
         try:
             runner = OnnxCausalLM(entry.folder, threads=self.cfg.threads, providers=entry.providers,
-                                  model_bytes=graph)
+                                  model_bytes=graph, row_model_bytes=row_graph)
         except Exception as exc:  # noqa: BLE001 - a broken variant must not take the server down
             raise self._refusal(entry.id, f"cannot open session: {type(exc).__name__}: {exc}") from None
         log.info("loaded %s in %.2fs", entry.id, time.perf_counter() - started)

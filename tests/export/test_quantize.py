@@ -99,3 +99,41 @@ def test_a_graph_whose_ops_changed_meaning_by_opset_21_is_refused():
                               [helper.make_tensor_value_info("q", TensorProto.UINT8, [1, 4, 3])])
     with pytest.raises(ValueError, match="GroupNormalization"):
         per_token_activations(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+@pytest.mark.parametrize("variant", ["ort-int8", "ort-int8-all"])
+def test_the_per_token_variants_ship_a_single_row_graph_with_their_bits(exported, variant):
+    """Each per-token int8 export carries ONNX Runtime's own graph for a step of one row and one token, listed
+    in its manifest (so it is verified as the main graph is), and on every decode step checked it computes the
+    main graph's logits and presents bit for bit (prompts other than the export's own check)."""
+    from common.manifest import read_manifest
+    from export.quantize import check_row_graph
+    from export.runtime import ROW_MODEL_FILE
+    from tests.conftest import run_dirs
+
+    for run in run_dirs(exported["sweep"]):
+        folder = run / "variants" / variant
+        assert ROW_MODEL_FILE in read_manifest(folder)["files"]
+        assert check_row_graph(folder, prompts=3, steps=6, seed=1) == 18
+
+
+def test_a_single_row_graph_that_computes_other_bits_is_refused(exported, tmp_path):
+    """A row graph one weight scale off by a part in a thousand (nearly the main graph, not exactly) fails the
+    export's check, naming the output that differs: a batch-1 answer must not depend on which graph decoded it."""
+    import shutil
+
+    from export.quantize import check_row_graph
+    from export.runtime import ROW_MODEL_FILE
+    from tests.conftest import run_dirs
+
+    folder = tmp_path / "ort-int8"
+    shutil.copytree(run_dirs(exported["sweep"])[0] / "variants" / "ort-int8", folder)
+    model = onnx.load(folder / ROW_MODEL_FILE)
+    scales = [t for t in model.graph.initializer if t.name.endswith("_scale") and t.data_type == TensorProto.FLOAT
+              and len(t.dims) == 1 and t.dims[0] > 1]  # per-channel weight scales
+    assert scales, "no per-channel weight scale in the row graph"
+    nudged = numpy_helper.to_array(scales[0]) * np.float32(1.001)
+    scales[0].CopyFrom(numpy_helper.from_array(nudged.astype(np.float32), scales[0].name))
+    onnx.save(model, folder / ROW_MODEL_FILE)
+    with pytest.raises(RuntimeError, match=f"{ROW_MODEL_FILE} differs from model.onnx on"):
+        check_row_graph(folder)

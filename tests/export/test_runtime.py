@@ -65,3 +65,25 @@ def test_runtime_refuses_what_it_cannot_run(exported, tmp_path):
         model.generate_ids([[]], 3)
     assert model.unknown_characters("12+3=") == ""
     assert model.unknown_characters("12€+3=x") == "€x"
+
+
+def test_batch_one_steps_run_the_row_graph_and_answer_as_the_main_graph(exported):
+    """A step of one row and one token runs the per-token int8 variant's single-row graph, every other shape the
+    main graph; batch-1 answers are the main graph's token for token. Variants without one have none."""
+    import numpy as np
+
+    from export.runtime import OnnxCausalLM
+
+    folder = run_dirs(exported["sweep"])[0] / "variants"
+    model = OnnxCausalLM(folder / "ort-int8", threads=1)
+    assert model.row_session is not None
+    assert model.session_for(np.zeros((1, 1), np.int64)) is model.row_session
+    assert model.session_for(np.zeros((1, 7), np.int64)) is model.session  # a prompt's prefill
+    assert model.session_for(np.zeros((2, 1), np.int64)) is model.session  # a batch's step
+    main_only = OnnxCausalLM(folder / "ort-int8", threads=1)
+    main_only.row_session = None
+    prompts = ["12+345=", "b8|17+3=", "999+999=", "+457|068=", "4+5="]
+    for p in prompts:
+        ids = model.encode([p])
+        assert model.generate_ids(ids, 8, ignore_eos=True) == main_only.generate_ids(ids, 8, ignore_eos=True), p
+    assert OnnxCausalLM(folder / "onnx-fp32", threads=1).row_session is None

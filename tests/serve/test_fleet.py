@@ -156,3 +156,39 @@ def test_per_token_int8_graphs_stay_on_the_cpu_when_the_server_picks_a_faked_cud
     by_variant = {e.variant: e.providers for e in entries}
     assert by_variant["ort-int8"] == ["CPUExecutionProvider"]
     assert by_variant["onnx-fp32"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_a_tampered_single_row_graph_refuses_its_variant(sweep_copy):
+    """The per-token int8 variants' second graph (batch-1 steps) is verified like the main one: a session is never
+    built on a row graph that does not match its manifest."""
+    from export.runtime import ROW_MODEL_FILE
+
+    first, _ = run_dirs(sweep_copy)
+    row = first / "variants" / "ort-int8" / ROW_MODEL_FILE
+    row.write_bytes(row.read_bytes()[:-64])
+    with running(serve_config(sweep_copy)) as (url, app, _), httpx.Client(base_url=url) as c:
+        body = c.get("/v1/models").json()
+        assert f"{first.name}/ort-int8" not in {m["id"] for m in body["data"]}
+        assert "does not match its sha256" in body["refused"][f"{first.name}/ort-int8"]
+        assert c.post("/v1/completions", json={"model": f"{first.name}/onnx-fp32", "prompt": "1+1="}).status_code == 200
+
+
+def test_the_fleet_serves_batch_one_steps_from_the_verified_row_graph(sweep_copy, monkeypatch):
+    """The fleet opens the per-token int8 variant with its row graph, from the bytes it hashed: a swap of the
+    file after the check cannot reach the session (as for the main graph)."""
+    import serve.fleet as fleet_module
+    from export.runtime import ROW_MODEL_FILE
+
+    cfg = ServeConfig(sweep=str(sweep_copy), variants=("ort-int8",), memory_budget_mb=100)
+    fleet = Fleet.from_config(cfg)
+    real = fleet_module.OnnxCausalLM
+    opened = []
+
+    def spy(folder, **kw):
+        (folder / ROW_MODEL_FILE).write_bytes(b"swapped after the check")
+        opened.append(kw["row_model_bytes"])
+        return real(folder, **kw)
+
+    monkeypatch.setattr(fleet_module, "OnnxCausalLM", spy)
+    runner = fleet.runner(sorted(fleet.entries)[0])
+    assert opened[0] is not None and opened[0][:4] != b"swap" and runner.row_session is not None
