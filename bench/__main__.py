@@ -66,7 +66,7 @@ def verdicts(ratios: dict[str, float]) -> list[list]:
         met = None if op is None else (value >= target if op == ">=" else value <= target)
         verdict = "—" if met is None else ("met" if met else "MISSED")
         if name in BOUNDS and value > BOUNDS[name]:
-            verdict = f"INVALID (> {BOUNDS[name]:g}: the median step out-read the median read pass)"
+            verdict = f"INVALID (> {BOUNDS[name]:g}: the median step out-read the faster of its read passes)"
         rows.append([name, round(value, 3), f"{op} {target:g}" if op else "—", verdict])
     return rows
 
