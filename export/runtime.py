@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 
 MODEL_FILE = "model.onnx"
 # a second graph of the same weights for a step of one row and one token, where it is exactly the main graph's
-# arithmetic in fewer nodes (export.quantize.single_row_graph: the per-token int8 variants); absent elsewhere
+# arithmetic in fewer nodes (the per-token int8 variants: export.quantize.dynamic_int8); absent elsewhere
 ROW_MODEL_FILE = "model.row.onnx"
 # ONNX Runtime fusions left out of the row graph's session: they would fold its quantization, product and scales
 # into one kernel of its own arithmetic (export.quantize.check_row_graph holds the row graph to the main graph's
@@ -118,17 +118,20 @@ class OnnxCausalLM:
     """One exported causal LM: an InferenceSession plus its tokenizer."""
 
     def __init__(self, model_dir: str | Path, threads: int | None = None, providers: list | None = None,
-                 model_bytes: bytes | None = None, row_model_bytes: bytes | None = None):
+                 model_bytes: bytes | None = None, row_model_bytes: bytes | None = None, row_graph: bool = True):
         """``model_bytes``: the graph as already read (and checked) by the caller, so the session runs exactly
         those bytes whatever happens to the file afterwards; ``row_model_bytes`` likewise for the variant's
         single-row graph (``ROW_MODEL_FILE``), which a caller passing ``model_bytes`` must pass too for it to be
-        used (it is never read unchecked beside a checked graph)."""
+        used (it is never read unchecked beside a checked graph). ``row_graph=False`` leaves the row graph out
+        (one session: the weights are held once, batch-1 steps run the main graph, with the same answers)."""
         self.model_dir = Path(model_dir)
         path = self.model_dir / MODEL_FILE
         if model_bytes is None and not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (not an exported variant?)")
         row_path = self.model_dir / ROW_MODEL_FILE
-        if row_model_bytes is None and model_bytes is None and row_path.is_file():
+        if not row_graph:
+            row_model_bytes = None
+        elif row_model_bytes is None and model_bytes is None and row_path.is_file():
             row_model_bytes = row_path.read_bytes()
         providers = providers or default_providers()
         # with a row graph, the main graph's threads stop spinning when its run ends: left spinning after a

@@ -3,6 +3,7 @@
     python -m serve --sweep runs/demo                         # every (run, variant), on 127.0.0.1:8000
     python -m serve --sweep runs/demo --variants onnx-fp32,ort-int8 --port 8001
     python -m serve --sweep runs/demo --memory_budget_mb=50    # lazy loading, LRU release
+    python -m serve --sweep runs/demo --row_graph=false       # int8 weights held once (batch-1 steps slower)
     FRACTURE_API_TOKEN=secret python -m serve --sweep runs/demo   # bearer auth on all but /healthz, /readyz
     python -m serve replay --url http://127.0.0.1:8000 --data data/<task-hash> --eval-items 100 \\
         --out runs/demo/served-accuracy.csv

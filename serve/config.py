@@ -21,6 +21,7 @@ class ServeConfig:
     port: int = 8000  # listen port
     provider: str = "auto"  # ONNX Runtime execution provider: "auto" (CUDA if usable, else CPU), "cpu", "cuda"
     threads: int = 1  # ONNX Runtime intra-op threads per session
+    row_graph: bool = True  # int8 variants' batch-1 steps on model.row.onnx (same bits, faster; weights held twice)
     # batches decoded at the same time (one thread each); 0 = one per core this process may run on: more
     # workers than cores only split the requests into smaller batches (c32 on one core: 583 -> 689 req/s)
     decode_workers: int = 0

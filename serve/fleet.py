@@ -179,18 +179,19 @@ class Fleet:
         external = any(n != MODEL_FILE and n.endswith((".onnx_data", ".data")) for n in entry.files)
         # the graphs are hashed once, below, from the bytes the sessions are built from (the row graph where the
         # manifest lists one: export.runtime.ROW_MODEL_FILE)
-        graphs = () if external else (MODEL_FILE, *[n for n in (ROW_MODEL_FILE,) if n in entry.files])
+        rows = (ROW_MODEL_FILE,) if self.cfg.row_graph and ROW_MODEL_FILE in entry.files else ()
+        graphs = () if external else (MODEL_FILE, *rows)
         problem = verify(entry.folder, "variant", skip=frozenset(graphs))
         if problem:
             raise self._refusal(entry.id, problem)
         try:  # external weights: by path
-            graph, row_graph = (read_verified(entry.folder, n) if n in graphs else None
+            graph, row_bytes = (read_verified(entry.folder, n) if n in graphs else None
                                 for n in (MODEL_FILE, ROW_MODEL_FILE))
         except (OSError, ValueError) as exc:
             raise self._refusal(entry.id, str(exc)) from None
         try:
             runner = OnnxCausalLM(entry.folder, threads=self.cfg.threads, providers=entry.providers,
-                                  model_bytes=graph, row_model_bytes=row_graph)
+                                  model_bytes=graph, row_model_bytes=row_bytes, row_graph=self.cfg.row_graph)
         except Exception as exc:  # noqa: BLE001 - a broken variant must not take the server down
             raise self._refusal(entry.id, f"cannot open session: {type(exc).__name__}: {exc}") from None
         log.info("loaded %s in %.2fs", entry.id, time.perf_counter() - started)

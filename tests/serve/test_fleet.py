@@ -192,3 +192,11 @@ def test_the_fleet_serves_batch_one_steps_from_the_verified_row_graph(sweep_copy
     monkeypatch.setattr(fleet_module, "OnnxCausalLM", spy)
     runner = fleet.runner(sorted(fleet.entries)[0])
     assert opened[0] is not None and opened[0][:4] != b"swap" and runner.row_session is not None
+
+
+def test_row_graph_false_holds_the_int8_weights_once(sweep_copy):
+    """``--row_graph=false``: one session a variant (its weights held once), batch-1 steps on the main graph."""
+    cfg = ServeConfig(sweep=str(sweep_copy), variants=("ort-int8",), memory_budget_mb=100, row_graph=False)
+    fleet = Fleet.from_config(cfg)
+    runner = fleet.runner(sorted(fleet.entries)[0])
+    assert runner.row_session is None and runner.generate_ids(runner.encode(["1+1="]), 3)
