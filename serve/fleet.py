@@ -102,9 +102,13 @@ def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
         fracture = folder / "fracture.json"
         digit_format = (json.loads(fracture.read_text()).get("digit_format", "compact") if fracture.is_file()
                         else "compact")
+        size = int(m.get("total_bytes", 0))
+        row = m.get("files", {}).get(ROW_MODEL_FILE)
+        if not cfg.row_graph and isinstance(row, dict):  # the row graph stays unopened: its weights are not held
+            size -= int(row.get("bytes", 0))
         entries.append(ModelEntry(id=model_id, run=run, variant=variant, step=int(m["step"]),
                                   bits=int(m["weight_bits"]), backend=m["backend"], folder=folder,
-                                  bytes=int(m.get("total_bytes", 0)), digit_format=digit_format,
+                                  bytes=size, digit_format=digit_format,
                                   providers=entry_providers, files=tuple(m.get("files", {}))))
     return entries, refused
 

@@ -198,5 +198,9 @@ def test_row_graph_false_holds_the_int8_weights_once(sweep_copy):
     """``--row_graph=false``: one session a variant (its weights held once), batch-1 steps on the main graph."""
     cfg = ServeConfig(sweep=str(sweep_copy), variants=("ort-int8",), memory_budget_mb=100, row_graph=False)
     fleet = Fleet.from_config(cfg)
-    runner = fleet.runner(sorted(fleet.entries)[0])
+    model_id = sorted(fleet.entries)[0]
+    runner = fleet.runner(model_id)
     assert runner.row_session is None and runner.generate_ids(runner.encode(["1+1="]), 3)
+    with_row = Fleet.from_config(ServeConfig(sweep=str(sweep_copy), variants=("ort-int8",), memory_budget_mb=100))
+    row_bytes = (fleet.entries[model_id].folder / "model.row.onnx").stat().st_size
+    assert with_row.entries[model_id].bytes - fleet.entries[model_id].bytes == row_bytes  # the budget's estimate
