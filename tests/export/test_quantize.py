@@ -114,7 +114,8 @@ def test_the_per_token_variants_ship_a_single_row_graph_with_their_bits(exported
     for run in run_dirs(exported["sweep"]):
         folder = run / "variants" / variant
         assert ROW_MODEL_FILE in read_manifest(folder)["files"]
-        assert check_row_graph(folder, prompts=3, steps=6, seed=1) == 18
+        # a 1-token prompt (its prefill and 6 steps) and two longer ones (6 steps each), at 1 and 2 threads
+        assert check_row_graph(folder, prompts=3, steps=6, seed=1) == 2 * (7 + 6 + 6)
 
 
 def test_a_single_row_graph_that_computes_other_bits_is_refused(exported, tmp_path):
@@ -122,7 +123,7 @@ def test_a_single_row_graph_that_computes_other_bits_is_refused(exported, tmp_pa
     export's check, naming the output that differs: a batch-1 answer must not depend on which graph decoded it."""
     import shutil
 
-    from export.quantize import check_row_graph
+    from export.quantize import RowGraphMismatch, check_row_graph
     from export.runtime import ROW_MODEL_FILE
     from tests.conftest import run_dirs
 
@@ -135,5 +136,47 @@ def test_a_single_row_graph_that_computes_other_bits_is_refused(exported, tmp_pa
     nudged = numpy_helper.to_array(scales[0]) * np.float32(1.001)
     scales[0].CopyFrom(numpy_helper.from_array(nudged.astype(np.float32), scales[0].name))
     onnx.save(model, folder / ROW_MODEL_FILE)
-    with pytest.raises(RuntimeError, match=f"{ROW_MODEL_FILE} differs from model.onnx on"):
+    with pytest.raises(RowGraphMismatch, match=f"{ROW_MODEL_FILE} differs from model.onnx on"):
         check_row_graph(folder)
+
+
+def test_a_row_graph_that_fails_its_check_is_left_out_of_the_variant(exported, tmp_path, monkeypatch, caplog):
+    """The export checks every row graph it writes; one that fails is removed with a warning, and the variant
+    stands on its main graph (batch-1 steps then run that)."""
+    import export.quantize as quantize
+    from export.runtime import MODEL_FILE, ROW_MODEL_FILE
+    from tests.conftest import run_dirs
+
+    checked = []
+
+    def mismatch(folder, **kw):
+        checked.append(folder)
+        raise quantize.RowGraphMismatch(f"{folder}: {ROW_MODEL_FILE} differs (made to fail by this test)")
+
+    monkeypatch.setattr(quantize, "check_row_graph", mismatch)
+    dest = tmp_path / "ort-int8"
+    quantize.dynamic_int8(run_dirs(exported["sweep"])[0] / "variants" / "onnx-fp32", dest, False)
+    assert checked == [dest] and (dest / MODEL_FILE).is_file() and not (dest / ROW_MODEL_FILE).exists()
+    assert "left out" in caplog.text
+
+
+def test_the_row_graph_session_leaves_out_the_fusions_it_names(exported, tmp_path):
+    """ROW_DISABLED_FUSIONS are names ONNX Runtime knows (a misspelt one would be ignored without a word): with
+    them left out the row graph keeps its MatMulInteger, with ORT's defaults it is fused into
+    DynamicQuantizeMatMul."""
+    from export.runtime import ROW_DISABLED_FUSIONS, ROW_MODEL_FILE, _session_options
+    from tests.conftest import run_dirs
+
+    row = run_dirs(exported["sweep"])[0] / "variants" / "ort-int8" / ROW_MODEL_FILE
+
+    def optimized_ops(disabled: str) -> set[str]:
+        out = tmp_path / f"optimized{len(disabled)}.onnx"
+        opts = _session_options(1, disabled_fusions=disabled)
+        opts.optimized_model_filepath = str(out)
+        ort.InferenceSession(str(row), opts, providers=["CPUExecutionProvider"])
+        return {n.op_type for n in onnx.load(out).graph.node}
+
+    assert "DynamicQuantizeMatMul" in optimized_ops("")
+    ops = optimized_ops(ROW_DISABLED_FUSIONS)
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and not ops & {"DynamicQuantizeMatMul",
+                                                                             "MatMulIntegerToFloat"}

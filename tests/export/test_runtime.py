@@ -82,8 +82,17 @@ def test_batch_one_steps_run_the_row_graph_and_answer_as_the_main_graph(exported
     assert model.session_for(np.zeros((2, 1), np.int64)) is model.session  # a batch's step
     main_only = OnnxCausalLM(folder / "ort-int8", threads=1)
     main_only.row_session = None
+    row, steps = model.row_session, []
+
+    class Counted:  # the row graph's session, counting its runs
+        def run(self, *args, **kwargs):
+            steps.append(1)
+            return row.run(*args, **kwargs)
+
+    model.row_session = Counted()
     prompts = ["12+345=", "b8|17+3=", "999+999=", "+457|068=", "4+5="]
     for p in prompts:
         ids = model.encode([p])
         assert model.generate_ids(ids, 8, ignore_eos=True) == main_only.generate_ids(ids, 8, ignore_eos=True), p
+    assert len(steps) == 7 * len(prompts)  # every step after the prefill
     assert OnnxCausalLM(folder / "onnx-fp32", threads=1).row_session is None
