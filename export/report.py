@@ -8,6 +8,7 @@ from pathlib import Path
 from statistics import mean
 
 from common.accuracy_table import TORCH_VARIANT, read_table
+from export.manifest import footprint_bytes
 
 
 def variant_table(manifests: list[dict], table: list[dict]) -> list[dict]:
@@ -26,7 +27,7 @@ def variant_table(manifests: list[dict], table: list[dict]) -> list[dict]:
         ms = by_variant.get(name, [])
         rows.append({
             "variant": name, "checkpoints": len(ms) or len(points),
-            "mb": mean(m["total_bytes"] for m in ms) / 1e6 if ms else None,
+            "mb": mean(footprint_bytes(m) for m in ms) / 1e6 if ms else None,
             "bits": mean(m["effective_bits_per_param"] for m in ms) if ms else 32.0,
             "accuracy": {s: mean(acc[(name, s)]) if acc.get((name, s)) else None for s in splits},
         })

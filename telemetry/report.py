@@ -20,6 +20,7 @@ from pathlib import Path
 
 from common.accuracy_table import TORCH_VARIANT
 from common.manifest import read_manifest
+from export.manifest import footprint_bytes
 from telemetry.figures import (
     NOISE_PREFIX,
     comparison_flags,
@@ -80,7 +81,7 @@ def _manifest_footprint(path: Path, step: int) -> dict:
     m = read_manifest(path.parent)
     if m.get("step") is not None and int(m["step"]) != step:
         raise ValueError(f"{path} is the export of step {m['step']}, the table's final step is {step}")
-    size = m.get("total_bytes") or sum(f["bytes"] for f in m["files"].values())
+    size = footprint_bytes(m)
     return {"bytes": size, "weight_bits": m.get("weight_bits"), "bits_per_param": m.get("effective_bits_per_param")}
 
 

@@ -126,3 +126,15 @@ def test_graph_versions_follow_the_registry():
         assert graph_versions(get_variant(name)) == {}, name
         assert stale_graph({"parity": {"passed": True}}, get_variant(name)) is None, name
     assert "{'fusion': 1}" in stale_graph({"graph_versions": {"fusion": 1}}, get_variant("onnx-fp32"))
+
+
+def test_a_variants_footprint_leaves_out_its_batch_one_graph(exported):
+    """The size the reports show is the model's: ort-int8's row graph (the same weights again, a speed-up) is
+    not counted, every other file is."""
+    from common.manifest import read_manifest
+    from export.manifest import ROW_MODEL_FILE, footprint_bytes
+
+    variants = run_dirs(exported["sweep"])[0] / "variants"
+    int8, fp32 = read_manifest(variants / "ort-int8"), read_manifest(variants / "onnx-fp32")
+    assert footprint_bytes(int8) == int8["total_bytes"] - (variants / "ort-int8" / ROW_MODEL_FILE).stat().st_size
+    assert footprint_bytes(fp32) == fp32["total_bytes"] and footprint_bytes(int8) < footprint_bytes(fp32)
