@@ -215,9 +215,8 @@ def test_edge_benchmark_smoke(tmp_path):
     assert int4 < fp32 / 4  # the 4-bit head and blocks: a quarter of fp32's bytes and less
     assert written["bandwidth"]["read_bytes_per_s"] > 1e8
     rounds = written["results"]  # a round's floor is its faster read pass: numpy's sums or ONNX Runtime's GEMV
-    assert rounds["read_bytes_per_s_in_rounds"]["median"] >= max(rounds["read_bytes_per_s_numpy"]["median"],
-                                                                 rounds["read_bytes_per_s_gemv"]["median"])
-    assert min(rounds["read_bytes_per_s_numpy"]["median"], rounds["read_bytes_per_s_gemv"]["median"]) > 1e8
+    for reader in ("numpy", "gemv"):
+        assert rounds[f"read_bytes_per_s_{reader}"]["n"] == 2 and rounds[f"read_bytes_per_s_{reader}"]["median"] > 1e8
     (home,) = (tmp_path / "cache").iterdir()  # one cached model, every piece in place, no scratch left
     assert sorted(p.name for p in home.iterdir()) == sorted([".lock", "checkpoint", "stamp.json", *VARIANTS])
     from bench.caches import stale_caches
