@@ -167,7 +167,7 @@ class GemvReadPass:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
-        n = 8192 if mib >= 64 else 1024
+        n = 8192
         k = mib * 2**20 // (4 * n)
         weight = numpy_helper.from_array(np.ones((k, n), np.float32), "w")
         graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemv_read",

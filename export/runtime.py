@@ -23,9 +23,9 @@ from tokenizers import Tokenizer
 from export.manifest import ROW_MODEL_FILE
 
 MODEL_FILE = "model.onnx"
-# ROW_MODEL_FILE (export.manifest): a second graph of the same weights for a step of one row and one token, where
-# it is exactly the main graph's arithmetic in fewer nodes (the per-token int8 variants:
-# export.quantize.dynamic_int8); absent elsewhere
+# (ROW_MODEL_FILE, from export.manifest: a second graph of the same weights for a step of one row and one token,
+# where it is exactly the main graph's arithmetic in fewer nodes; the per-token int8 variants carry it)
+
 # ONNX Runtime fusions left out of the row graph's session: they would fold its quantization, product and scales
 # into one kernel of its own arithmetic (export.quantize.check_row_graph holds the row graph to the main graph's
 # bits), and on pythia-70m's size the fused step was slower (1.24 against 0.93 ms, 2026-12-07)

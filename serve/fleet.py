@@ -20,6 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from common.manifest import read_manifest, read_verified, verify
+from export.manifest import footprint_bytes
 from export.runtime import MODEL_FILE, ROW_MODEL_FILE, OnnxCausalLM, default_providers
 from serve.config import ServeConfig
 from serve.schema import ModelInfo
@@ -102,10 +103,8 @@ def discover(cfg: ServeConfig) -> tuple[list[ModelEntry], dict[str, str]]:
         fracture = folder / "fracture.json"
         digit_format = (json.loads(fracture.read_text()).get("digit_format", "compact") if fracture.is_file()
                         else "compact")
-        size = int(m.get("total_bytes", 0))
-        row = m.get("files", {}).get(ROW_MODEL_FILE)
-        if not cfg.row_graph and isinstance(row, dict):  # the row graph stays unopened: its weights are not held
-            size -= int(row.get("bytes", 0))
+        # without the row graph, what a session holds is the model's footprint (the row graph stays unopened)
+        size = int(m.get("total_bytes", 0)) if cfg.row_graph else footprint_bytes(m)
         entries.append(ModelEntry(id=model_id, run=run, variant=variant, step=int(m["step"]),
                                   bits=int(m["weight_bits"]), backend=m["backend"], folder=folder,
                                   bytes=size, digit_format=digit_format,
