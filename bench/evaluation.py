@@ -1,9 +1,10 @@
 """Evaluation throughput: fracture's batched evaluation against per-item ``generate``.
 
 Same checkpoint, same dev items, same greedy answers (checked): items/s of
-``train.evaluate`` at the sweep's eval batch size (torch), of the same grading path on
+``train.evaluate`` at the sweep's eval batch size (torch, its Linear layers through oneDNN where
+``train.evaluate.greedy_decode`` chooses so, as the sweep runs it), of the same grading path on
 the ONNX runtime (how variants are evaluated), and of a loop calling transformers
-``generate`` once per item, as a hand-rolled evaluation would. The three are timed in
+``generate`` once per item with torch's own linears, as a hand-rolled evaluation would. The three are timed in
 interleaved rounds (``bench.common.interleaved``); each figure keeps its median and quartiles.
 """
 
@@ -27,7 +28,7 @@ def bench_evaluation(sweep: Path, items: int = 400, per_item: int = 100, repeats
     from tasks.dataset import read_jsonl
     from tasks.formatting import format_prompt
     from train.base import load_tokenizer
-    from train.evaluate import greedy_decode
+    from train.evaluate import ONEDNN_MIN_ROWS, greedy_decode, onednn_supported
 
     torch.set_num_threads(threads)
     ckpt, folder = find_variant(sweep)
@@ -42,14 +43,15 @@ def bench_evaluation(sweep: Path, items: int = 400, per_item: int = 100, repeats
     max_new = max(len(it["answer"]) for it in dev) + 2
 
     batched = greedy_decode(model, tok, prompts, max_new, batch)
-    single = [greedy_decode(model, tok, [p], max_new, 1)[0] for p in prompts[:per_item]]
+    single = [greedy_decode(model, tok, [p], max_new, 1, onednn=False)[0] for p in prompts[:per_item]]
     assert single == batched[:per_item], "per-item and batched evaluation disagree"
     assert runtime.decoder()(prompts, max_new, batch) == batched, "runtime and torch evaluation disagree"
 
     timed = interleaved({
         "torch_batched": lambda: greedy_decode(model, tok, prompts, max_new, batch),
         "runtime_batched": lambda: runtime.decoder()(prompts, max_new, batch),
-        "per_item_generate": lambda: [greedy_decode(model, tok, [p], max_new, 1) for p in prompts[:per_item]],
+        "per_item_generate": lambda: [greedy_decode(model, tok, [p], max_new, 1, onednn=False)
+                                      for p in prompts[:per_item]],
     }, repeats=repeats, min_seconds=min_seconds)
     counts = {"torch_batched": items, "runtime_batched": items, "per_item_generate": per_item}
     results = {k: {"seconds": {q: t[q] for q in ("median", "q1", "q3", "n")}, "items": counts[k],
@@ -60,7 +62,9 @@ def bench_evaluation(sweep: Path, items: int = 400, per_item: int = 100, repeats
         r = paired_ratio(timed["per_item_generate"]["samples"], timed[engine]["samples"])
         scale = counts[engine] / per_item  # items/s: the per-item loop grades fewer items per call
         record_ratio(ratios, ratio_spread, name, r, scale)
+    why_not = onednn_supported(model)
     payload = {"checkpoint": str(ckpt), "eval_batch_size": batch, "threads": threads, "repeats": repeats,
+               "torch_batched_onednn": batch >= ONEDNN_MIN_ROWS and why_not is None, "onednn_unsupported": why_not,
                "results": results, "ratios": ratios, "ratio_spread": ratio_spread}
     publish("evaluation", payload, out_dir, [
         markdown_table(["evaluation", "items/s (median of rounds)"],

@@ -3,30 +3,49 @@
 ``evaluate_splits`` takes a *decoder* (prompts, max_new_tokens, batch_size -> texts), so
 torch checkpoints (``torch_decoder``) and exported variants (``export.runtime``) are
 graded by the same code at the same fixed batch size with left padding (docs/design.md, Pitfalls:
-accuracy depends on batch size and padding). This module imports torch only inside
-``greedy_decode``, so the ONNX side can use the grading path without it.
+accuracy depends on batch size and padding). A torch batch of ``ONEDNN_MIN_ROWS`` rows or more runs its Linear
+layers through oneDNN (``onednn_linears``). This module imports torch only inside the functions that need it,
+so the ONNX side can use the grading path without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 
 from tasks.formatting import format_prompt
 from tasks.grader import grade
 
+log = logging.getLogger("fracture.train")
+
 # (formatted prompts, max_new_tokens, batch_size) -> decoded continuations, cut at EOS
 Decoder = Callable[[list[str], int, int], list[str]]
 
+# From this many rows a batch runs its Linear layers through oneDNN (``onednn_linears``); below it oneDNN's
+# per-call cost outweighs its faster product (embedded base, one thread, 2026-12-07: generate 0.80x as fast
+# at batch 1, 0.96x at 4, 1.07x at 16, 1.18x at 32, 1.56x at 400)
+ONEDNN_MIN_ROWS = 16
 
-def greedy_decode(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy continuations of ``prompts`` (already formatted) with transformers ``generate``."""
+
+def greedy_decode(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+                  onednn: bool | None = None) -> list[str]:
+    """Greedy continuations of ``prompts`` (already formatted) with transformers ``generate``.
+
+    ``onednn``: run the Linear layers through oneDNN with their weights packed once (``onednn_linears``);
+    ``None`` does so for batches of at least ``ONEDNN_MIN_ROWS`` rows of an fp32 model on the CPU where this
+    torch can (``onednn_supported``)."""
     import torch
 
+    if onednn is None:
+        onednn = batch_size >= ONEDNN_MIN_ROWS and onednn_supported(model) is None
     outputs: list[str] = []
     tokenizer.padding_side = "left"
     model.eval()
-    with torch.inference_mode():
+    packed = onednn_linears(model, batch_size) if onednn else contextlib.nullcontext()
+    with torch.inference_mode(), packed:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False,
@@ -39,6 +58,95 @@ def greedy_decode(model, tokenizer, prompts: list[str], max_new_tokens: int, bat
             new = gen[:, enc["input_ids"].shape[1]:]
             outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return outputs
+
+
+@functools.cache  # a probe runs a product: once per process
+def _onednn_probe() -> str | None:
+    """``None`` when this torch runs a packed oneDNN linear (and it matches ``F.linear``), else why not."""
+    import torch
+    import torch.nn.functional as F
+
+    if not torch.backends.mkldnn.is_available():
+        return "this torch is built without oneDNN (mkldnn)"
+    try:
+        x = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
+        w, b = x[:8].clone(), x[0, :8].clone()
+        y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 24), b, "none", [], "")
+    except (AttributeError, RuntimeError) as exc:
+        return f"this torch cannot run oneDNN's packed linear ({type(exc).__name__}: {exc})"
+    if not torch.allclose(y, F.linear(x, w, b), rtol=1e-4, atol=1e-4):
+        return "oneDNN's packed linear disagrees with torch.nn.functional.linear here"
+    return None
+
+
+def onednn_supported(model) -> str | None:
+    """``None`` when ``onednn_linears`` can run ``model``: fp32 weights on the CPU and a torch that runs oneDNN's
+    packed linear; else why not."""
+    import torch
+
+    params = list(model.parameters())
+    if any(p.device.type != "cpu" for p in params):
+        return "the model is not on the CPU"
+    if any(p.dtype != torch.float32 for p in params):
+        return "the model is not fp32"
+    return _onednn_probe()
+
+
+@contextlib.contextmanager
+def onednn_linears(model, rows: int) -> Iterator[None]:
+    """Within the block, every ``nn.Linear`` of ``model`` computes through oneDNN with its weight packed once
+    into oneDNN's layout for about ``rows`` rows (what torch's inductor does on the CPU), instead of
+    ``F.linear``, i.e. MKL's sgemm with the weight as stored; in a GPT-NeoX MLP with exact GELU, the GELU is
+    computed in the up-projection's product (oneDNN's post-op) instead of in a pass of its own.
+
+    On this machine (AMD EPYC with AVX-512, one core) MKL's sgemm ran the evaluation's products at 82-92
+    GFLOP/s and oneDNN at 210-250, and torch's GELU took about a nanosecond an element. The sums run in
+    another order and oneDNN has its own erf, so logits move by ~1e-5: the demo's 192,000 answers are the
+    same (README "The sweep"). For inference only (no autograd); the layers are restored on exit. Not
+    for a model another thread uses meanwhile."""
+    import torch
+
+    why = onednn_supported(model)
+    if why:
+        raise RuntimeError(f"oneDNN linears: {why}")
+    packed = {m: (torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows),
+                  None if m.bias is None else m.bias.detach())
+              for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    patched = list(packed)
+    for m, (weight, bias) in packed.items():
+        m.forward = functools.partial(_packed_linear, weight, bias, "none")
+    for m in model.modules():
+        if _exact_gelu_mlp(m):
+            m.forward = functools.partial(_mlp_forward, functools.partial(_packed_linear, *packed[m.dense_h_to_4h],
+                                                                          "gelu"), m.dense_4h_to_h)
+            patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward  # the class's own forward again
+
+
+def _exact_gelu_mlp(module) -> bool:
+    """A GPT-NeoX MLP (up-projection, activation, down-projection) whose activation is exact (erf) GELU."""
+    import torch
+    from transformers.activations import GELUActivation
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXMLP
+
+    return (type(module) is GPTNeoXMLP and type(module.act) is GELUActivation
+            and module.act.act is torch.nn.functional.gelu
+            and type(module.dense_h_to_4h) is type(module.dense_4h_to_h) is torch.nn.Linear)
+
+
+def _packed_linear(weight, bias, post_op: str, x):
+    import torch
+
+    # post_op "none", or "gelu" with oneDNN's erf algorithm ("none"; "tanh" would be the approximation)
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], "none" if post_op == "gelu" else "")
+
+
+def _mlp_forward(up_with_gelu, down, x):
+    return down(up_with_gelu(x))
 
 
 def torch_decoder(model, tokenizer) -> Decoder:
