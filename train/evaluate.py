@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
 
 from tasks.formatting import format_prompt
 from tasks.grader import grade
-
-log = logging.getLogger("fracture.train")
 
 # (formatted prompts, max_new_tokens, batch_size) -> decoded continuations, cut at EOS
 Decoder = Callable[[list[str], int, int], list[str]]
@@ -102,8 +98,8 @@ def onednn_linears(model, rows: int) -> Iterator[None]:
     On this machine (AMD EPYC with AVX-512, one core) MKL's sgemm ran the evaluation's products at 82-92
     GFLOP/s and oneDNN at 210-250, and torch's GELU took about a nanosecond an element. The sums run in
     another order and oneDNN has its own erf, so logits move by ~1e-5: the demo's 192,000 answers are the
-    same (README "The sweep"). For inference only (no autograd); the layers are restored on exit. Not
-    for a model another thread uses meanwhile."""
+    same (README "The sweep"). For inference only (no autograd); on exit each layer's forward is what it
+    was before (an enclosing block's too). Not for a model another thread uses meanwhile."""
     import torch
 
     why = onednn_supported(model)
@@ -112,19 +108,21 @@ def onednn_linears(model, rows: int) -> Iterator[None]:
     packed = {m: (torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows),
                   None if m.bias is None else m.bias.detach())
               for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    patched = list(packed)
-    for m, (weight, bias) in packed.items():
-        m.forward = functools.partial(_packed_linear, weight, bias, "none")
-    for m in model.modules():
-        if _exact_gelu_mlp(m):
-            m.forward = functools.partial(_mlp_forward, functools.partial(_packed_linear, *packed[m.dense_h_to_4h],
-                                                                          "gelu"), m.dense_4h_to_h)
-            patched.append(m)
+    forwards = {m: functools.partial(_packed_linear, weight, bias, "none") for m, (weight, bias) in packed.items()}
+    forwards |= {m: functools.partial(_mlp_forward, functools.partial(_packed_linear, *packed[m.dense_h_to_4h], "gelu"),
+                                      m.dense_4h_to_h)
+                 for m in model.modules() if _exact_gelu_mlp(m)}
+    before = {m: vars(m).get("forward") for m in forwards}  # None: the class's own forward
+    for m, forward in forwards.items():
+        m.forward = forward
     try:
         yield
     finally:
-        for m in patched:
-            del m.forward  # the class's own forward again
+        for m, forward in before.items():
+            if forward is None:
+                del m.forward
+            else:
+                m.forward = forward
 
 
 def _exact_gelu_mlp(module) -> bool:
@@ -150,7 +148,7 @@ def _mlp_forward(up_with_gelu, down, x):
 
 
 def torch_decoder(model, tokenizer) -> Decoder:
-    return partial(greedy_decode, model, tokenizer)
+    return functools.partial(greedy_decode, model, tokenizer)
 
 
 def max_answer_tokens(splits: Mapping[str, list[dict]]) -> int:

@@ -61,6 +61,10 @@ def test_onednn_linears_restore_every_layer_even_after_an_error(base):
     assert sum(isinstance(m, GPTNeoXMLP) for m in layers) == base.model.config.num_hidden_layers
     with pytest.raises(KeyError), onednn_linears(base.model, 32):
         assert all("forward" in vars(m) for m in layers)
+        outer = [vars(m)["forward"] for m in layers]
+        with onednn_linears(base.model, 64):  # a nested block gives the enclosing one's layers back
+            assert all(vars(m)["forward"] is not f for m, f in zip(layers, outer))
+        assert all(vars(m)["forward"] is f for m, f in zip(layers, outer))
         raise KeyError("boom")
     assert not any("forward" in vars(m) for m in layers)
 
