@@ -35,12 +35,13 @@ def greedy_decode(model, tokenizer, prompts: list[str], max_new_tokens: int, bat
     torch can (``onednn_supported``)."""
     import torch
 
+    rows = min(batch_size, len(prompts))  # the largest batch this call decodes
     if onednn is None:
-        onednn = batch_size >= ONEDNN_MIN_ROWS and onednn_supported(model) is None
+        onednn = rows >= ONEDNN_MIN_ROWS and onednn_supported(model) is None
     outputs: list[str] = []
     tokenizer.padding_side = "left"
     model.eval()
-    packed = onednn_linears(model, batch_size) if onednn else contextlib.nullcontext()
+    packed = onednn_linears(model, max(rows, 1)) if onednn else contextlib.nullcontext()
     with torch.inference_mode(), packed:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
@@ -64,6 +65,8 @@ def _onednn_probe() -> str | None:
 
     if not torch.backends.mkldnn.is_available():
         return "this torch is built without oneDNN (mkldnn)"
+    if not torch.backends.mkldnn.enabled:
+        return "oneDNN is switched off (torch.backends.mkldnn.enabled is False)"
     try:
         x = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
         w, b = x[:8].clone(), x[0, :8].clone()
@@ -90,9 +93,10 @@ def onednn_supported(model) -> str | None:
 
 @contextlib.contextmanager
 def onednn_linears(model, rows: int) -> Iterator[None]:
-    """Within the block, every ``nn.Linear`` of ``model`` computes through oneDNN with its weight packed once
-    into oneDNN's layout for about ``rows`` rows (what torch's inductor does on the CPU), instead of
-    ``F.linear``, i.e. MKL's sgemm with the weight as stored; in a GPT-NeoX MLP with exact GELU, the GELU is
+    """Within the block, every plain ``nn.Linear`` of ``model`` (not a subclass, which may compute otherwise)
+    computes through oneDNN with its weight packed once into oneDNN's layout for about ``rows`` rows (the
+    ops torch's inductor uses for oneDNN linears on the CPU), instead of ``F.linear``, i.e. MKL's sgemm with
+    the weight as stored; in a GPT-NeoX MLP with exact GELU, the GELU is
     computed in the up-projection's product (oneDNN's post-op) instead of in a pass of its own.
 
     On this machine (AMD EPYC with AVX-512, one core) MKL's sgemm ran the evaluation's products at 82-92
@@ -107,7 +111,7 @@ def onednn_linears(model, rows: int) -> Iterator[None]:
         raise RuntimeError(f"oneDNN linears: {why}")
     packed = {m: (torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows),
                   None if m.bias is None else m.bias.detach())
-              for m in model.modules() if isinstance(m, torch.nn.Linear)}
+              for m in model.modules() if type(m) is torch.nn.Linear}
     forwards = {m: functools.partial(_packed_linear, weight, bias, "none") for m, (weight, bias) in packed.items()}
     forwards |= {m: functools.partial(_mlp_forward, functools.partial(_packed_linear, *packed[m.dense_h_to_4h], "gelu"),
                                       m.dense_4h_to_h)

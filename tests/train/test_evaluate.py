@@ -56,11 +56,14 @@ def test_onednn_linears_restore_every_layer_even_after_an_error(base):
     import torch
     from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXMLP
 
+    import train.evaluate as evaluate
+
     _needs_onednn(base.model)
     layers = [m for m in base.model.modules() if isinstance(m, torch.nn.Linear | GPTNeoXMLP)]
     assert sum(isinstance(m, GPTNeoXMLP) for m in layers) == base.model.config.num_hidden_layers
     with pytest.raises(KeyError), onednn_linears(base.model, 32):
         assert all("forward" in vars(m) for m in layers)
+        assert all(vars(m)["forward"].func is evaluate._mlp_forward for m in layers if isinstance(m, GPTNeoXMLP))
         outer = [vars(m)["forward"] for m in layers]
         with onednn_linears(base.model, 64):  # a nested block gives the enclosing one's layers back
             assert all(vars(m)["forward"] is not f for m, f in zip(layers, outer))
