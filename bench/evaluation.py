@@ -28,7 +28,7 @@ def bench_evaluation(sweep: Path, items: int = 400, per_item: int = 100, repeats
     from tasks.dataset import read_jsonl
     from tasks.formatting import format_prompt
     from train.base import load_tokenizer
-    from train.evaluate import ONEDNN_MIN_ROWS, greedy_decode, onednn_supported
+    from train.evaluate import greedy_decode, onednn_supported, uses_onednn
 
     torch.set_num_threads(threads)
     ckpt, folder = find_variant(sweep)
@@ -62,9 +62,9 @@ def bench_evaluation(sweep: Path, items: int = 400, per_item: int = 100, repeats
         r = paired_ratio(timed["per_item_generate"]["samples"], timed[engine]["samples"])
         scale = counts[engine] / per_item  # items/s: the per-item loop grades fewer items per call
         record_ratio(ratios, ratio_spread, name, r, scale)
-    why_not = onednn_supported(model)
     payload = {"checkpoint": str(ckpt), "eval_batch_size": batch, "threads": threads, "repeats": repeats,
-               "torch_batched_onednn": batch >= ONEDNN_MIN_ROWS and why_not is None, "onednn_unsupported": why_not,
+               "torch_batched_onednn": uses_onednn(model, min(batch, len(prompts))),
+               "onednn_unsupported": onednn_supported(model),
                "results": results, "ratios": ratios, "ratio_spread": ratio_spread}
     publish("evaluation", payload, out_dir, [
         markdown_table(["evaluation", "items/s (median of rounds)"],

@@ -37,7 +37,7 @@ def greedy_decode(model, tokenizer, prompts: list[str], max_new_tokens: int, bat
 
     rows = min(batch_size, len(prompts))  # the largest batch this call decodes
     if onednn is None:
-        onednn = rows >= ONEDNN_MIN_ROWS and onednn_supported(model) is None
+        onednn = uses_onednn(model, rows)
     outputs: list[str] = []
     tokenizer.padding_side = "left"
     model.eval()
@@ -78,6 +78,12 @@ def _onednn_probe() -> str | None:
     return None
 
 
+def uses_onednn(model, rows: int) -> bool:
+    """Whether ``greedy_decode`` left to choose (``onednn=None``) runs batches of ``rows`` rows of ``model``
+    through ``onednn_linears``."""
+    return rows >= ONEDNN_MIN_ROWS and onednn_supported(model) is None
+
+
 def onednn_supported(model) -> str | None:
     """``None`` when ``onednn_linears`` can run ``model``: fp32 weights on the CPU and a torch that runs oneDNN's
     packed linear; else why not."""
@@ -96,8 +102,8 @@ def onednn_linears(model, rows: int) -> Iterator[None]:
     """Within the block, every plain ``nn.Linear`` of ``model`` (not a subclass, which may compute otherwise)
     computes through oneDNN with its weight packed once into oneDNN's layout for about ``rows`` rows (the
     ops torch's inductor uses for oneDNN linears on the CPU), instead of ``F.linear``, i.e. MKL's sgemm with
-    the weight as stored; in a GPT-NeoX MLP with exact GELU, the GELU is
-    computed in the up-projection's product (oneDNN's post-op) instead of in a pass of its own.
+    the weight as stored; in a GPT-NeoX MLP with exact GELU, the GELU is computed in the up-projection's
+    product (oneDNN's post-op) instead of in a pass of its own.
 
     On this machine (AMD EPYC with AVX-512, one core) MKL's sgemm ran the evaluation's products at 82-92
     GFLOP/s and oneDNN at 210-250, and torch's GELU took about a nanosecond an element. The sums run in
@@ -113,9 +119,10 @@ def onednn_linears(model, rows: int) -> Iterator[None]:
                   None if m.bias is None else m.bias.detach())
               for m in model.modules() if type(m) is torch.nn.Linear}
     forwards = {m: functools.partial(_packed_linear, weight, bias, "none") for m, (weight, bias) in packed.items()}
-    forwards |= {m: functools.partial(_mlp_forward, functools.partial(_packed_linear, *packed[m.dense_h_to_4h], "gelu"),
-                                      m.dense_4h_to_h)
-                 for m in model.modules() if _exact_gelu_mlp(m)}
+    for m in model.modules():
+        if _exact_gelu_mlp(m):
+            up_with_gelu = functools.partial(_packed_linear, *packed[m.dense_h_to_4h], "gelu")
+            forwards[m] = functools.partial(_mlp_forward, up_with_gelu, m.dense_4h_to_h)
     before = {m: vars(m).get("forward") for m in forwards}  # None: the class's own forward
     for m, forward in forwards.items():
         m.forward = forward
